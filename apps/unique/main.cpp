@@ -1,0 +1,38 @@
+// `unique`: command-line front end of the UNIQUE sparse-attention library.
+#include <cstdio>
+#include <exception>
+#include <map>
+
+#include "commands.h"
+#include "unique/error.h"
+#include "unique/version.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "unique: top-k sparse attention over a paged KV cache (UNIQUE page statistics).\n"
+      "Run `unique <command> --help` for a command's flags."};
+  app.set_version_flag("--version", std::string("unique ") + unique::kVersion);
+  app.require_subcommand(1);
+  std::map<CLI::App*, unique::cli::Runner> runners;
+  auto* bench = app.add_subcommand(
+      "bench-attention",
+      "Synthetic decode workload (real-looking keys, planted needle pages): recall, output\n"
+      "error, time per step, GB/s and speed-up over dense for every estimator (CPU).");
+  runners[bench] = unique::cli::add_bench_attention(*bench);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    for (auto& [sub, run] : runners)
+      if (sub->parsed()) return run();
+  } catch (const unique::Error& e) {
+    std::fprintf(stderr, "unique: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "unique: failed: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

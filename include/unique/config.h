@@ -1,0 +1,47 @@
+// AttentionConfig: the one set of knobs shared by the library, engine, CLI and Python.
+// CLI flags and Python keyword arguments map 1:1 onto these fields.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace unique {
+
+enum class Estimator : uint8_t { unique, quest, mean, oracle, random, dense };
+// How the page scores of the query heads sharing one KV head become one score.
+//   max:         max over the group's heads of the raw score
+//   softmax_sum: sum over heads of softmax_over_pages(sm_scale * score)
+enum class GqaAggregation : uint8_t { max, softmax_sum };
+// UNIQUE offset term added to q.mean:
+//   channel: alpha * sum_d |q_d| * std_d        (default; per-channel bound)
+//   norm:    alpha * ||q|| * ||std||
+enum class OffsetForm : uint8_t { channel, norm };
+
+struct AttentionConfig {
+  int page_size = 16;         // tokens per KV page (16, 32 or 64)
+  int budget_tokens = 2048;   // top-k budget in tokens; k = budget_tokens / page_size pages
+  int sink_pages = 1;         // first pages always kept
+  int recent_pages = 1;       // last pages always kept (the partial last page always is)
+  Estimator estimator = Estimator::unique;
+  GqaAggregation gqa = GqaAggregation::max;
+  OffsetForm offset = OffsetForm::channel;
+  float alpha = 1.0f;         // scale of the UNIQUE offset term
+  float sm_scale = 0.0f;      // softmax scale; 0 means 1/sqrt(head_dim)
+  uint64_t seed = 0;          // for the random estimator
+
+  int topk_pages() const { return budget_tokens / page_size; }
+  // Upper bound on pages selected per (sequence, KV head) for a sequence of num_pages.
+  int max_selected(int num_pages) const;
+  float scale_for(int head_dim) const;
+  // Throws unique::Error naming the field if a value is out of range.
+  void validate() const;
+};
+
+const char* to_string(Estimator e);
+const char* to_string(GqaAggregation g);
+const char* to_string(OffsetForm o);
+Estimator parse_estimator(std::string_view s);
+GqaAggregation parse_gqa(std::string_view s);
+OffsetForm parse_offset(std::string_view s);
+
+}  // namespace unique

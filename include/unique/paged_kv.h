@@ -1,0 +1,60 @@
+// PagedKV: one descriptor for a paged KV cache and the page table of a batch
+// (FlashInfer's paged_kv_t idea). Non-owning; every kernel takes this one struct.
+//
+// Layouts (HND, FlashInfer-compatible):
+//   k, v          [num_pages, num_kv_heads, page_size, head_dim]   dtype
+//   mean, std     [num_pages, num_kv_heads, head_dim]              fp32  (UNIQUE stats)
+//   kmin, kmax    [num_pages, num_kv_heads, head_dim]              fp32  (Quest stats)
+//   page_indptr   [batch + 1]   CSR offsets into page_indices
+//   page_indices  [nnz]         physical page ids of each sequence, in order
+//   last_page_len [batch]       tokens in each sequence's last page, 1..page_size
+// Statistics are population statistics of the keys as stored (after rounding to dtype).
+// std of a one-token page is 0. Any stats pointer may be null when not kept.
+#pragma once
+#include <cstdint>
+
+#include "unique/dtype.h"
+
+namespace unique {
+
+struct PagedKV {
+  DType dtype = DType::bf16;
+  Device device = Device::cpu;
+  int num_pages = 0;
+  int num_kv_heads = 0;
+  int page_size = 16;
+  int head_dim = 128;
+  void* k = nullptr;
+  void* v = nullptr;
+  float* mean = nullptr;
+  float* std = nullptr;
+  float* kmin = nullptr;
+  float* kmax = nullptr;
+  int batch = 0;
+  const int32_t* page_indptr = nullptr;
+  const int32_t* page_indices = nullptr;
+  const int32_t* last_page_len = nullptr;
+  // Upper bound on the pages of any sequence in the batch. Required when the page table
+  // lives on the GPU (the host cannot read it); on the CPU 0 means "compute it".
+  int max_pages_per_seq = 0;
+
+  // Element offsets (not bytes) of a page-head block and of a page-head stats row.
+  int64_t kv_offset(int64_t page, int64_t head) const {
+    return (page * num_kv_heads + head) * page_size * head_dim;
+  }
+  int64_t stats_offset(int64_t page, int64_t head) const {
+    return (page * num_kv_heads + head) * head_dim;
+  }
+};
+
+// Host-side checks of a PagedKV whose page table is readable on the host: dimensions,
+// pointers, indptr monotonic, page ids in [0, num_pages), last_page_len in [1, page_size],
+// no empty sequence. Throws unique::Error naming the field.
+void validate_paged_kv(const PagedKV& kv, bool need_stats);
+
+// Tokens in sequence b (host page table).
+int64_t seq_len(const PagedKV& kv, int b);
+int seq_pages(const PagedKV& kv, int b);
+int max_seq_pages(const PagedKV& kv);
+
+}  // namespace unique

@@ -1,0 +1,27 @@
+// Internal: entry points of the CUDA backend (src/cuda). The public functions in
+// src/attention validate their arguments on the host, then call these when the data
+// lives on the GPU. Without UNIQUE_WITH_CUDA they throw unique::Error.
+// All take device pointers (kv, q, out, selection, append_indptr) and launch on `stream`
+// with no host synchronisation and no allocation.
+#pragma once
+#include <cstdint>
+
+#include "unique/config.h"
+#include "unique/paged_kv.h"
+#include "unique/selection.h"
+#include "unique/tensor.h"
+
+namespace unique::cuda_backend {
+
+// `max_new_tokens_per_seq` bounds append_indptr[b+1]-append_indptr[b] (host-known).
+void append_kv(const PagedKV& kv, const TensorView& k_new, const TensorView& v_new,
+               const int32_t* append_indptr, int max_new_tokens_per_seq, void* stream);
+void score_pages(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
+                 const TensorView& scores, int max_pages, void* stream);
+void select_pages(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
+                  const Selection& out, int max_pages, void* stream);
+void paged_decode(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
+                  const Selection* sel, const TensorView& out, const TensorView& lse,
+                  int max_pages, void* stream);
+
+}  // namespace unique::cuda_backend

@@ -1,0 +1,28 @@
+// Without CUDA, GPU entry points fail with a clear message instead of a link error.
+#ifndef UNIQUE_WITH_CUDA
+#include "attention/cuda_backend.h"
+#include "unique/error.h"
+
+namespace unique::cuda_backend {
+namespace {
+[[noreturn]] void no_cuda() {
+  throw Error("device: expected cpu (this build of unique has no CUDA support), got cuda");
+}
+}  // namespace
+void append_kv(const PagedKV&, const TensorView&, const TensorView&, const int32_t*, int, void*) {
+  no_cuda();
+}
+void score_pages(const AttentionConfig&, const TensorView&, const PagedKV&, const TensorView&,
+                 int, void*) {
+  no_cuda();
+}
+void select_pages(const AttentionConfig&, const TensorView&, const PagedKV&, const Selection&,
+                  int, void*) {
+  no_cuda();
+}
+void paged_decode(const AttentionConfig&, const TensorView&, const PagedKV&, const Selection*,
+                  const TensorView&, const TensorView&, int, void*) {
+  no_cuda();
+}
+}  // namespace unique::cuda_backend
+#endif

@@ -1,0 +1,65 @@
+#include "unique/metrics.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "unique/error.h"
+
+namespace unique {
+
+double attention_recall(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
+                        const Selection& sel) {
+  check_arg(kv.device == Device::cpu && q.device == Device::cpu && sel.device == Device::cpu,
+            "attention_recall inputs", "host tensors", "a device tensor");
+  const int H = kv.num_kv_heads, D = kv.head_dim, Hq = static_cast<int>(q.shape[1]);
+  const int group = Hq / H;
+  const double scale = cfg.scale_for(D);
+  double total = 0;
+  for (int b = 0; b < kv.batch; ++b) {
+    const int n = seq_pages(kv, b);
+    for (int hq = 0; hq < Hq; ++hq) {
+      const int h = hq / group;
+      std::vector<char> chosen(n, 0);
+      const int32_t* p = sel.pages + (int64_t(b) * H + h) * sel.max_selected;
+      for (int i = 0; i < sel.counts[b * H + h]; ++i) chosen[p[i]] = 1;
+      std::vector<double> logits;
+      std::vector<char> in_sel;
+      for (int j = 0; j < n; ++j) {
+        const int page = kv.page_indices[kv.page_indptr[b] + j];
+        const int tokens = j == n - 1 ? kv.last_page_len[b] : kv.page_size;
+        for (int t = 0; t < tokens; ++t) {
+          double s = 0;
+          for (int d = 0; d < D; ++d)
+            s += load_as_float(q.data, q.dtype, b * q.stride[0] + hq * q.stride[1] + d * q.stride[2]) *
+                 load_as_float(kv.k, kv.dtype, kv.kv_offset(page, h) + int64_t(t) * D + d);
+          logits.push_back(s * scale);
+          in_sel.push_back(chosen[j]);
+        }
+      }
+      const double m = *std::max_element(logits.begin(), logits.end());
+      double all = 0, hit = 0;
+      for (size_t i = 0; i < logits.size(); ++i) {
+        const double e = std::exp(logits[i] - m);
+        all += e;
+        if (in_sel[i]) hit += e;
+      }
+      total += hit / all;
+    }
+  }
+  return total / (double(kv.batch) * Hq);
+}
+
+double relative_l2(const TensorView& a, const TensorView& b) {
+  check_arg(a.numel() == b.numel(), "relative_l2 sizes", b.numel(), a.numel());
+  check_arg(a.is_contiguous() && b.is_contiguous(), "relative_l2 inputs", "contiguous", "strided");
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const double x = load_as_float(a.data, a.dtype, i), y = load_as_float(b.data, b.dtype, i);
+    num += (x - y) * (x - y);
+    den += y * y;
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+}  // namespace unique

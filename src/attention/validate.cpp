@@ -1,0 +1,33 @@
+#include "attention/validate.h"
+
+#include "unique/error.h"
+
+namespace unique::detail {
+
+void validate_cfg_kv(const AttentionConfig& cfg, const PagedKV& kv, bool need_stats) {
+  cfg.validate();
+  check_arg(cfg.page_size == kv.page_size, "config.page_size",
+            concat("the cache's page size ", kv.page_size), cfg.page_size);
+  validate_paged_kv(kv, need_stats);
+}
+
+void validate_query(const TensorView& q, const PagedKV& kv) {
+  expect_not_null(q, "q");
+  expect_shape(q, "q", {kv.batch, -1, kv.head_dim});
+  expect_device(q, "q", kv.device);
+  const int64_t hq = q.shape[1];
+  check_arg(hq > 0 && hq % kv.num_kv_heads == 0, "q num_qo_heads",
+            concat("a positive multiple of num_kv_heads (", kv.num_kv_heads, ")"), hq);
+}
+
+void validate_scoring(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv) {
+  validate_cfg_kv(cfg, kv, false);
+  validate_query(q, kv);
+  if (cfg.estimator == Estimator::quest)
+    check_arg(kv.kmin && kv.kmax, "kv.kmin/kv.kmax", "set for estimator quest", "null");
+  else if (cfg.estimator == Estimator::unique || cfg.estimator == Estimator::mean)
+    check_arg(kv.mean && kv.std, "kv.mean/kv.std",
+              concat("set for estimator ", to_string(cfg.estimator)), "null");
+}
+
+}  // namespace unique::detail

@@ -1,0 +1,17 @@
+// Internal: argument checks shared by the public entry points.
+#pragma once
+#include "unique/config.h"
+#include "unique/paged_kv.h"
+#include "unique/tensor.h"
+
+namespace unique::detail {
+
+// cfg valid, cfg.page_size == kv.page_size, kv valid (stats if the estimator needs them).
+void validate_cfg_kv(const AttentionConfig& cfg, const PagedKV& kv, bool need_stats);
+// q [kv.batch, Hq, head_dim] on kv's device, Hq a multiple of num_kv_heads.
+void validate_query(const TensorView& q, const PagedKV& kv);
+
+// Everything score_pages/select_pages need: cfg/kv/q valid and the estimator's stats set.
+void validate_scoring(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv);
+
+}  // namespace unique::detail
