@@ -1,9 +1,11 @@
-// Host memory bandwidth, measured the way the benchmarks count it: a multi-threaded
-// copy of a buffer much larger than the last-level cache, bytes read + bytes written.
+// Host memory bandwidth ceilings, measured the way the benchmarks count bytes, with
+// buffers much larger than the last-level cache and all OpenMP threads.
 #pragma once
 #include <cstddef>
 
 namespace unique {
-// Returns GB/s (1e9 bytes). `bytes` per buffer; best of `reps` runs.
+// Copy: bytes read + bytes written per second (GB/s = 1e9 B/s), best of `reps`.
 double measure_host_copy_gbps(std::size_t bytes = std::size_t(1) << 29, int reps = 5);
+// Read-only stream (what a decode step does): bytes read per second, best of `reps`.
+double measure_host_read_gbps(std::size_t bytes = std::size_t(1) << 30, int reps = 5);
 }  // namespace unique

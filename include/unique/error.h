@@ -33,9 +33,11 @@ template <class E, class A>
   throw Error(detail::concat(arg, ": expected ", expected, ", got ", actual));
 }
 
-template <class E, class A>
-inline void check_arg(bool ok, const std::string& arg, const E& expected, const A& actual) {
-  if (!ok) throw_arg(arg, expected, actual);
-}
+// Checks `cond`; the message arguments are evaluated only on failure, so checks inside
+// per-page loops cost a compare, not a string build.
+#define UNIQUE_CHECK_ARG(cond, arg, expected, actual)               \
+  do {                                                              \
+    if (!(cond)) ::unique::throw_arg((arg), (expected), (actual));  \
+  } while (0)
 
 }  // namespace unique

@@ -20,6 +20,7 @@ struct SyntheticSpec {
   int head_dim = 128;
   int page_size = 16;
   DType dtype = DType::bf16;
+  DType stats_dtype = DType::bf16;
   int needles = 4;           // pages per (sequence, KV head) planted to match the query
   uint64_t seed = 0;
 };

@@ -20,15 +20,15 @@ float AttentionConfig::scale_for(int head_dim) const {
 }
 
 void AttentionConfig::validate() const {
-  check_arg(page_size == 16 || page_size == 32 || page_size == 64 ||
+  UNIQUE_CHECK_ARG(page_size == 16 || page_size == 32 || page_size == 64 ||
                 (page_size >= 1 && page_size <= 256),
             "page_size", "1..256 (16, 32 or 64 for the fast kernels)", page_size);
-  check_arg(budget_tokens >= page_size, "budget_tokens",
+  UNIQUE_CHECK_ARG(budget_tokens >= page_size, "budget_tokens",
             detail::concat(">= page_size (", page_size, ")"), budget_tokens);
-  check_arg(sink_pages >= 0, "sink_pages", ">= 0", sink_pages);
-  check_arg(recent_pages >= 0, "recent_pages", ">= 0", recent_pages);
-  check_arg(std::isfinite(alpha), "alpha", "a finite number", alpha);
-  check_arg(sm_scale >= 0.0f && std::isfinite(sm_scale), "sm_scale", ">= 0 (0 = 1/sqrt(head_dim))",
+  UNIQUE_CHECK_ARG(sink_pages >= 0, "sink_pages", ">= 0", sink_pages);
+  UNIQUE_CHECK_ARG(recent_pages >= 0, "recent_pages", ">= 0", recent_pages);
+  UNIQUE_CHECK_ARG(std::isfinite(alpha), "alpha", "a finite number", alpha);
+  UNIQUE_CHECK_ARG(sm_scale >= 0.0f && std::isfinite(sm_scale), "sm_scale", ">= 0 (0 = 1/sqrt(head_dim))",
             sm_scale);
 }
 

@@ -27,12 +27,12 @@ void validate_decode_args(const AttentionConfig& cfg, const TensorView& q, const
     const int n = seq_pages(kv, b);
     for (int h = 0; h < kv.num_kv_heads; ++h) {
       const int c = sel->counts[b * kv.num_kv_heads + h];
-      check_arg(c >= 1 && c <= sel->max_selected,
+      UNIQUE_CHECK_ARG(c >= 1 && c <= sel->max_selected,
                 detail::concat("selection.counts[", b, ", ", h, "]"),
                 detail::concat("1..", sel->max_selected), c);
       const int32_t* p = sel->pages + (int64_t(b) * kv.num_kv_heads + h) * sel->max_selected;
       for (int i = 0; i < c; ++i)
-        check_arg(p[i] >= 0 && p[i] < n, detail::concat("selection.pages[", b, ", ", h, ", ", i, "]"),
+        UNIQUE_CHECK_ARG(p[i] >= 0 && p[i] < n, detail::concat("selection.pages[", b, ", ", h, ", ", i, "]"),
                   detail::concat("a page position in [0, ", n, ")"), p[i]);
     }
   }

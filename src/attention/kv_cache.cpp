@@ -3,35 +3,35 @@
 #include <cstring>
 #include <numeric>
 
+#include "attention/host_buffer.h"
 #include "unique/error.h"
 #include "unique/page_stats.h"
 
 namespace unique {
 
 struct KVCache::Storage {
-  std::vector<uint8_t> k, v;
-  std::vector<float> mean, std, kmin, kmax;
+  detail::HostBuffer k, v, mean, std, kmin, kmax;
 };
 
 KVCache::KVCache(const KVCacheOptions& opt) : opt_(opt), mem_(std::make_unique<Storage>()) {
-  check_arg(opt.num_pages > 0, "num_pages", "> 0", opt.num_pages);
-  check_arg(opt.num_kv_heads > 0, "num_kv_heads", "> 0", opt.num_kv_heads);
-  check_arg(opt.page_size >= 1 && opt.page_size <= 256, "page_size", "1..256", opt.page_size);
-  check_arg(opt.head_dim > 0 && opt.head_dim % 8 == 0 && opt.head_dim <= 512, "head_dim",
+  UNIQUE_CHECK_ARG(opt.num_pages > 0, "num_pages", "> 0", opt.num_pages);
+  UNIQUE_CHECK_ARG(opt.num_kv_heads > 0, "num_kv_heads", "> 0", opt.num_kv_heads);
+  UNIQUE_CHECK_ARG(opt.page_size >= 1 && opt.page_size <= 256, "page_size", "1..256", opt.page_size);
+  UNIQUE_CHECK_ARG(opt.head_dim > 0 && opt.head_dim % 8 == 0 && opt.head_dim <= 512, "head_dim",
             "a multiple of 8 in 8..512", opt.head_dim);
-  check_arg(opt.device == Device::cpu, "device", "cpu (KVCache owns host memory)",
+  UNIQUE_CHECK_ARG(opt.device == Device::cpu, "device", "cpu (KVCache owns host memory)",
             to_string(opt.device));
   const size_t tokens = size_t(opt.num_pages) * opt.num_kv_heads * opt.page_size;
   const size_t rows = size_t(opt.num_pages) * opt.num_kv_heads * opt.head_dim;
-  mem_->k.assign(tokens * opt.head_dim * dtype_size(opt.dtype), 0);
-  mem_->v.assign(tokens * opt.head_dim * dtype_size(opt.dtype), 0);
+  mem_->k = detail::HostBuffer(tokens * opt.head_dim * dtype_size(opt.dtype));
+  mem_->v = detail::HostBuffer(tokens * opt.head_dim * dtype_size(opt.dtype));
   if (opt.keep_unique_stats) {
-    mem_->mean.assign(rows, 0.0f);
-    mem_->std.assign(rows, 0.0f);
+    mem_->mean = detail::HostBuffer(rows * dtype_size(opt.stats_dtype));
+    mem_->std = detail::HostBuffer(rows * dtype_size(opt.stats_dtype));
   }
   if (opt.keep_quest_stats) {
-    mem_->kmin.assign(rows, 0.0f);
-    mem_->kmax.assign(rows, 0.0f);
+    mem_->kmin = detail::HostBuffer(rows * dtype_size(opt.stats_dtype));
+    mem_->kmax = detail::HostBuffer(rows * dtype_size(opt.stats_dtype));
   }
   // Hand out low page ids first.
   free_.resize(opt.num_pages);
@@ -41,7 +41,7 @@ KVCache::KVCache(const KVCacheOptions& opt) : opt_(opt), mem_(std::make_unique<S
 KVCache::~KVCache() = default;
 
 void KVCache::check_seq(int seq) const {
-  check_arg(seq >= 0 && seq < static_cast<int>(seq_live_.size()) && seq_live_[seq], "sequence id",
+  UNIQUE_CHECK_ARG(seq >= 0 && seq < static_cast<int>(seq_live_.size()) && seq_live_[seq], "sequence id",
             "a live sequence", seq);
 }
 
@@ -72,16 +72,16 @@ const std::vector<int32_t>& KVCache::pages(int seq) const {
 
 void KVCache::append(const std::vector<int>& seqs, const std::vector<int>& counts,
                      const TensorView& k_new, const TensorView& v_new) {
-  check_arg(seqs.size() == counts.size(), "counts.size()", seqs.size(), counts.size());
-  check_arg(!seqs.empty(), "seqs", "at least one sequence", "none");
+  UNIQUE_CHECK_ARG(seqs.size() == counts.size(), "counts.size()", seqs.size(), counts.size());
+  UNIQUE_CHECK_ARG(!seqs.empty(), "seqs", "at least one sequence", "none");
   std::vector<int32_t> append_indptr{0};
   int64_t pages_needed = 0;
   std::vector<char> seen(seq_live_.size(), 0);
   for (size_t i = 0; i < seqs.size(); ++i) {
     check_seq(seqs[i]);
-    check_arg(!seen[seqs[i]], "seqs", "distinct sequence ids", seqs[i]);
+    UNIQUE_CHECK_ARG(!seen[seqs[i]], "seqs", "distinct sequence ids", seqs[i]);
     seen[seqs[i]] = 1;
-    check_arg(counts[i] >= 0, detail::concat("counts[", i, "]"), ">= 0", counts[i]);
+    UNIQUE_CHECK_ARG(counts[i] >= 0, detail::concat("counts[", i, "]"), ">= 0", counts[i]);
     const int64_t len = seq_len_[seqs[i]] + counts[i];
     pages_needed += (len + opt_.page_size - 1) / opt_.page_size -
                     static_cast<int64_t>(seq_pages_[seqs[i]].size());
@@ -89,7 +89,7 @@ void KVCache::append(const std::vector<int>& seqs, const std::vector<int>& count
   }
   expect_shape(k_new, "k_new", {append_indptr.back(), opt_.num_kv_heads, opt_.head_dim});
   expect_shape(v_new, "v_new", {append_indptr.back(), opt_.num_kv_heads, opt_.head_dim});
-  check_arg(pages_needed <= free_pages(), "KV cache pool",
+  UNIQUE_CHECK_ARG(pages_needed <= free_pages(), "KV cache pool",
             detail::concat(pages_needed, " free pages for this append"), free_pages());
   for (size_t i = 0; i < seqs.size(); ++i) {
     auto& pages = seq_pages_[seqs[i]];
@@ -116,7 +116,7 @@ PageTable KVCache::page_table(const std::vector<int>& seqs) const {
   PageTable t;
   for (int s : seqs) {
     check_seq(s);
-    check_arg(seq_len_[s] > 0, detail::concat("sequence ", s), "at least one token", "empty");
+    UNIQUE_CHECK_ARG(seq_len_[s] > 0, detail::concat("sequence ", s), "at least one token", "empty");
     const auto& p = seq_pages_[s];
     t.indices.insert(t.indices.end(), p.begin(), p.end());
     t.indptr.push_back(static_cast<int32_t>(t.indices.size()));
@@ -135,11 +135,11 @@ PagedKV KVCache::view(const PageTable& table) const {
   kv.head_dim = opt_.head_dim;
   kv.k = mem_->k.data();
   kv.v = mem_->v.data();
-  auto opt_ptr = [](std::vector<float>& v) { return v.empty() ? nullptr : v.data(); };
-  kv.mean = opt_ptr(mem_->mean);
-  kv.std = opt_ptr(mem_->std);
-  kv.kmin = opt_ptr(mem_->kmin);
-  kv.kmax = opt_ptr(mem_->kmax);
+  kv.stats_dtype = opt_.stats_dtype;
+  kv.mean = mem_->mean.data();
+  kv.std = mem_->std.data();
+  kv.kmin = mem_->kmin.data();
+  kv.kmax = mem_->kmax.data();
   kv.batch = table.batch();
   kv.page_indptr = table.indptr.data();
   kv.page_indices = table.indices.data();

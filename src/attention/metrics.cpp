@@ -10,7 +10,7 @@ namespace unique {
 
 double attention_recall(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
                         const Selection& sel) {
-  check_arg(kv.device == Device::cpu && q.device == Device::cpu && sel.device == Device::cpu,
+  UNIQUE_CHECK_ARG(kv.device == Device::cpu && q.device == Device::cpu && sel.device == Device::cpu,
             "attention_recall inputs", "host tensors", "a device tensor");
   const int H = kv.num_kv_heads, D = kv.head_dim, Hq = static_cast<int>(q.shape[1]);
   const int group = Hq / H;
@@ -51,8 +51,8 @@ double attention_recall(const AttentionConfig& cfg, const TensorView& q, const P
 }
 
 double relative_l2(const TensorView& a, const TensorView& b) {
-  check_arg(a.numel() == b.numel(), "relative_l2 sizes", b.numel(), a.numel());
-  check_arg(a.is_contiguous() && b.is_contiguous(), "relative_l2 inputs", "contiguous", "strided");
+  UNIQUE_CHECK_ARG(a.numel() == b.numel(), "relative_l2 sizes", b.numel(), a.numel());
+  UNIQUE_CHECK_ARG(a.is_contiguous() && b.is_contiguous(), "relative_l2 inputs", "contiguous", "strided");
   double num = 0, den = 0;
   for (int64_t i = 0; i < a.numel(); ++i) {
     const double x = load_as_float(a.data, a.dtype, i), y = load_as_float(b.data, b.dtype, i);

@@ -11,16 +11,16 @@ namespace unique {
 void append_kv(const PagedKV& kv, const TensorView& k_new, const TensorView& v_new,
                const int32_t* append_indptr) {
   validate_paged_kv(kv, false);
-  check_arg(append_indptr != nullptr, "append_indptr", "non-null", "null");
+  UNIQUE_CHECK_ARG(append_indptr != nullptr, "append_indptr", "non-null", "null");
   expect_shape(k_new, "k_new", {-1, kv.num_kv_heads, kv.head_dim});
   expect_shape(v_new, "v_new", {k_new.shape[0], kv.num_kv_heads, kv.head_dim});
   expect_contiguous(k_new, "k_new");
   expect_contiguous(v_new, "v_new");
   expect_device(k_new, "k_new", kv.device);
   expect_device(v_new, "v_new", kv.device);
-  check_arg((kv.mean == nullptr) == (kv.std == nullptr), "kv.mean/kv.std", "both set or both null",
+  UNIQUE_CHECK_ARG((kv.mean == nullptr) == (kv.std == nullptr), "kv.mean/kv.std", "both set or both null",
             "one null");
-  check_arg((kv.kmin == nullptr) == (kv.kmax == nullptr), "kv.kmin/kv.kmax",
+  UNIQUE_CHECK_ARG((kv.kmin == nullptr) == (kv.kmax == nullptr), "kv.kmin/kv.kmax",
             "both set or both null", "one null");
   if (kv.device == Device::cuda) {
     // append_indptr is on the GPU; each sequence appends at most all of k_new.
@@ -28,13 +28,13 @@ void append_kv(const PagedKV& kv, const TensorView& k_new, const TensorView& v_n
                             cuda_stream());
     return;
   }
-  check_arg(append_indptr[0] == 0, "append_indptr[0]", 0, append_indptr[0]);
+  UNIQUE_CHECK_ARG(append_indptr[0] == 0, "append_indptr[0]", 0, append_indptr[0]);
   for (int b = 0; b < kv.batch; ++b) {
     const int n = append_indptr[b + 1] - append_indptr[b];
-    check_arg(n >= 0 && n <= seq_len(kv, b), detail::concat("tokens appended to sequence ", b),
+    UNIQUE_CHECK_ARG(n >= 0 && n <= seq_len(kv, b), detail::concat("tokens appended to sequence ", b),
               detail::concat("0..", seq_len(kv, b), " (its length after the append)"), n);
   }
-  check_arg(append_indptr[kv.batch] == k_new.shape[0], "append_indptr[batch]",
+  UNIQUE_CHECK_ARG(append_indptr[kv.batch] == k_new.shape[0], "append_indptr[batch]",
             detail::concat("k_new rows (", k_new.shape[0], ")"), append_indptr[kv.batch]);
   expect_not_null(k_new, "k_new");
   expect_not_null(v_new, "v_new");
@@ -43,7 +43,7 @@ void append_kv(const PagedKV& kv, const TensorView& k_new, const TensorView& v_n
 
 void recompute_page_stats(const PagedKV& kv) {
   validate_paged_kv(kv, false);
-  check_arg(kv.device == Device::cpu, "kv.device", "cpu (reference recomputation)",
+  UNIQUE_CHECK_ARG(kv.device == Device::cpu, "kv.device", "cpu (reference recomputation)",
             to_string(kv.device));
   cpu::recompute_page_stats(kv);
 }

@@ -20,38 +20,38 @@ int max_seq_pages(const PagedKV& kv) {
 }
 
 void validate_paged_kv(const PagedKV& kv, bool need_stats) {
-  check_arg(kv.num_kv_heads > 0, "kv.num_kv_heads", "> 0", kv.num_kv_heads);
-  check_arg(kv.page_size >= 1 && kv.page_size <= 256, "kv.page_size", "1..256", kv.page_size);
-  check_arg(kv.head_dim > 0 && kv.head_dim <= 512 && kv.head_dim % 8 == 0, "kv.head_dim",
+  UNIQUE_CHECK_ARG(kv.num_kv_heads > 0, "kv.num_kv_heads", "> 0", kv.num_kv_heads);
+  UNIQUE_CHECK_ARG(kv.page_size >= 1 && kv.page_size <= 256, "kv.page_size", "1..256", kv.page_size);
+  UNIQUE_CHECK_ARG(kv.head_dim > 0 && kv.head_dim <= 512 && kv.head_dim % 8 == 0, "kv.head_dim",
             "a multiple of 8 in 8..512", kv.head_dim);
-  check_arg(kv.num_pages > 0, "kv.num_pages", "> 0", kv.num_pages);
-  check_arg(kv.batch > 0, "kv.batch", "> 0", kv.batch);
-  check_arg(kv.k != nullptr && kv.v != nullptr, "kv.k/kv.v", "non-null", "null");
-  check_arg(kv.page_indptr && kv.page_indices && kv.last_page_len, "kv page table",
+  UNIQUE_CHECK_ARG(kv.num_pages > 0, "kv.num_pages", "> 0", kv.num_pages);
+  UNIQUE_CHECK_ARG(kv.batch > 0, "kv.batch", "> 0", kv.batch);
+  UNIQUE_CHECK_ARG(kv.k != nullptr && kv.v != nullptr, "kv.k/kv.v", "non-null", "null");
+  UNIQUE_CHECK_ARG(kv.page_indptr && kv.page_indices && kv.last_page_len, "kv page table",
             "page_indptr, page_indices and last_page_len set", "a null pointer");
   if (need_stats)
-    check_arg(kv.mean && kv.std && kv.kmin && kv.kmax, "kv stats", "mean, std, kmin, kmax set",
+    UNIQUE_CHECK_ARG(kv.mean && kv.std && kv.kmin && kv.kmax, "kv stats", "mean, std, kmin, kmax set",
               "a null pointer");
   if (kv.device == Device::cuda) {
     // The page table lives on the GPU; the host knows only the bound the caller gives.
-    check_arg(kv.max_pages_per_seq > 0, "kv.max_pages_per_seq", "> 0 for a CUDA page table",
+    UNIQUE_CHECK_ARG(kv.max_pages_per_seq > 0, "kv.max_pages_per_seq", "> 0 for a CUDA page table",
               kv.max_pages_per_seq);
     return;
   }
-  check_arg(kv.page_indptr[0] == 0, "page_indptr[0]", 0, kv.page_indptr[0]);
+  UNIQUE_CHECK_ARG(kv.page_indptr[0] == 0, "page_indptr[0]", 0, kv.page_indptr[0]);
   for (int b = 0; b < kv.batch; ++b) {
     int n = seq_pages(kv, b);
-    check_arg(n >= 1, detail::concat("page_indptr[", b + 1, "] - page_indptr[", b, "]"),
+    UNIQUE_CHECK_ARG(n >= 1, detail::concat("page_indptr[", b + 1, "] - page_indptr[", b, "]"),
               ">= 1 page (empty sequence)", n);
     int last = kv.last_page_len[b];
-    check_arg(last >= 1 && last <= kv.page_size, detail::concat("last_page_len[", b, "]"),
+    UNIQUE_CHECK_ARG(last >= 1 && last <= kv.page_size, detail::concat("last_page_len[", b, "]"),
               detail::concat("1..", kv.page_size), last);
     if (kv.max_pages_per_seq > 0)
-      check_arg(n <= kv.max_pages_per_seq, detail::concat("pages of sequence ", b),
+      UNIQUE_CHECK_ARG(n <= kv.max_pages_per_seq, detail::concat("pages of sequence ", b),
                 detail::concat("<= max_pages_per_seq (", kv.max_pages_per_seq, ")"), n);
     for (int j = kv.page_indptr[b]; j < kv.page_indptr[b + 1]; ++j) {
       int p = kv.page_indices[j];
-      check_arg(p >= 0 && p < kv.num_pages, detail::concat("page_indices[", j, "]"),
+      UNIQUE_CHECK_ARG(p >= 0 && p < kv.num_pages, detail::concat("page_indices[", j, "]"),
                 detail::concat("a page id in [0, ", kv.num_pages, ")"), p);
     }
   }

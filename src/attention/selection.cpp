@@ -9,14 +9,14 @@
 namespace unique {
 
 void validate_selection(const Selection& sel, const PagedKV& kv, const AttentionConfig& cfg) {
-  check_arg(sel.pages && sel.counts, "selection", "pages and counts set", "a null pointer");
-  check_arg(sel.device == kv.device, "selection.device", to_string(kv.device),
+  UNIQUE_CHECK_ARG(sel.pages && sel.counts, "selection", "pages and counts set", "a null pointer");
+  UNIQUE_CHECK_ARG(sel.device == kv.device, "selection.device", to_string(kv.device),
             to_string(sel.device));
-  check_arg(sel.batch == kv.batch, "selection.batch", kv.batch, sel.batch);
-  check_arg(sel.num_kv_heads == kv.num_kv_heads, "selection.num_kv_heads", kv.num_kv_heads,
+  UNIQUE_CHECK_ARG(sel.batch == kv.batch, "selection.batch", kv.batch, sel.batch);
+  UNIQUE_CHECK_ARG(sel.num_kv_heads == kv.num_kv_heads, "selection.num_kv_heads", kv.num_kv_heads,
             sel.num_kv_heads);
   const int need = cfg.max_selected(max_seq_pages(kv));
-  check_arg(sel.max_selected >= need, "selection.max_selected",
+  UNIQUE_CHECK_ARG(sel.max_selected >= need, "selection.max_selected",
             detail::concat(">= ", need, " (config.max_selected of the longest sequence)"),
             sel.max_selected);
 }
@@ -26,7 +26,7 @@ void score_pages(const AttentionConfig& cfg, const TensorView& q, const PagedKV&
   detail::validate_scoring(cfg, q, kv);
   const int max_pages = max_seq_pages(kv);
   expect_shape(scores, "scores", {kv.batch, kv.num_kv_heads, -1});
-  check_arg(scores.shape[2] >= max_pages, "scores.shape[2]",
+  UNIQUE_CHECK_ARG(scores.shape[2] >= max_pages, "scores.shape[2]",
             detail::concat(">= pages of the longest sequence (", max_pages, ")"), scores.shape[2]);
   expect_dtype(scores, "scores", DType::f32);
   expect_contiguous(scores, "scores");

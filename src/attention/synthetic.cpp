@@ -31,9 +31,9 @@ struct Rng {
 }  // namespace
 
 SyntheticWorkload make_synthetic_workload(const SyntheticSpec& s, void (*progress)(double)) {
-  check_arg(s.batch >= 1, "batch", ">= 1", s.batch);
-  check_arg(s.context >= 1, "context", ">= 1 token", s.context);
-  check_arg(s.num_kv_heads >= 1 && s.num_qo_heads % s.num_kv_heads == 0, "num_qo_heads",
+  UNIQUE_CHECK_ARG(s.batch >= 1, "batch", ">= 1", s.batch);
+  UNIQUE_CHECK_ARG(s.context >= 1, "context", ">= 1 token", s.context);
+  UNIQUE_CHECK_ARG(s.num_kv_heads >= 1 && s.num_qo_heads % s.num_kv_heads == 0, "num_qo_heads",
             detail::concat("a multiple of num_kv_heads (", s.num_kv_heads, ")"), s.num_qo_heads);
   const int H = s.num_kv_heads, D = s.head_dim, P = s.page_size, group = s.num_qo_heads / H;
   std::vector<int64_t> lens(s.batch);
@@ -48,6 +48,7 @@ SyntheticWorkload make_synthetic_workload(const SyntheticSpec& s, void (*progres
   opt.page_size = P;
   opt.head_dim = D;
   opt.dtype = s.dtype;
+  opt.stats_dtype = s.stats_dtype;
   SyntheticWorkload w;
   w.cache = std::make_unique<KVCache>(opt);
   w.q.resize(size_t(s.batch) * s.num_qo_heads * D);

@@ -32,7 +32,7 @@ std::string TensorView::shape_str() const {
 TensorView make_view(void* data, DType dtype, std::initializer_list<int64_t> shape,
                      Device device) {
   TensorView t;
-  check_arg(shape.size() <= TensorView::kMaxDims, "make_view shape",
+  UNIQUE_CHECK_ARG(shape.size() <= TensorView::kMaxDims, "make_view shape",
             detail::concat("at most ", TensorView::kMaxDims, " dims"), shape.size());
   t.data = data;
   t.dtype = dtype;
@@ -74,21 +74,21 @@ void expect_shape(const TensorView& t, const char* arg, std::initializer_list<in
 }
 
 void expect_dtype(const TensorView& t, const char* arg, DType dtype) {
-  check_arg(t.dtype == dtype, arg, detail::concat("dtype ", to_string(dtype)),
+  UNIQUE_CHECK_ARG(t.dtype == dtype, arg, detail::concat("dtype ", to_string(dtype)),
             detail::concat("dtype ", to_string(t.dtype)));
 }
 
 void expect_device(const TensorView& t, const char* arg, Device device) {
-  check_arg(t.device == device, arg, detail::concat("device ", to_string(device)),
+  UNIQUE_CHECK_ARG(t.device == device, arg, detail::concat("device ", to_string(device)),
             detail::concat("device ", to_string(t.device)));
 }
 
 void expect_contiguous(const TensorView& t, const char* arg) {
-  check_arg(t.is_contiguous(), arg, "a contiguous tensor", "strided " + t.shape_str());
+  UNIQUE_CHECK_ARG(t.is_contiguous(), arg, "a contiguous tensor", "strided " + t.shape_str());
 }
 
 void expect_not_null(const TensorView& t, const char* arg) {
-  check_arg(t.data != nullptr || t.numel() == 0, arg, "non-null data", "null");
+  UNIQUE_CHECK_ARG(t.data != nullptr || t.numel() == 0, arg, "non-null data", "null");
 }
 
 }  // namespace unique

@@ -6,7 +6,7 @@ namespace unique::detail {
 
 void validate_cfg_kv(const AttentionConfig& cfg, const PagedKV& kv, bool need_stats) {
   cfg.validate();
-  check_arg(cfg.page_size == kv.page_size, "config.page_size",
+  UNIQUE_CHECK_ARG(cfg.page_size == kv.page_size, "config.page_size",
             concat("the cache's page size ", kv.page_size), cfg.page_size);
   validate_paged_kv(kv, need_stats);
 }
@@ -16,7 +16,7 @@ void validate_query(const TensorView& q, const PagedKV& kv) {
   expect_shape(q, "q", {kv.batch, -1, kv.head_dim});
   expect_device(q, "q", kv.device);
   const int64_t hq = q.shape[1];
-  check_arg(hq > 0 && hq % kv.num_kv_heads == 0, "q num_qo_heads",
+  UNIQUE_CHECK_ARG(hq > 0 && hq % kv.num_kv_heads == 0, "q num_qo_heads",
             concat("a positive multiple of num_kv_heads (", kv.num_kv_heads, ")"), hq);
 }
 
@@ -24,9 +24,9 @@ void validate_scoring(const AttentionConfig& cfg, const TensorView& q, const Pag
   validate_cfg_kv(cfg, kv, false);
   validate_query(q, kv);
   if (cfg.estimator == Estimator::quest)
-    check_arg(kv.kmin && kv.kmax, "kv.kmin/kv.kmax", "set for estimator quest", "null");
+    UNIQUE_CHECK_ARG(kv.kmin && kv.kmax, "kv.kmin/kv.kmax", "set for estimator quest", "null");
   else if (cfg.estimator == Estimator::unique || cfg.estimator == Estimator::mean)
-    check_arg(kv.mean && kv.std, "kv.mean/kv.std",
+    UNIQUE_CHECK_ARG(kv.mean && kv.std, "kv.mean/kv.std",
               concat("set for estimator ", to_string(cfg.estimator)), "null");
 }
 

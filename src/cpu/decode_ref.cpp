@@ -10,7 +10,7 @@ namespace unique::ref {
 void paged_decode(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
                   const Selection* sel, const TensorView& out, const TensorView& lse) {
   validate_decode_args(cfg, q, kv, sel, out, lse);
-  check_arg(kv.device == Device::cpu, "kv.device", "cpu (reference)", to_string(kv.device));
+  UNIQUE_CHECK_ARG(kv.device == Device::cpu, "kv.device", "cpu (reference)", to_string(kv.device));
   const int H = kv.num_kv_heads, D = kv.head_dim, Hq = static_cast<int>(q.shape[1]);
   const int group = Hq / H;
   const double scale = cfg.scale_for(D);

@@ -1,4 +1,5 @@
-// Page statistics on the CPU: fused append (Welford) and the from-scratch reference.
+// Page statistics on the CPU: the fused append (write tokens, then recompute the stats of
+// the pages they landed in) and the from-scratch reference over every page.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -9,50 +10,67 @@ namespace unique::cpu {
 
 namespace {
 
+// Two-pass statistics of `tokens` stored keys of one (page, head), accumulated in Acc and
+// rounded once to the stats dtype. Two passes over at most page_size rows: stable, and
+// the same numbers however the page was filled.
+template <class T, class Acc>
+void page_head_stats(const PagedKV& kv, int page, int h, int tokens) {
+  const int D = kv.head_dim;
+  const T* K = static_cast<const T*>(kv.k) + kv.kv_offset(page, h);
+  const int64_t so = kv.stats_offset(page, h);
+  for (int d = 0; d < D; ++d) {
+    Acc sum = 0, lo = INFINITY, hi = -INFINITY;
+    for (int t = 0; t < tokens; ++t) {
+      const Acc x = to_float(K[t * D + d]);
+      sum += x;
+      lo = std::min(lo, x);
+      hi = std::max(hi, x);
+    }
+    const Acc mu = sum / tokens;
+    Acc ss = 0;
+    for (int t = 0; t < tokens; ++t) {
+      const Acc x = Acc(to_float(K[t * D + d])) - mu;
+      ss += x * x;
+    }
+    if (kv.mean) {
+      store_from_float(kv.mean, kv.stats_dtype, so + d, static_cast<float>(mu));
+      store_from_float(kv.std, kv.stats_dtype, so + d, static_cast<float>(std::sqrt(ss / tokens)));
+    }
+    if (kv.kmin) {
+      store_from_float(kv.kmin, kv.stats_dtype, so + d, static_cast<float>(lo));
+      store_from_float(kv.kmax, kv.stats_dtype, so + d, static_cast<float>(hi));
+    }
+  }
+}
+
 template <class T>
 void append_typed(const PagedKV& kv, const TensorView& k_new, const TensorView& v_new,
                   const int32_t* append_indptr) {
   const int H = kv.num_kv_heads, D = kv.head_dim, P = kv.page_size;
   T* K = static_cast<T*>(kv.k);
   T* V = static_cast<T*>(kv.v);
-  // One task per (sequence, head): tokens of a page must update its stats in order.
+  const bool stats = kv.mean || kv.kmin;
 #pragma omp parallel for schedule(dynamic) collapse(2)
   for (int b = 0; b < kv.batch; ++b) {
     for (int h = 0; h < H; ++h) {
       const int64_t len = seq_len(kv, b);
       const int n_new = append_indptr[b + 1] - append_indptr[b];
+      if (n_new == 0) continue;
+      const int32_t* table = kv.page_indices + kv.page_indptr[b];
       for (int i = 0; i < n_new; ++i) {
         const int64_t pos = len - n_new + i;
-        const int page = kv.page_indices[kv.page_indptr[b] + pos / P];
-        const int slot = static_cast<int>(pos % P);
-        const int64_t row = static_cast<int64_t>(append_indptr[b] + i) * H + h;
-        T* kd = K + kv.kv_offset(page, h) + static_cast<int64_t>(slot) * D;
-        T* vd = V + kv.kv_offset(page, h) + static_cast<int64_t>(slot) * D;
-        const int64_t so = kv.stats_offset(page, h);
+        const int64_t dst = kv.kv_offset(table[pos / P], h) + (pos % P) * D;
+        const int64_t src = (static_cast<int64_t>(append_indptr[b] + i) * H + h) * D;
         for (int d = 0; d < D; ++d) {
-          const T ks = from_float<T>(load_as_float(k_new.data, k_new.dtype, row * D + d));
-          kd[d] = ks;
-          vd[d] = from_float<T>(load_as_float(v_new.data, v_new.dtype, row * D + d));
-          const float x = to_float(ks);  // statistics describe the keys as stored
-          if (kv.mean) {
-            float& mu = kv.mean[so + d];
-            float& sd = kv.std[so + d];
-            if (slot == 0) {
-              mu = x;
-              sd = 0.0f;
-            } else {
-              // Welford; M2 is carried as n*std^2 so only mean and std are stored.
-              const float m2 = sd * sd * static_cast<float>(slot);
-              const float delta = x - mu;
-              mu += delta / static_cast<float>(slot + 1);
-              sd = std::sqrt(std::max(m2 + delta * (x - mu), 0.0f) / static_cast<float>(slot + 1));
-            }
-          }
-          if (kv.kmin) {
-            kv.kmin[so + d] = slot == 0 ? x : std::min(kv.kmin[so + d], x);
-            kv.kmax[so + d] = slot == 0 ? x : std::max(kv.kmax[so + d], x);
-          }
+          K[dst + d] = from_float<T>(load_as_float(k_new.data, k_new.dtype, src + d));
+          V[dst + d] = from_float<T>(load_as_float(v_new.data, v_new.dtype, src + d));
         }
+      }
+      if (!stats) continue;
+      const int64_t first = (len - n_new) / P, last = (len - 1) / P;
+      for (int64_t j = first; j <= last; ++j) {
+        const int tokens = static_cast<int>(std::min<int64_t>(P, len - j * P));
+        page_head_stats<T, float>(kv, table[j], h, tokens);
       }
     }
   }
@@ -68,41 +86,16 @@ void append_kv(const PagedKV& kv, const TensorView& k_new, const TensorView& v_n
 }
 
 void recompute_page_stats(const PagedKV& kv) {
-  const int H = kv.num_kv_heads, D = kv.head_dim, P = kv.page_size;
-  for (int b = 0; b < kv.batch; ++b) {
-    const int n = seq_pages(kv, b);
-    for (int j = 0; j < n; ++j) {
-      const int page = kv.page_indices[kv.page_indptr[b] + j];
-      const int tokens = j == n - 1 ? kv.last_page_len[b] : P;
-      for (int h = 0; h < H; ++h) {
-        const int64_t base = kv.kv_offset(page, h);
-        const int64_t so = kv.stats_offset(page, h);
-        for (int d = 0; d < D; ++d) {
-          double sum = 0, lo = INFINITY, hi = -INFINITY;
-          for (int t = 0; t < tokens; ++t) {
-            const double x = load_as_float(kv.k, kv.dtype, base + static_cast<int64_t>(t) * D + d);
-            sum += x;
-            lo = std::min(lo, x);
-            hi = std::max(hi, x);
-          }
-          const double mu = sum / tokens;
-          double ss = 0;
-          for (int t = 0; t < tokens; ++t) {
-            const double x = load_as_float(kv.k, kv.dtype, base + static_cast<int64_t>(t) * D + d);
-            ss += (x - mu) * (x - mu);
-          }
-          if (kv.mean) {
-            kv.mean[so + d] = static_cast<float>(mu);
-            kv.std[so + d] = static_cast<float>(std::sqrt(ss / tokens));
-          }
-          if (kv.kmin) {
-            kv.kmin[so + d] = static_cast<float>(lo);
-            kv.kmax[so + d] = static_cast<float>(hi);
-          }
-        }
-      }
+  dispatch_dtype(kv.dtype, [&](auto t) {
+    using T = decltype(t);
+    for (int b = 0; b < kv.batch; ++b) {
+      const int n = seq_pages(kv, b);
+      for (int j = 0; j < n; ++j)
+        for (int h = 0; h < kv.num_kv_heads; ++h)
+          page_head_stats<T, double>(kv, kv.page_indices[kv.page_indptr[b] + j], h,
+                                     j == n - 1 ? kv.last_page_len[b] : kv.page_size);
     }
-  }
+  });
 }
 
 void load_query_group(const TensorView& q, int b, int kv_head, int group, int head_dim,

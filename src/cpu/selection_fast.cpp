@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cpu/cpu_kernels.h"
+#include "cpu/vec.h"
 #include "unique/detail/hash.h"
 
 namespace unique::cpu {
@@ -19,12 +20,6 @@ inline float dot(const float* a, const float* b, int n) {
   return s;
 }
 
-inline float quest_bound(const float* q, const float* lo, const float* hi, int n) {
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int d = 0; d < n; ++d) s += std::max(q[d] * lo[d], q[d] * hi[d]);
-  return s;
-}
 
 // Softmax attention mass per page for each query head (the oracle), into s[i*n + j].
 template <class T>
@@ -52,8 +47,58 @@ void oracle_mass(const AttentionConfig& cfg, const PagedKV& kv, int b, int h, in
   }
 }
 
+// Scores of pages[0..n) for G query heads from the page statistics (stats type S), into
+// s[i*n + j]. One pass over the stats rows: each chunk is widened once for all G heads.
+template <class S, int G>
+void stats_scores(const AttentionConfig& cfg, const PagedKV& kv, const int32_t* pages, int n,
+                  int h, const float* q, const float* qnorm, float* s) {
+  const int D = kv.head_dim;
+  const S* mean = static_cast<const S*>(kv.mean);
+  const S* sdev = static_cast<const S*>(kv.std);
+  const S* lo = static_cast<const S*>(kv.kmin);
+  const S* hi = static_cast<const S*>(kv.kmax);
+  const Estimator e = cfg.estimator;
+  const bool channel = cfg.offset == OffsetForm::channel;
+  for (int j = 0; j < n; ++j) {
+    const int64_t so = kv.stats_offset(pages[j], h);
+    if (j + 4 < n) {  // stats rows of one head are strided across pages: prefetch ahead
+      const int64_t ahead = kv.stats_offset(pages[j + 4], h);
+      const void* a = e == Estimator::quest ? static_cast<const void*>(lo + ahead) : mean + ahead;
+      const void* b = e == Estimator::quest ? static_cast<const void*>(hi + ahead) : sdev + ahead;
+      prefetch_bytes(a, D * sizeof(S));
+      if (e != Estimator::mean) prefetch_bytes(b, D * sizeof(S));
+    }
+    VecF dotv[G] = {}, offv[G] = {}, sd2{};
+    for (int d0 = 0; d0 < D; d0 += kW) {
+      if (e == Estimator::quest) {
+        const VecF l = load_widen(lo + so + d0), u = load_widen(hi + so + d0);
+        for (int i = 0; i < G; ++i) {
+          const VecF qi = load(q + i * D + d0);
+          dotv[i] += vmax(qi * l, qi * u);
+        }
+        continue;
+      }
+      const VecF mu = load_widen(mean + so + d0);
+      for (int i = 0; i < G; ++i) dotv[i] += load(q + i * D + d0) * mu;
+      if (e != Estimator::unique) continue;
+      const VecF sd = load_widen(sdev + so + d0);
+      if (channel) {
+        for (int i = 0; i < G; ++i) offv[i] += vabs(load(q + i * D + d0)) * sd;
+      } else {
+        sd2 += sd * sd;
+      }
+    }
+    const float sd_norm = e == Estimator::unique && !channel ? std::sqrt(hsum(sd2)) : 0.0f;
+    for (int i = 0; i < G; ++i) {
+      float v = hsum(dotv[i]);
+      if (e == Estimator::unique) v += cfg.alpha * (channel ? hsum(offv[i]) : qnorm[i] * sd_norm);
+      s[i * n + j] = v;
+    }
+  }
+}
+
 struct Scratch {
-  std::vector<float> q, absq, qnorm, per_head, agg, logits;
+  std::vector<float> q, qnorm, per_head, agg, logits;
   std::vector<int> rest, chosen;
 };
 
@@ -63,12 +108,10 @@ void score_one(const AttentionConfig& cfg, const TensorView& q, const PagedKV& k
   const int D = kv.head_dim, group = static_cast<int>(q.shape[1]) / kv.num_kv_heads;
   const int n = seq_pages(kv, b);
   sc.q.resize(size_t(group) * D);
-  sc.absq.resize(size_t(group) * D);
   sc.qnorm.resize(group);
   sc.per_head.assign(size_t(group) * n, 0.0f);
   sc.agg.assign(n, 0.0f);
   load_query_group(q, b, h, group, D, sc.q.data());
-  for (int i = 0; i < group * D; ++i) sc.absq[i] = std::abs(sc.q[i]);
   for (int i = 0; i < group; ++i) sc.qnorm[i] = std::sqrt(dot(&sc.q[i * D], &sc.q[i * D], D));
   const int32_t* pages = kv.page_indices + kv.page_indptr[b];
   float* s = sc.per_head.data();
@@ -85,24 +128,12 @@ void score_one(const AttentionConfig& cfg, const TensorView& q, const PagedKV& k
       });
       break;
     default:
-      for (int j = 0; j < n; ++j) {
-        const int64_t so = kv.stats_offset(pages[j], h);
-        for (int i = 0; i < group; ++i) {
-          const float* qi = &sc.q[i * D];
-          float v;
-          if (cfg.estimator == Estimator::quest) {
-            v = quest_bound(qi, kv.kmin + so, kv.kmax + so, D);
-          } else {
-            v = dot(qi, kv.mean + so, D);
-            if (cfg.estimator == Estimator::unique) {
-              v += cfg.alpha * (cfg.offset == OffsetForm::channel
-                                    ? dot(&sc.absq[i * D], kv.std + so, D)
-                                    : sc.qnorm[i] * std::sqrt(dot(kv.std + so, kv.std + so, D)));
-            }
-          }
-          s[i * n + j] = v;
-        }
-      }
+      dispatch_dtype(kv.stats_dtype, [&](auto st) {
+        for_head_blocks(group, [&](auto g, int i0) {
+          stats_scores<decltype(st), g()>(cfg, kv, pages, n, h, &sc.q[i0 * D], sc.qnorm.data() + i0,
+                                          s + i0 * n);
+        });
+      });
   }
   if (cfg.gqa == GqaAggregation::max) {
     for (int j = 0; j < n; ++j) sc.agg[j] = -INFINITY;

@@ -24,21 +24,22 @@ double raw_score(const AttentionConfig& cfg, const TensorView& q, const PagedKV&
                  int hq, int h, int j) {
   const int page = kv.page_indices[kv.page_indptr[b] + j];
   const int64_t so = kv.stats_offset(page, h);
+  auto stat = [&](const void* p, int d) -> double { return load_as_float(p, kv.stats_dtype, so + d); };
   double s = 0, off = 0, qn = 0, sn = 0;
   for (int d = 0; d < kv.head_dim; ++d) {
     const double qd = q_at(q, b, hq, d);
     switch (cfg.estimator) {
       case Estimator::quest:
-        s += std::max(qd * kv.kmin[so + d], qd * kv.kmax[so + d]);
+        s += std::max(qd * stat(kv.kmin, d), qd * stat(kv.kmax, d));
         break;
       case Estimator::mean:
-        s += qd * kv.mean[so + d];
+        s += qd * stat(kv.mean, d);
         break;
       case Estimator::unique:
-        s += qd * kv.mean[so + d];
-        off += std::abs(qd) * kv.std[so + d];
+        s += qd * stat(kv.mean, d);
+        off += std::abs(qd) * stat(kv.std, d);
         qn += qd * qd;
-        sn += static_cast<double>(kv.std[so + d]) * kv.std[so + d];
+        sn += stat(kv.std, d) * stat(kv.std, d);
         break;
       default:
         break;
@@ -81,7 +82,7 @@ std::vector<double> page_mass(const AttentionConfig& cfg, const TensorView& q, c
 void score_pages(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
                  const TensorView& scores) {
   detail::validate_scoring(cfg, q, kv);
-  check_arg(scores.ndim == 3 && scores.shape[2] >= max_seq_pages(kv) && scores.dtype == DType::f32,
+  UNIQUE_CHECK_ARG(scores.ndim == 3 && scores.shape[2] >= max_seq_pages(kv) && scores.dtype == DType::f32,
             "scores", "fp32 [batch, num_kv_heads, >= max pages]", scores.shape_str());
   const int H = kv.num_kv_heads, group = static_cast<int>(q.shape[1]) / H;
   const int max_pages = static_cast<int>(scores.shape[2]);
