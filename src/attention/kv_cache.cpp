@@ -17,8 +17,8 @@ KVCache::KVCache(const KVCacheOptions& opt) : opt_(opt), mem_(std::make_unique<S
   UNIQUE_CHECK_ARG(opt.num_pages > 0, "num_pages", "> 0", opt.num_pages);
   UNIQUE_CHECK_ARG(opt.num_kv_heads > 0, "num_kv_heads", "> 0", opt.num_kv_heads);
   UNIQUE_CHECK_ARG(opt.page_size >= 1 && opt.page_size <= 256, "page_size", "1..256", opt.page_size);
-  UNIQUE_CHECK_ARG(opt.head_dim > 0 && opt.head_dim % 8 == 0 && opt.head_dim <= 512, "head_dim",
-            "a multiple of 8 in 8..512", opt.head_dim);
+  UNIQUE_CHECK_ARG(opt.head_dim > 0 && opt.head_dim % 16 == 0 && opt.head_dim <= 512, "head_dim",
+            "a multiple of 16 in 16..512", opt.head_dim);
   UNIQUE_CHECK_ARG(opt.device == Device::cpu, "device", "cpu (KVCache owns host memory)",
             to_string(opt.device));
   const size_t tokens = size_t(opt.num_pages) * opt.num_kv_heads * opt.page_size;

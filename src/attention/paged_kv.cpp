@@ -22,8 +22,8 @@ int max_seq_pages(const PagedKV& kv) {
 void validate_paged_kv(const PagedKV& kv, bool need_stats) {
   UNIQUE_CHECK_ARG(kv.num_kv_heads > 0, "kv.num_kv_heads", "> 0", kv.num_kv_heads);
   UNIQUE_CHECK_ARG(kv.page_size >= 1 && kv.page_size <= 256, "kv.page_size", "1..256", kv.page_size);
-  UNIQUE_CHECK_ARG(kv.head_dim > 0 && kv.head_dim <= 512 && kv.head_dim % 8 == 0, "kv.head_dim",
-            "a multiple of 8 in 8..512", kv.head_dim);
+  UNIQUE_CHECK_ARG(kv.head_dim > 0 && kv.head_dim <= 512 && kv.head_dim % 16 == 0, "kv.head_dim",
+            "a multiple of 16 in 16..512", kv.head_dim);
   UNIQUE_CHECK_ARG(kv.num_pages > 0, "kv.num_pages", "> 0", kv.num_pages);
   UNIQUE_CHECK_ARG(kv.batch > 0, "kv.batch", "> 0", kv.batch);
   UNIQUE_CHECK_ARG(kv.k != nullptr && kv.v != nullptr, "kv.k/kv.v", "non-null", "null");

@@ -33,7 +33,8 @@ struct Rng {
 SyntheticWorkload make_synthetic_workload(const SyntheticSpec& s, void (*progress)(double)) {
   UNIQUE_CHECK_ARG(s.batch >= 1, "batch", ">= 1", s.batch);
   UNIQUE_CHECK_ARG(s.context >= 1, "context", ">= 1 token", s.context);
-  UNIQUE_CHECK_ARG(s.num_kv_heads >= 1 && s.num_qo_heads % s.num_kv_heads == 0, "num_qo_heads",
+  UNIQUE_CHECK_ARG(s.num_kv_heads >= 1, "num_kv_heads", ">= 1", s.num_kv_heads);
+  UNIQUE_CHECK_ARG(s.num_qo_heads >= 1 && s.num_qo_heads % s.num_kv_heads == 0, "num_qo_heads",
             detail::concat("a multiple of num_kv_heads (", s.num_kv_heads, ")"), s.num_qo_heads);
   const int H = s.num_kv_heads, D = s.head_dim, P = s.page_size, group = s.num_qo_heads / H;
   std::vector<int64_t> lens(s.batch);
