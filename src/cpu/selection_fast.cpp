@@ -117,11 +117,12 @@ void score_one(const AttentionConfig& cfg, const TensorView& q, const PagedKV& k
   float* s = sc.per_head.data();
 
   switch (cfg.estimator) {
-    case Estimator::dense:
-      return;  // all zeros; every page is selected anyway
+    case Estimator::dense:  // all zeros (every page is selected anyway)
+      break;
     case Estimator::random:
-      for (int j = 0; j < n; ++j) sc.agg[j] = detail::random_page_score(cfg.seed, b, h, j);
-      return;
+      for (int i = 0; i < group; ++i)
+        for (int j = 0; j < n; ++j) s[i * n + j] = detail::random_page_score(cfg.seed, b, h, j);
+      break;
     case Estimator::oracle:
       dispatch_dtype(kv.dtype, [&](auto t) {
         oracle_mass<decltype(t)>(cfg, kv, b, h, group, sc.q.data(), s, sc.logits);
