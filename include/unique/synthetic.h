@@ -1,6 +1,6 @@
 // Synthetic decode workloads whose keys look like real ones: per-channel outlier
 // dimensions, keys that drift smoothly so neighbouring pages cluster, and planted
-// "needle" pages that the query attends to. Used by the CLI benchmark, the benchmarks
+// "needle" pages and an attention sink (the first tokens) that the query attends to. Used by the CLI benchmark, the benchmarks
 // and tests; deterministic for a seed.
 #pragma once
 #include <cstdint>

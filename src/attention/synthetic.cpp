@@ -56,8 +56,9 @@ SyntheticWorkload make_synthetic_workload(const SyntheticSpec& s, void (*progres
   w.needle_pages.resize(size_t(s.batch) * H);
 
   // Per (sequence, head): channel biases with a few large outlier channels, a query
-  // direction, the needle pages. Keys = bias + drifting topic + noise (+ query direction
-  // on needle pages).
+  // direction, the needle pages. Keys = bias + drifting topic + noise, plus the query
+  // direction on needle pages and on the first 4 tokens (the attention sink real models
+  // show).
   struct HeadModel {
     std::vector<float> bias, dir, topic;
   };
@@ -116,7 +117,7 @@ SyntheticWorkload make_synthetic_workload(const SyntheticSpec& s, void (*progres
           float* vr = &v[(size_t(row) * H + h) * D];
           for (int d = 0; d < D; ++d) {
             kr[d] = m.bias[d] + m.topic[d] + 0.7f * rng.normal() +
-                    (needle ? 0.2f * m.dir[d] : 0.0f);
+                    (needle || t < 4 ? 0.3f * m.dir[d] : 0.0f);
             vr[d] = rng.normal();
           }
         }
