@@ -19,6 +19,19 @@ int main(int argc, char** argv) {
       "Synthetic decode workload (real-looking keys, planted needle pages): recall, output\n"
       "error, time per step, GB/s and speed-up over dense for every estimator (CPU).");
   runners[bench] = unique::cli::add_bench_attention(*bench);
+  auto* gen = app.add_subcommand(
+      "generate", "Generate text with a Hugging Face model directory (Llama/Mistral/Qwen2/Qwen3),\n"
+                  "sparse attention in the decode steps; ends with prefill and decode tokens/s.");
+  runners[gen] = unique::cli::add_generate(*gen);
+  auto* bdec = app.add_subcommand(
+      "bench-decode", "Decode throughput of a whole model (or random weights of a named shape),\n"
+                      "dense vs sparse, against the bytes-limit at the measured bandwidth.");
+  runners[bdec] = unique::cli::add_bench_decode(*bdec);
+  auto* tiny = app.add_subcommand("make-tiny-model",
+                                  "Write a small random Llama-family model directory (no download).");
+  runners[tiny] = unique::cli::add_make_tiny_model(*tiny);
+  auto* tok = app.add_subcommand("tokenize", "Token ids of a text with a model directory's tokenizer.json.");
+  runners[tok] = unique::cli::add_tokenize(*tok);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,67 @@
+// `unique make-tiny-model` and `unique tokenize`.
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+#include "commands.h"
+#include "unique/engine/tiny_model.h"
+#include "unique/engine/tokenizer.h"
+#include "unique/error.h"
+
+namespace unique::cli {
+
+Runner add_make_tiny_model(CLI::App& app) {
+  auto o = std::make_shared<engine::TinyModelOptions>();
+  auto out = std::make_shared<std::string>();
+  auto dtype = std::make_shared<std::string>("bf16");
+  auto untied = std::make_shared<bool>(false);
+  app.add_option("--out", *out, "Output directory")->required();
+  app.add_option("--arch", o->arch, "llama | mistral | qwen2 | qwen3")->capture_default_str();
+  app.add_option("--hidden", o->hidden, "Hidden size")->capture_default_str();
+  app.add_option("--layers", o->layers, "Layers")->capture_default_str();
+  app.add_option("--heads", o->heads, "Query heads")->capture_default_str();
+  app.add_option("--kv-heads", o->kv_heads, "KV heads")->capture_default_str();
+  app.add_option("--head-dim", o->head_dim, "Head dimension (multiple of 16)")->capture_default_str();
+  app.add_option("--intermediate", o->intermediate, "MLP size")->capture_default_str();
+  app.add_option("--merges", o->merges, "BPE merges learned for the tokenizer")->capture_default_str();
+  app.add_option("--dtype", *dtype, "fp32 | fp16 | bf16")->capture_default_str();
+  app.add_option("--seed", o->seed, "Weights seed")->capture_default_str();
+  app.add_flag("--tied", *untied, "Tie lm_head to the embeddings (default: separate lm_head)");
+  return [o, out, dtype, untied] {
+    o->dtype = parse_dtype(*dtype);
+    o->tie_embeddings = *untied;
+    const int64_t bytes = engine::write_tiny_model(*out, *o);
+    std::printf("wrote %s: %s, hidden %d, %d layers, heads %d/%d, head dim %d, %s, %.1f MB (random weights)\n",
+                out->c_str(), o->arch.c_str(), o->hidden, o->layers, o->heads, o->kv_heads, o->head_dim,
+                dtype->c_str(), bytes / 1e6);
+    return 0;
+  };
+}
+
+Runner add_tokenize(CLI::App& app) {
+  auto model = std::make_shared<std::string>();
+  auto text = std::make_shared<std::string>();
+  auto ids = std::make_shared<std::string>();
+  auto no_special = std::make_shared<bool>(false);
+  app.add_option("--model", *model, "Model directory (or a tokenizer.json file)")->required();
+  app.add_option("--text", *text, "Text to encode");
+  app.add_option("--decode", *ids, "Comma-separated ids to decode instead");
+  app.add_flag("--no-special", *no_special, "Do not add special tokens (BOS)");
+  return [=] {
+    const std::string path = model->size() > 5 && model->substr(model->size() - 5) == ".json" ? *model : *model + "/tokenizer.json";
+    const engine::Tokenizer tok = engine::Tokenizer::from_file(path);
+    if (!ids->empty()) {
+      std::vector<int> v;
+      std::stringstream ss(*ids);
+      for (std::string t; std::getline(ss, t, ',');)
+        if (!t.empty()) v.push_back(std::stoi(t));
+      std::printf("%s\n", nlohmann::json(tok.decode(v)).dump().c_str());
+      return 0;
+    }
+    std::printf("%s\n", nlohmann::json(tok.encode(*text, !*no_special)).dump().c_str());
+    return 0;
+  };
+}
+
+}  // namespace unique::cli

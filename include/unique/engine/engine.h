@@ -1,0 +1,94 @@
+// The Llama-family forward on the CPU over a paged KV cache (one unique::KVCache per
+// layer, which keeps the page statistics), and the generation loop.
+//   prefill: chunks of one sequence's prompt; GEMMs through OpenBLAS; dense causal
+//            attention (OpenMP) over the sequence's cached keys; K/V appended to the cache.
+//   decode:  one token for each sequence of a batch; unique::select_pages +
+//            unique::paged_decode with the estimator of EngineOptions::attention (dense
+//            for the first dense_layers layers or Estimator::dense).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "unique/config.h"
+#include "unique/engine/model.h"
+#include "unique/engine/sampler.h"
+#include "unique/kv_cache.h"
+
+namespace unique::engine {
+
+struct EngineOptions {
+  AttentionConfig attention;     // page_size, budget, sink, recent, estimator, ...
+  int dense_layers = 0;          // first N layers always use dense decode attention
+  DType kv_dtype = DType::f32;   // KV cache storage
+  int max_batch = 1;             // sequences alive at once
+  int64_t max_context = 4096;    // tokens per sequence (prompt + generated): sizes the pool
+  int prefill_chunk = 256;       // prompt tokens per forward during prefill
+  bool keep_all_stats = false;   // keep mean/std and min/max (to switch estimators later)
+  void validate() const;
+};
+
+class Engine {
+ public:
+  Engine(const Model& model, const EngineOptions& opt);
+  ~Engine();
+  const EngineOptions& options() const { return opt_; }
+  // Switches the decode attention (same page size; the cache must keep the estimator's
+  // statistics: see keep_all_stats).
+  void set_attention(const AttentionConfig& cfg, int dense_layers);
+  const Model& model() const { return model_; }
+
+  int add_sequence();
+  void free_sequence(int seq);
+  int64_t length(int seq) const;
+
+  // Appends `tokens` to sequence seq (chunked forward); writes the logits of the last
+  // token to logits_last [vocab] (may be null). Throws unique::Error before changing
+  // anything when the tokens are empty, an id is out of range, or the sequence would
+  // exceed max_context / the model's max_position_embeddings.
+  void prefill(int seq, const std::vector<int>& tokens, float* logits_last);
+  // One token for each sequence in seqs; logits [seqs.size(), vocab].
+  void decode(const std::vector<int>& seqs, const std::vector<int>& tokens, float* logits);
+
+  // Appends synthetic keys/values (N(0,1) keys with a per-channel offset; speed runs only)
+  // to every layer of seq, without running the model.
+  void fill_synthetic(int seq, int64_t tokens, uint64_t seed);
+  const KVCache& cache(int layer) const { return *caches_[layer]; }
+
+ private:
+  struct Scratch;
+  const Model& model_;
+  EngineOptions opt_;
+  std::vector<std::unique_ptr<KVCache>> caches_;
+  std::unique_ptr<Scratch> s_;
+
+  void check_append(int seq, int64_t n) const;
+  // Runs all layers on rows x [T, hidden]; rows belong to `seqs` with `counts` tokens each
+  // (prefill: one seq; decode: counts all 1). logits for rows `out_rows`.
+  void forward(const std::vector<int>& seqs, const std::vector<int>& counts, const std::vector<int>& tokens,
+               bool decode, const std::vector<int64_t>& out_rows, float* logits);
+};
+
+struct GenerateOptions {
+  int max_new_tokens = 64;
+  SamplerOptions sampler;
+  std::vector<int> eos_ids;  // stop tokens (empty: run to max_new_tokens)
+  bool keep_logits = false;  // record the logits of every generated token (tests, parity checks)
+};
+
+struct GenerateResult {
+  std::vector<std::vector<int>> tokens;  // generated tokens per prompt (EOS included)
+  std::vector<std::vector<std::vector<float>>> logits;  // [prompt][step][vocab] if keep_logits
+  double prefill_seconds = 0, decode_seconds = 0;
+  int64_t prefill_tokens = 0, decode_tokens = 0;
+};
+
+// Generates for a batch of prompts (different lengths allowed): prefill each, then decode
+// all live sequences together until EOS or max_new_tokens. on_token(prompt_index, token)
+// is called for every generated token as soon as it is known.
+GenerateResult generate(Engine& engine, const std::vector<std::vector<int>>& prompts,
+                        const GenerateOptions& opt,
+                        const std::function<void(int, int)>& on_token = nullptr);
+
+}  // namespace unique::engine

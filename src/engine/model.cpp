@@ -1,0 +1,296 @@
+#include "unique/engine/model.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "engine/json_util.h"
+#include "unique/error.h"
+
+namespace unique::engine {
+
+using unique::detail::concat;
+
+namespace {
+
+std::vector<float> to_f32_vector(const TensorStore::Ref& r) {
+  std::vector<float> v(static_cast<size_t>(r.entry->numel()));
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (r.entry->dtype == DType::f32) {
+      std::memcpy(&v[i], r.data + 4 * i, 4);
+    } else {
+      uint16_t b;
+      std::memcpy(&b, r.data + 2 * i, 2);
+      v[i] = r.entry->dtype == DType::bf16 ? bf16_bits_to_float(b) : f16_bits_to_float(b);
+    }
+  }
+  return v;
+}
+
+struct Loader {
+  const TensorStore& store;
+  const LoadOptions& opt;
+  const std::string& dir;
+
+  TensorStore::Ref get(const std::string& name, std::vector<int64_t> shape, bool required = true) const {
+    TensorStore::Ref r = store.find(name);
+    if (!r.entry) {
+      if (!required) return r;
+      throw Error(concat(dir, ": tensor '", name, "' is missing from the safetensors files (config.json expects shape ",
+                         shape_str(shape), ")"));
+    }
+    if (!r.entry->float_dtype)
+      throw_arg(r.file->path() + ": tensor '" + name + "' dtype", "F32, F16 or BF16", r.entry->dtype_name);
+    if (r.entry->shape != shape)
+      throw_arg(r.file->path() + ": tensor '" + name + "' shape", shape_str(shape) + " (from config.json)",
+                shape_str(r.entry->shape));
+    return r;
+  }
+  static std::string shape_str(const std::vector<int64_t>& s) {
+    std::string o = "[";
+    for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
+    return o + "]";
+  }
+  Weight matrix(const std::string& name, int64_t rows, int64_t cols) const {
+    TensorStore::Ref r = get(name, {rows, cols});
+    Weight w;
+    w.rows = rows;
+    w.cols = cols;
+    const DType dt = r.entry->dtype;
+    const bool aligned = reinterpret_cast<uintptr_t>(r.data) % dtype_size(dt) == 0;
+    if (opt.weights_fp32 && dt != DType::f32) {
+      std::vector<float> v = to_f32_vector(r);
+      w.owned.resize(v.size() * 4);
+      std::memcpy(w.owned.data(), v.data(), w.owned.size());
+      w.dtype = DType::f32;
+      w.data = w.owned.data();
+    } else if (!aligned) {  // untrusted offsets may misalign; copy rather than misread
+      w.owned.assign(r.data, r.data + rows * cols * dtype_size(dt));
+      w.dtype = dt;
+      w.data = w.owned.data();
+    } else {
+      w.dtype = dt;
+      w.data = r.data;
+    }
+    return w;
+  }
+  std::vector<float> vec(const std::string& name, int64_t n, bool required = true) const {
+    TensorStore::Ref r = get(name, {n}, required);
+    if (!r.entry) return {};
+    return to_f32_vector(r);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& opt) {
+  auto m = std::make_unique<Model>();
+  const std::string cfg_path = dir + "/config.json";
+  m->cfg_ = parse_model_config(detail::read_file(cfg_path, "model config", 16u << 20), cfg_path);
+  ModelConfig& c = m->cfg_;
+  const std::string gen_path = dir + "/generation_config.json";
+  if (detail::file_exists(gen_path)) {
+    // generation_config.json's eos_token_id takes precedence (Llama 3 instruct lists several).
+    nlohmann::json g = detail::parse_json(detail::read_file(gen_path, "generation config", 16u << 20), gen_path);
+    if (const auto* e = detail::field(g, "eos_token_id")) {
+      std::vector<int> ids;
+      auto one = [&](const nlohmann::json& x) {
+        if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() > (1 << 30))
+          throw_arg(gen_path + ": field eos_token_id", "token ids", e->dump());
+        ids.push_back(static_cast<int>(x.get<int64_t>()));
+      };
+      if (e->is_array()) for (const auto& x : *e) one(x);
+      else one(*e);
+      c.eos_token_ids = ids;
+    }
+  }
+  m->store_ = std::make_unique<TensorStore>(dir);
+  Loader L{*m->store_, opt, dir};
+  const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
+  const int64_t qd = int64_t(c.num_heads) * D, kd = int64_t(c.num_kv_heads) * D;
+  const int nl = opt.max_layers > 0 ? std::min(opt.max_layers, c.num_layers) : c.num_layers;
+  c.num_layers = nl;
+  m->embed_ = L.matrix("model.embed_tokens.weight", c.vocab_size, H);
+  for (int l = 0; l < nl; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LayerWeights w;
+    w.q = L.matrix(p + "self_attn.q_proj.weight", qd, H);
+    w.k = L.matrix(p + "self_attn.k_proj.weight", kd, H);
+    w.v = L.matrix(p + "self_attn.v_proj.weight", kd, H);
+    w.o = L.matrix(p + "self_attn.o_proj.weight", H, qd);
+    w.gate = L.matrix(p + "mlp.gate_proj.weight", I, H);
+    w.up = L.matrix(p + "mlp.up_proj.weight", I, H);
+    w.down = L.matrix(p + "mlp.down_proj.weight", H, I);
+    w.attn_norm = L.vec(p + "input_layernorm.weight", H);
+    w.mlp_norm = L.vec(p + "post_attention_layernorm.weight", H);
+    if (c.qkv_bias) {
+      w.q_bias = L.vec(p + "self_attn.q_proj.bias", qd);
+      w.k_bias = L.vec(p + "self_attn.k_proj.bias", kd);
+      w.v_bias = L.vec(p + "self_attn.v_proj.bias", kd);
+    }
+    if (c.qk_norm) {
+      w.q_norm = L.vec(p + "self_attn.q_norm.weight", D);
+      w.k_norm = L.vec(p + "self_attn.k_norm.weight", D);
+    }
+    m->layers_.push_back(std::move(w));
+  }
+  m->final_norm_ = L.vec("model.norm.weight", H);
+  if (!c.tie_word_embeddings) {
+    if (!m->store_->find("lm_head.weight").entry)
+      throw Error(concat(dir, ": tensor 'lm_head.weight' is missing and config.json has tie_word_embeddings false"));
+    m->lm_head_ = L.matrix("lm_head.weight", c.vocab_size, H);
+  }
+  m->inv_freq_ = engine::rope_inv_freq(c);
+  return m;
+}
+
+std::unique_ptr<Model> Model::random(const ModelConfig& cfg, DType dtype, uint64_t seed) {
+  auto m = std::make_unique<Model>();
+  m->cfg_ = cfg;
+  const ModelConfig& c = m->cfg_;
+  auto make = [&](int64_t rows, int64_t cols, uint64_t s) {
+    Weight w;
+    w.rows = rows;
+    w.cols = cols;
+    w.dtype = dtype;
+    w.owned.resize(w.bytes());
+    const int64_t n = rows * cols;
+#pragma omp parallel
+    {
+      // Cheap per-thread generator: uniform with std 0.02 (speed runs only).
+      uint64_t x = s * 0x9E3779B97F4A7C15ull + 1234567 + omp_get_thread_num() * 0xBF58476D1CE4E5B9ull;
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < n; ++i) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        const float f = (static_cast<float>(x >> 40) * (1.0f / 16777216.0f) - 0.5f) * 0.0693f;
+        store_from_float(w.owned.data(), dtype, static_cast<size_t>(i), f);
+      }
+    }
+    w.data = w.owned.data();
+    return w;
+  };
+  const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
+  const int64_t qd = int64_t(c.num_heads) * D, kd = int64_t(c.num_kv_heads) * D;
+  uint64_t s = seed;
+  m->embed_ = make(c.vocab_size, H, s++);
+  for (int l = 0; l < c.num_layers; ++l) {
+    LayerWeights w;
+    w.q = make(qd, H, s++);
+    w.k = make(kd, H, s++);
+    w.v = make(kd, H, s++);
+    w.o = make(H, qd, s++);
+    w.gate = make(I, H, s++);
+    w.up = make(I, H, s++);
+    w.down = make(H, I, s++);
+    w.attn_norm.assign(H, 1.0f);
+    w.mlp_norm.assign(H, 1.0f);
+    if (c.qkv_bias) {
+      w.q_bias.assign(qd, 0.0f);
+      w.k_bias.assign(kd, 0.0f);
+      w.v_bias.assign(kd, 0.0f);
+    }
+    if (c.qk_norm) {
+      w.q_norm.assign(D, 1.0f);
+      w.k_norm.assign(D, 1.0f);
+    }
+    m->layers_.push_back(std::move(w));
+  }
+  m->final_norm_.assign(H, 1.0f);
+  if (!c.tie_word_embeddings) m->lm_head_ = make(c.vocab_size, H, s++);
+  m->inv_freq_ = engine::rope_inv_freq(c);
+  return m;
+}
+
+size_t Model::decode_weight_bytes() const {
+  size_t b = lm_head().bytes();
+  for (const auto& l : layers_)
+    b += l.q.bytes() + l.k.bytes() + l.v.bytes() + l.o.bytes() + l.gate.bytes() + l.up.bytes() + l.down.bytes();
+  return b;
+}
+
+size_t Model::total_weight_bytes() const {
+  return decode_weight_bytes() + (cfg_.tie_word_embeddings ? 0 : embed_.bytes());
+}
+
+namespace {
+
+// y[m, n] for rows n in [n0, n1) of a 16-bit weight; M small (decode): reads each weight
+// row once and applies it to every input row.
+template <class T>
+void gemv16(const float* x, int64_t M, const T* w, int64_t K, int64_t N, float* y) {
+  constexpr int64_t kMaxM = 8;
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* row = w + n * K;
+    float acc[kMaxM][16] = {};
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+      float wf[16];
+      for (int j = 0; j < 16; ++j) wf[j] = to_float(row[k + j]);
+      for (int64_t m = 0; m < M; ++m) {
+        const float* xm = x + m * K + k;
+        for (int j = 0; j < 16; ++j) acc[m][j] += wf[j] * xm[j];
+      }
+    }
+    for (int64_t m = 0; m < M; ++m) {
+      float s = 0;
+      for (int j = 0; j < 16; ++j) s += acc[m][j];
+      for (int64_t kk = k; kk < K; ++kk) s += to_float(row[kk]) * x[m * K + kk];
+      y[m * N + n] = s;
+    }
+  }
+}
+
+}  // namespace
+
+void linear(const float* x, int64_t M, const Weight& w, float* y) {
+  const int64_t K = w.cols, N = w.rows;
+  if (M <= 0) return;
+  if (w.dtype == DType::f32) {
+    const float* W = static_cast<const float*>(w.data);
+    if (M == 1)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(N), static_cast<int>(K), 1.0f, W,
+                  static_cast<int>(K), x, 1, 0.0f, y, 1);
+    else
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N),
+                  static_cast<int>(K), 1.0f, x, static_cast<int>(K), W, static_cast<int>(K), 0.0f, y,
+                  static_cast<int>(N));
+    return;
+  }
+  if (M <= 8) {
+    if (w.dtype == DType::bf16) gemv16(x, M, static_cast<const bf16*>(w.data), K, N, y);
+    else gemv16(x, M, static_cast<const f16*>(w.data), K, N, y);
+    return;
+  }
+  // Prefill: convert panels of rows to fp32 and run sgemm on each; the panel output goes
+  // to a column block of y (ldc = N).
+  constexpr int64_t kPanel = 256;
+  thread_local std::vector<float> panel;
+  panel.resize(static_cast<size_t>(std::min(kPanel, N) * K));
+  for (int64_t n0 = 0; n0 < N; n0 += kPanel) {
+    const int64_t nb = std::min(kPanel, N - n0);
+    const int64_t cnt = nb * K;
+    const uint16_t* src = static_cast<const uint16_t*>(w.data) + n0 * K;
+    float* dst = panel.data();  // the thread_local of this thread, shared with the team
+    if (w.dtype == DType::bf16) {
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < cnt; ++i) dst[i] = bf16_bits_to_float(src[i]);
+    } else {
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < cnt; ++i) dst[i] = f16_bits_to_float(src[i]);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(nb),
+                static_cast<int>(K), 1.0f, x, static_cast<int>(K), panel.data(), static_cast<int>(K), 0.0f,
+                y + n0, static_cast<int>(N));
+  }
+}
+
+void embedding_row(const Weight& w, int64_t row, float* out) {
+  UNIQUE_CHECK_ARG(row >= 0 && row < w.rows, "token id", concat("0..", w.rows - 1, " (vocab_size)"), row);
+  for (int64_t i = 0; i < w.cols; ++i) out[i] = load_as_float(w.data, w.dtype, static_cast<size_t>(row * w.cols + i));
+}
+
+}  // namespace unique::engine

@@ -1,0 +1,175 @@
+// The engine's forward against an independent float64 forward of a tiny model that the
+// test writes itself; sparse decode with budget >= context against dense.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "engine_test_util.h"
+#include "unique/engine/engine.h"
+#include "unique/engine/model.h"
+
+using namespace unique;
+using namespace unique::engine;
+using enginetest::TinySpec;
+
+namespace {
+
+double rel_err(const float* a, const std::vector<double>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    num = std::max(num, std::abs(a[i] - b[i]));
+    den = std::max(den, std::abs(b[i]));
+  }
+  return num / den;
+}
+
+struct Case {
+  const char* name;
+  TinySpec spec;
+  double tol;
+};
+
+class EngineVsReference : public ::testing::TestWithParam<Case> {};
+
+TEST_P(EngineVsReference, PrefillAndGreedyDecodeMatchFloat64) {
+  const Case& c = GetParam();
+  const std::string dir = enginetest::temp_dir(c.name);
+  const enginetest::RefModel ref = enginetest::write_tiny(dir, c.spec);
+  auto model = Model::load(dir);
+  EngineOptions eo;
+  eo.attention.estimator = Estimator::dense;
+  eo.attention.page_size = 16;
+  eo.attention.budget_tokens = 16;
+  eo.kv_dtype = DType::f32;
+  eo.max_context = 64;
+  eo.prefill_chunk = 7;  // several chunks, the last one partial
+  Engine eng(*model, eo);
+  std::vector<int> tokens = {1, 5, 9, 17, 33, 2, 40, 41, 8, 8, 8, 3, 49, 0, 12, 22, 7, 30, 31};
+  const int V = c.spec.vocab;
+  std::vector<float> logits(V);
+  const int s = eng.add_sequence();
+  eng.prefill(s, tokens, logits.data());
+  EXPECT_LT(rel_err(logits.data(), ref.logits(tokens)), c.tol) << "prefill";
+  for (int step = 0; step < 12; ++step) {
+    int next = 0;
+    for (int i = 1; i < V; ++i)
+      if (logits[i] > logits[next]) next = i;
+    tokens.push_back(next);
+    eng.decode({s}, {next}, logits.data());
+    EXPECT_LT(rel_err(logits.data(), ref.logits(tokens)), c.tol) << "decode step " << step;
+  }
+}
+
+TinySpec spec(const char* arch, bool tie, bool llama3, bool bias, bool qk, const char* dt) {
+  TinySpec s;
+  s.arch = arch;
+  s.tie = tie;
+  s.llama3_rope = llama3;
+  s.bias = bias;
+  s.qk_norm = qk;
+  s.dtype = dt;
+  return s;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Archs, EngineVsReference,
+    ::testing::Values(Case{"llama_fp32", spec("LlamaForCausalLM", false, false, false, false, "F32"), 2e-5},
+                      Case{"llama3_rope_tied", spec("LlamaForCausalLM", true, true, false, false, "F32"), 2e-5},
+                      Case{"mistral_fp32", spec("MistralForCausalLM", false, false, false, false, "F32"), 2e-5},
+                      Case{"qwen2_bias", spec("Qwen2ForCausalLM", false, false, true, false, "F32"), 2e-5},
+                      Case{"qwen3_qknorm", spec("Qwen3ForCausalLM", true, false, false, true, "F32"), 2e-5},
+                      Case{"llama_bf16", spec("LlamaForCausalLM", false, true, false, false, "BF16"), 2e-5},
+                      Case{"qwen3_fp16", spec("Qwen3ForCausalLM", false, false, false, true, "F16"), 1e-4}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+// Sparse selection that keeps every page must give exactly the dense tokens (and logits).
+TEST(EngineSparse, BudgetAtLeastContextGivesDenseTokens) {
+  const std::string dir = enginetest::temp_dir("sparse_eq");
+  TinySpec s;
+  s.vocab = 64;
+  enginetest::write_tiny(dir, s);
+  auto model = Model::load(dir);
+  std::vector<std::vector<int>> prompts = {{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20},
+                                           {5, 6, 7}};
+  GenerateOptions go;
+  go.max_new_tokens = 24;
+  go.keep_logits = true;
+  auto run = [&](Estimator e, int page) {
+    EngineOptions eo;
+    eo.attention.estimator = e;
+    eo.attention.page_size = page;
+    eo.attention.budget_tokens = 256;  // >= context
+    eo.kv_dtype = DType::f32;
+    eo.max_batch = 2;
+    eo.max_context = 64;
+    Engine eng(*model, eo);
+    return generate(eng, prompts, go);
+  };
+  const GenerateResult dense = run(Estimator::dense, 4);
+  for (Estimator e : {Estimator::unique, Estimator::quest, Estimator::mean, Estimator::oracle}) {
+    const GenerateResult sp = run(e, 4);
+    EXPECT_EQ(sp.tokens, dense.tokens) << to_string(e);
+    for (size_t b = 0; b < prompts.size(); ++b)
+      for (size_t t = 0; t < dense.logits[b].size(); ++t)
+        for (size_t i = 0; i < dense.logits[b][t].size(); ++i)
+          ASSERT_NEAR(sp.logits[b][t][i], dense.logits[b][t][i], 1e-5) << to_string(e) << " b" << b << " t" << t;
+  }
+}
+
+// A small budget really is sparse (different pages attended), and still runs with
+// dense_layers and a batch of different lengths.
+TEST(EngineSparse, SmallBudgetRunsWithDenseLayersAndRaggedBatch) {
+  const std::string dir = enginetest::temp_dir("sparse_small");
+  TinySpec s;
+  s.layers = 3;
+  enginetest::write_tiny(dir, s);
+  auto model = Model::load(dir);
+  std::vector<std::vector<int>> prompts(3);
+  for (int i = 0; i < 90; ++i) prompts[0].push_back((i * 7) % 50);
+  for (int i = 0; i < 17; ++i) prompts[1].push_back((i * 3) % 50);
+  prompts[2] = {4};
+  EngineOptions eo;
+  eo.attention.estimator = Estimator::unique;
+  eo.attention.page_size = 16;
+  eo.attention.budget_tokens = 16;
+  eo.dense_layers = 1;
+  eo.max_batch = 3;
+  eo.max_context = 128;
+  eo.kv_dtype = DType::bf16;
+  Engine eng(*model, eo);
+  GenerateOptions go;
+  go.max_new_tokens = 10;
+  go.sampler.temperature = 0.8f;
+  go.sampler.top_k = 20;
+  go.sampler.top_p = 0.9f;
+  go.sampler.seed = 7;
+  const GenerateResult r = generate(eng, prompts, go);
+  ASSERT_EQ(r.tokens.size(), 3u);
+  for (const auto& t : r.tokens) EXPECT_EQ(t.size(), 10u);
+  EXPECT_EQ(r.prefill_tokens, 90 + 17 + 1);
+  // Same seed, same tokens.
+  Engine eng2(*model, eo);
+  EXPECT_EQ(generate(eng2, prompts, go).tokens, r.tokens);
+}
+
+TEST(EngineGenerate, StopsOnEos) {
+  const std::string dir = enginetest::temp_dir("eos");
+  TinySpec s;
+  enginetest::write_tiny(dir, s);
+  auto model = Model::load(dir);
+  EngineOptions eo;
+  eo.attention.estimator = Estimator::dense;
+  eo.max_context = 64;
+  Engine eng(*model, eo);
+  GenerateOptions go;
+  go.max_new_tokens = 20;
+  const GenerateResult free_run = generate(eng, {{1, 2, 3}}, go);
+  ASSERT_EQ(free_run.tokens[0].size(), 20u);
+  go.eos_ids = {free_run.tokens[0][3]};
+  const GenerateResult r = generate(eng, {{1, 2, 3}}, go);
+  const auto& t = free_run.tokens[0];
+  const size_t first = std::find(t.begin(), t.end(), t[3]) - t.begin();
+  EXPECT_EQ(r.tokens[0].size(), first + 1);
+}
+
+}  // namespace
