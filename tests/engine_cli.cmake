@@ -1,0 +1,27 @@
+# CLI tests of the engine subcommands (included from tests/CMakeLists.txt).
+set(_tiny ${CMAKE_CURRENT_BINARY_DIR}/tiny_model)
+add_test(NAME cli_make_tiny_model COMMAND unique make-tiny-model --out ${_tiny})
+set_tests_properties(cli_make_tiny_model PROPERTIES FIXTURES_SETUP tiny_model)
+add_test(NAME cli_generate_tiny COMMAND unique generate --model ${_tiny} --prompt "The page statistics"
+         --max-new-tokens 8 --attention unique --budget 32 --page-size 16)
+set_tests_properties(cli_generate_tiny PROPERTIES PASS_REGULAR_EXPRESSION "decode: [0-9]+ tokens in .*tokens/s")
+add_test(NAME cli_generate_batch_sampled COMMAND unique generate --model ${_tiny} --prompt "a" --prompt "a longer prompt"
+         --max-new-tokens 5 --temperature 0.8 --top-k 20 --top-p 0.9 --seed 3 --attention quest --dense-layers 1)
+add_test(NAME cli_tokenize COMMAND unique tokenize --model ${_tiny} --text "hello")
+set_tests_properties(cli_tokenize PROPERTIES PASS_REGULAR_EXPRESSION "^\\[[0-9]+,")
+add_test(NAME cli_generate_empty_prompt COMMAND unique generate --model ${_tiny} --prompt "")
+add_test(NAME cli_generate_too_long COMMAND unique generate --model ${_tiny} --prompt "x" --max-new-tokens 10 --max-context 4)
+add_test(NAME cli_generate_bad_attention COMMAND unique generate --model ${_tiny} --prompt "x" --attention nope)
+add_test(NAME cli_generate_cuda_device COMMAND unique generate --model ${_tiny} --prompt "x" --device cuda)
+add_test(NAME cli_generate_missing_model COMMAND unique generate --model ${_tiny}_does_not_exist --prompt "x")
+set_tests_properties(cli_generate_empty_prompt cli_generate_too_long cli_generate_bad_attention
+                     cli_generate_cuda_device cli_generate_missing_model PROPERTIES WILL_FAIL TRUE)
+set_tests_properties(cli_generate_tiny cli_generate_batch_sampled cli_tokenize cli_generate_empty_prompt
+                     cli_generate_too_long cli_generate_bad_attention cli_generate_cuda_device
+                     PROPERTIES FIXTURES_REQUIRED tiny_model)
+add_test(NAME cli_bench_decode_tiny COMMAND unique bench-decode --shape tiny --context 512 --batch 2 --steps 2
+         --bandwidth-gbps 10 --attention dense,unique,quest,mean,oracle)
+set_tests_properties(cli_bench_decode_tiny PROPERTIES PASS_REGULAR_EXPRESSION "unique +512")
+set_tests_properties(cli_make_tiny_model cli_generate_tiny cli_generate_batch_sampled cli_tokenize
+                     cli_generate_empty_prompt cli_generate_too_long cli_generate_bad_attention
+                     cli_generate_cuda_device cli_generate_missing_model cli_bench_decode_tiny PROPERTIES LABELS cli)
