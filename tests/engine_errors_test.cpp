@@ -102,6 +102,15 @@ TEST(EngineErrors, ConfigFields) {
   EXPECT_EQ(ok.num_kv_heads, 4);
   EXPECT_EQ(ok.head_dim, 16);
   EXPECT_EQ(ok.eos_token_ids, (std::vector<int>{3, 4}));
+  // transformers >= 5: rope_parameters with rope_theta inside.
+  const ModelConfig v5 = cfg(R"({"architectures": ["LlamaForCausalLM"], "rope_parameters": {"rope_type": "llama3",
+      "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 8192}, )" + base + "}");
+  EXPECT_EQ(v5.rope_scaling, RopeScaling::llama3);
+  EXPECT_EQ(v5.rope_theta, 500000.0);
+  EXPECT_EQ(v5.rope_factor, 32.0);
+  EXPECT_ERROR_HAS(cfg(R"({"architectures": ["LlamaForCausalLM"], "rope_parameters": {"rope_type": "yarn"}, )" + base + "}"),
+                   "rope_parameters");
 }
 
 TEST(EngineErrors, ShardedIndex) {

@@ -131,17 +131,22 @@ int run(const GenOptions& o) {
   go.keep_logits = !o.dump_logits.empty();
   const bool stream = prompts.size() == 1 && !o.quiet;
   std::string pending;
-  if (stream) {
+  bool echoed = false;
+  auto echo_prompt = [&] {
+    if (echoed) return;
+    echoed = true;
     if (!texts.empty()) std::fputs(texts[0].c_str(), stdout);
     std::fflush(stdout);
-  }
+  };
   auto on_token = [&](int b, int t) {
     if (!stream) return;
+    echo_prompt();  // after the checks in generate(), so an error prints nothing else
     if (tok->is_special(t)) return;
     stream_utf8(pending, tok->token_bytes(t));
   };
   engine::GenerateResult r = engine::generate(eng, prompts, go, on_token);
   if (stream) {
+    echo_prompt();
     std::fwrite(pending.data(), 1, pending.size(), stdout);
     std::fputs("\n", stdout);
   } else if (!o.quiet) {

@@ -96,11 +96,21 @@ ModelConfig parse_model_config(const std::string& text, const std::string& src) 
                         detail::get_bool_or(j, "use_sliding_window", src, false));
   if (sw_used) c.sliding_window = detail::get_int_or(j, "sliding_window", src, 0, int64_t(1) << 40, 0);
 
-  if (const json* rs = detail::field(j, "rope_scaling")) {
+  // transformers >= 5 writes "rope_parameters" (rope_theta inside); older "rope_scaling".
+  const json* rs = detail::field(j, "rope_scaling");
+  const char* rs_name = "rope_scaling";
+  if (const json* rp = detail::field(j, "rope_parameters")) {
+    if (!rp->is_object()) throw_arg(src + ": field rope_parameters", "an object", rp->dump());
+    c.rope_theta = detail::get_num_or(*rp, "rope_theta", src + ": rope_parameters", c.rope_theta);
+    if (!(c.rope_theta > 1 && std::isfinite(c.rope_theta)))
+      throw_arg(src + ": field rope_parameters.rope_theta", "> 1", c.rope_theta);
+    rs = rp;
+    rs_name = "rope_parameters";
+  }
+  if (rs) {
     if (!rs->is_object()) throw_arg(src + ": field rope_scaling", "an object or null", rs->dump());
-    std::string type = detail::get_str_or(*rs, "rope_type", src + ": rope_scaling",
-                                          detail::get_str_or(*rs, "type", src + ": rope_scaling", "default"));
-    const std::string rsrc = src + ": rope_scaling";
+    const std::string rsrc = src + ": " + rs_name;
+    std::string type = detail::get_str_or(*rs, "rope_type", rsrc, detail::get_str_or(*rs, "type", rsrc, "default"));
     if (type == "default") {
     } else if (type == "linear") {
       c.rope_scaling = RopeScaling::linear;
@@ -116,7 +126,7 @@ ModelConfig parse_model_config(const std::string& text, const std::string& src) 
         throw_arg(rsrc + " high_freq_factor", concat("> low_freq_factor (", c.rope_low_freq_factor, ") > 0"),
                   c.rope_high_freq_factor);
     } else {
-      throw_arg(src + ": field rope_scaling.rope_type", "default, linear or llama3", type);
+      throw_arg(rsrc + " rope_type", "default, linear or llama3", type);
     }
     if (!(c.rope_factor > 0 && std::isfinite(c.rope_factor)))
       throw_arg(rsrc + " factor", "> 0", c.rope_factor);
