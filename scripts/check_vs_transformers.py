@@ -85,16 +85,23 @@ def make_model(arch, dtype, path, seed):
                 p.normal_(0.0, 0.2)
             else:
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
-    model = model.to(dtype).eval()
-    model.save_pretrained(path, safe_serialization=True)
-    return model
+    model.to(dtype).save_pretrained(path, safe_serialization=True)
+
+
+def load(path, dtype):
+    # Loaded the way users load checkpoints: `Module.to(bf16)` would also round the RoPE
+    # inv_freq buffer to bf16, from_pretrained keeps it fp32.
+    import transformers as tf
+
+    return tf.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
 
 
 def check_model(args, arch, dtype, results):
     name = f"{arch}-{'fp32' if dtype == torch.float32 else 'bf16'}"
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     with tempfile.TemporaryDirectory() as d:
-        model = make_model(arch, dtype, d, seed=zlib.crc32(name.encode()) % 1000)
+        make_model(arch, dtype, d, seed=zlib.crc32(name.encode()) % 1000)
+        model = load(d, dtype)
         g = torch.Generator().manual_seed(7)
         prompt = torch.randint(0, 512, (args.prompt_len,), generator=g).tolist()
         dump = os.path.join(d, "logits.json")
@@ -107,18 +114,33 @@ def check_model(args, arch, dtype, results):
         ids = torch.tensor([prompt + toks[:-1]])
         with torch.no_grad():
             hf = model(ids).logits[0, len(prompt) - 1:].double()
-        worst, flips, real_flips = 0.0, 0, 0
+            # The exact math on the stored weights: the same model upcast to fp32.
+            hf32 = load(d, torch.float32)(ids).logits[0, len(prompt) - 1:].double() if dtype != torch.float32 else hf
+
+        def rel(a, b):
+            return max(((a[s] - b[s]).abs().max() / b[s].abs().max()).item() for s in range(len(toks)))
+
+        flips, real_flips = 0, 0
         for s in range(len(toks)):
-            err = ((our_logits[s] - hf[s]).abs().max() / hf[s].abs().max()).item()
-            worst = max(worst, err)
             top2 = torch.topk(hf[s], 2).values
             if int(hf[s].argmax()) != toks[s]:
                 flips += 1
                 if (top2[0] - top2[1]).item() > tol * hf[s].abs().max().item():
                     real_flips += 1
-        ok = worst <= tol and real_flips == 0
-        results.append((name, ok, f"max rel logit err {worst:.2e} (tol {tol:g}) over prefill + {len(toks) - 1} "
-                                  f"decode steps; greedy mismatches {flips} (beyond near-ties: {real_flips})"))
+        err = rel(our_logits, hf)
+        if dtype == torch.float32:
+            ok = err <= tol and real_flips == 0
+            detail = f"max rel logit err {err:.2e} (tol {tol:g})"
+        else:
+            # We compute in fp32 on the bf16 weights; transformers in bf16. Pass when we match
+            # the fp32 math on the same weights (1e-4) and are within the issue's 2e-2 of the
+            # bf16 run, or at least no further from it than its own bf16 rounding error.
+            err32, own = rel(our_logits, hf32), rel(hf, hf32)
+            ok = err32 <= 1e-4 and (err <= tol or err <= 1.5 * own) and real_flips == 0
+            detail = (f"vs hf-bf16 {err:.2e} (tol {tol:g}; hf-bf16's own error vs fp32 math {own:.2e}), "
+                      f"vs hf fp32 math on the bf16 weights {err32:.2e} (tol 1e-4)")
+        results.append((name, ok, f"{detail} over prefill + {len(toks) - 1} decode steps; greedy mismatches "
+                                  f"{flips} (beyond near-ties: {real_flips})"))
 
 
 def train_tokenizers(d):

@@ -141,7 +141,7 @@ int run(const GenOptions& o) {
   auto on_token = [&](int b, int t) {
     if (!stream) return;
     echo_prompt();  // after the checks in generate(), so an error prints nothing else
-    if (tok->is_special(t)) return;
+    if (tok->is_special(t) || t >= tok->vocab_size()) return;  // config vocab may be padded
     stream_utf8(pending, tok->token_bytes(t));
   };
   engine::GenerateResult r = engine::generate(eng, prompts, go, on_token);
@@ -155,7 +155,7 @@ int run(const GenOptions& o) {
       if (b < texts.size()) std::fputs(texts[b].c_str(), stdout);
       std::string out;
       for (int t : r.tokens[b])
-        if (!tok->is_special(t)) out += tok->token_bytes(t);
+        if (!tok->is_special(t) && t < tok->vocab_size()) out += tok->token_bytes(t);
       std::fwrite(out.data(), 1, out.size(), stdout);
       std::fputs("\n", stdout);
     }

@@ -46,12 +46,12 @@ Runner add_tokenize(CLI::App& app) {
   auto no_special = std::make_shared<bool>(false);
   app.add_option("--model", *model, "Model directory (or a tokenizer.json file)")->required();
   app.add_option("--text", *text, "Text to encode");
-  app.add_option("--decode", *ids, "Comma-separated ids to decode instead");
+  CLI::Option* dec = app.add_option("--decode", *ids, "Comma-separated ids to decode instead (may be empty)");
   app.add_flag("--no-special", *no_special, "Do not add special tokens (BOS)");
   return [=] {
     const std::string path = model->size() > 5 && model->substr(model->size() - 5) == ".json" ? *model : *model + "/tokenizer.json";
     const engine::Tokenizer tok = engine::Tokenizer::from_file(path);
-    if (!ids->empty()) {
+    if (dec->count() > 0) {
       std::vector<int> v;
       std::stringstream ss(*ids);
       for (std::string t; std::getline(ss, t, ',');)

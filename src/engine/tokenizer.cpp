@@ -226,7 +226,7 @@ Tokenizer Tokenizer::from_json(std::string_view text, const std::string& src) {
   if (mtype != "BPE") throw_arg(src + ": field model.type", "BPE", mtype);
   const json* vocab = detail::field(*model, "vocab");
   if (!vocab || !vocab->is_object()) throw_arg(src + ": field model.vocab", "an object", vocab ? vocab->type_name() : "missing");
-  constexpr int64_t kMaxId = 1 << 24;
+  constexpr int64_t kMaxId = 1 << 21;  // real vocabularies are < 300K; bounds the id table
   auto set_token = [&](const std::string& tok, int64_t id, const char* where) {
     if (id < 0 || id >= kMaxId) throw_arg(src + ": " + where + " '" + tok + "'", concat("an id in 0..", kMaxId - 1), id);
     if (static_cast<size_t>(id) >= t.id_to_token_.size()) t.id_to_token_.resize(id + 1);
