@@ -1,11 +1,13 @@
 #include "unique/engine/model.h"
 
 #include <cblas.h>
+#include <immintrin.h>
 #include <omp.h>
 
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <type_traits>
 
 #include "engine/json_util.h"
 #include "unique/error.h"
@@ -243,8 +245,50 @@ void gemv16_m(const float* x, const T* w, int64_t K, int64_t N, float* y) {
   }
 }
 
+#if defined(__AVX512F__)
+// bf16 rows widened in registers (bf16 = the top half of an fp32), two accumulator
+// chains per input row to hide the FMA latency.
+template <int M>
+void gemv_bf16_avx512(const float* x, const uint16_t* w, int64_t K, int64_t N, float* y) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const uint16_t* row = w + n * K;
+    __m512 a0[M], a1[M];
+    for (int m = 0; m < M; ++m) a0[m] = a1[m] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+      const __m512 w0 = _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k))), 16));
+      const __m512 w1 = _mm512_castsi512_ps(_mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k + 16))), 16));
+      for (int m = 0; m < M; ++m) {
+        a0[m] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + m * K + k), a0[m]);
+        a1[m] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + m * K + k + 16), a1[m]);
+      }
+    }
+    for (int m = 0; m < M; ++m) {
+      float s = _mm512_reduce_add_ps(_mm512_add_ps(a0[m], a1[m]));
+      for (int64_t kk = k; kk < K; ++kk) s += bf16_bits_to_float(row[kk]) * x[m * K + kk];
+      y[m * N + n] = s;
+    }
+  }
+}
+#endif
+
 template <class T>
 void gemv16(const float* x, int64_t M, const T* w, int64_t K, int64_t N, float* y) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, bf16>) {
+    const auto* u = reinterpret_cast<const uint16_t*>(w);
+    switch (M) {
+      case 1: return gemv_bf16_avx512<1>(x, u, K, N, y);
+      case 2: return gemv_bf16_avx512<2>(x, u, K, N, y);
+      case 3: return gemv_bf16_avx512<3>(x, u, K, N, y);
+      case 4: return gemv_bf16_avx512<4>(x, u, K, N, y);
+      default: break;
+    }
+  }
+#endif
   switch (M) {
     case 1: return gemv16_m<1>(x, w, K, N, y);
     case 2: return gemv16_m<2>(x, w, K, N, y);
