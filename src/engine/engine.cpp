@@ -1,5 +1,6 @@
 #include "unique/engine/engine.h"
 
+#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "engine/blas_util.h"
 #include "unique/decode.h"
 #include "unique/error.h"
 #include "unique/selection.h"
@@ -206,35 +208,35 @@ void Engine::forward(const std::vector<int>& seqs, const std::vector<int>& count
           }
         }
       const float scale = cfg.scale_for(static_cast<int>(D));
+      // Per query head: S = scale * Q_h K_h^T [T, L] (sgemm), causal softmax by row,
+      // O_h = P V_h (sgemm). Rows of chunk token t see keys 0..p0+t.
+      detail::blas_single_threaded();
 #pragma omp parallel
       {
-        std::vector<float> sc(L);
-        std::vector<float> acc(D);
-#pragma omp for collapse(2) schedule(dynamic, 4)
-        for (int h = 0; h < Hq; ++h)
+        std::vector<float> S(static_cast<size_t>(T * L));
+#pragma omp for schedule(dynamic, 1)
+        for (int h = 0; h < Hq; ++h) {
+          const float* Q = s.q.data() + h * D;
+          const float* K = s.kbuf.data() + int64_t(h / group) * L * D;
+          const float* Vh = s.vbuf.data() + int64_t(h / group) * L * D;
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(L),
+                      static_cast<int>(D), scale, Q, static_cast<int>(qd), K, static_cast<int>(D), 0.0f, S.data(),
+                      static_cast<int>(L));
           for (int64_t t = 0; t < T; ++t) {
-            const float* q = s.q.data() + t * qd + h * D;
-            const float* K = s.kbuf.data() + int64_t(h / group) * L * D;
-            const float* V = s.vbuf.data() + int64_t(h / group) * L * D;
+            float* row = S.data() + t * L;
             const int64_t n = p0 + t + 1;
             float mx = -INFINITY;
-            for (int64_t j = 0; j < n; ++j) {
-              float d = 0;
-              for (int64_t e = 0; e < D; ++e) d += q[e] * K[j * D + e];
-              sc[j] = d * scale;
-              mx = std::max(mx, sc[j]);
-            }
+            for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
             double sum = 0;
-            std::fill(acc.begin(), acc.end(), 0.0f);
-            for (int64_t j = 0; j < n; ++j) {
-              const float p = std::exp(sc[j] - mx);
-              sum += p;
-              for (int64_t e = 0; e < D; ++e) acc[e] += p * V[j * D + e];
-            }
-            float* o = s.att.data() + t * qd + h * D;
+            for (int64_t j = 0; j < n; ++j) sum += row[j] = std::exp(row[j] - mx);
             const float inv = static_cast<float>(1.0 / sum);
-            for (int64_t e = 0; e < D; ++e) o[e] = acc[e] * inv;
+            for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+            for (int64_t j = n; j < L; ++j) row[j] = 0.0f;
           }
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(T), static_cast<int>(D),
+                      static_cast<int>(L), 1.0f, S.data(), static_cast<int>(L), Vh, static_cast<int>(D), 0.0f,
+                      s.att.data() + h * D, static_cast<int>(qd));
+        }
       }
     }
     linear(s.att.data(), T, w.o, s.h.data());

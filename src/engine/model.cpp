@@ -9,6 +9,7 @@
 #include <random>
 #include <type_traits>
 
+#include "engine/blas_util.h"
 #include "engine/json_util.h"
 #include "unique/error.h"
 
@@ -307,23 +308,20 @@ void gemv16(const float* x, int64_t M, const T* w, int64_t K, int64_t N, float* 
 
 }  // namespace
 
-namespace {
-// One thread pool: OpenBLAS runs single-threaded inside our OpenMP threads (its own
-// pthreads would spin against the OpenMP team; measured 5x slower decode on 2 cores).
 extern "C" void openblas_set_num_threads(int);
-void blas_single_threaded() {
+
+void detail::blas_single_threaded() {
   static const bool once = [] {
     openblas_set_num_threads(1);
     return true;
   }();
   (void)once;
 }
-}  // namespace
 
 void linear(const float* x, int64_t M, const Weight& w, float* y) {
   const int64_t K = w.cols, N = w.rows;
   if (M <= 0) return;
-  blas_single_threaded();
+  detail::blas_single_threaded();
   if (w.dtype != DType::f32 && M <= 8) {
     if (w.dtype == DType::bf16) gemv16(x, M, static_cast<const bf16*>(w.data), K, N, y);
     else gemv16(x, M, static_cast<const f16*>(w.data), K, N, y);
