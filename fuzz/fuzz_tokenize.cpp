@@ -1,6 +1,6 @@
 // libFuzzer: encode arbitrary bytes with a fixed byte-level BPE tokenizer (each of the
 // three pre-tokenizer regexes); decoding must give the input back exactly, and the regex
-// split must cover the input without gaps.
+// split must cover the input without gaps; NFC must be idempotent.
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -23,6 +23,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     if (joined != text) std::abort();
   }
+  const std::string n = Tokenizer::nfc(text);
+  if (Tokenizer::nfc(n) != n) std::abort();  // NFC is idempotent
   if (tok.decode(tok.encode(text, false)) != text) {
     // Added-token text inside the input legitimately maps to the special token.
     if (text.find("<|") == std::string_view::npos) std::abort();

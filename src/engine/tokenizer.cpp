@@ -1,6 +1,7 @@
 #include "unique/engine/tokenizer.h"
 
 #include <algorithm>
+#include <iterator>
 #include <cstring>
 #include <queue>
 
@@ -16,6 +17,15 @@ namespace {
 
 struct CodeRange {
   uint32_t lo, hi;
+};
+struct CccRange {
+  uint32_t lo, hi, ccc;
+};
+struct Decomp {
+  uint32_t cp, a, b;
+};
+struct Compose {
+  uint32_t a, b, c;
 };
 #include "engine/unicode_tables.inc"
 
@@ -98,6 +108,55 @@ void append_utf8(std::string& s, uint32_t c) {
     s.push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
     s.push_back(static_cast<char>(0x80 | (c & 0x3F)));
   }
+}
+
+// ---- NFC (Unicode normalization form C), for the NFC normalizer of Qwen tokenizers ----
+constexpr uint32_t kRawByte = 0x80000000u;  // an undecodable input byte, kept as is
+constexpr uint32_t kSBase = 0xAC00, kLBase = 0x1100, kVBase = 0x1161, kTBase = 0x11A7;
+constexpr uint32_t kLCount = 19, kVCount = 21, kTCount = 28, kNCount = kVCount * kTCount, kSCount = kLCount * kNCount;
+
+uint32_t ccc_of(uint32_t c) {
+  if (c < 0x300 || (c & kRawByte)) return 0;
+  size_t lo = 0, hi = std::size(kCccRanges);
+  while (lo < hi) {
+    const size_t mid = (lo + hi) / 2;
+    if (c < kCccRanges[mid].lo) hi = mid;
+    else if (c > kCccRanges[mid].hi) lo = mid + 1;
+    else return kCccRanges[mid].ccc;
+  }
+  return 0;
+}
+
+void decompose(uint32_t c, std::vector<uint32_t>& out) {
+  if (c >= kSBase && c < kSBase + kSCount) {
+    const uint32_t s = c - kSBase;
+    out.push_back(kLBase + s / kNCount);
+    out.push_back(kVBase + (s % kNCount) / kTCount);
+    if (s % kTCount) out.push_back(kTBase + s % kTCount);
+    return;
+  }
+  if (c >= 0xC0 && !(c & kRawByte)) {
+    const Decomp* e = std::lower_bound(std::begin(kDecomps), std::end(kDecomps), c,
+                                       [](const Decomp& d, uint32_t x) { return d.cp < x; });
+    if (e != std::end(kDecomps) && e->cp == c) {
+      decompose(e->a, out);
+      if (e->b) decompose(e->b, out);
+      return;
+    }
+  }
+  out.push_back(c);
+}
+
+uint32_t compose(uint32_t a, uint32_t b) {
+  if (a >= kLBase && a < kLBase + kLCount && b >= kVBase && b < kVBase + kVCount)
+    return kSBase + ((a - kLBase) * kVCount + (b - kVBase)) * kTCount;
+  if (a >= kSBase && a < kSBase + kSCount && (a - kSBase) % kTCount == 0 && b > kTBase && b < kTBase + kTCount)
+    return a + (b - kTBase);
+  const Compose* e = std::lower_bound(std::begin(kComposes), std::end(kComposes), std::pair(a, b),
+                                      [](const Compose& x, std::pair<uint32_t, uint32_t> k) {
+                                        return x.a != k.first ? x.a < k.first : x.b < k.second;
+                                      });
+  return (e != std::end(kComposes) && e->a == a && e->b == b) ? e->c : 0;
 }
 
 // GPT-2's byte <-> printable code point map.
@@ -211,6 +270,49 @@ std::vector<std::string_view> Tokenizer::split_regex(std::string_view text, Rege
   return out;
 }
 
+std::string Tokenizer::nfc(std::string_view text) {
+  const std::vector<Cp> cps = decode_utf8(text);
+  bool simple = true;  // every code point below U+0300 is NFC-stable
+  for (size_t i = 0; i + 1 < cps.size() && simple; ++i) simple = cps[i].c < 0x300 || cps[i].c == kInvalid;
+  if (simple) return std::string(text);
+  std::vector<uint32_t> d;
+  for (size_t i = 0; i + 1 < cps.size(); ++i) {
+    if (cps[i].c == kInvalid) d.push_back(kRawByte | static_cast<uint8_t>(text[cps[i].pos]));
+    else decompose(cps[i].c, d);
+  }
+  // Canonical order: stable sort of every run of non-starters by combining class.
+  for (size_t i = 0; i < d.size();) {
+    if (!ccc_of(d[i])) { ++i; continue; }
+    size_t j = i;
+    while (j < d.size() && ccc_of(d[j])) ++j;
+    std::stable_sort(d.begin() + i, d.begin() + j, [](uint32_t a, uint32_t b) { return ccc_of(a) < ccc_of(b); });
+    i = j;
+  }
+  // Canonical composition (the algorithm of UAX #15).
+  if (!d.empty()) {
+    size_t starter = 0, out = 1;
+    uint32_t last = ccc_of(d[0]) ? 256 : 0;
+    for (size_t i = 1; i < d.size(); ++i) {
+      const uint32_t c = d[i], cc = ccc_of(c);
+      const uint32_t comp = (d[starter] & kRawByte) || (c & kRawByte) ? 0 : compose(d[starter], c);
+      if (comp && (last < cc || last == 0)) {
+        d[starter] = comp;
+      } else {
+        if (cc == 0) starter = out;
+        last = cc;
+        d[out++] = c;
+      }
+    }
+    d.resize(out);
+  }
+  std::string r;
+  for (uint32_t c : d) {
+    if (c & kRawByte) r.push_back(static_cast<char>(c & 0xFF));
+    else append_utf8(r, c);
+  }
+  return r;
+}
+
 Tokenizer Tokenizer::from_file(const std::string& path) {
   return from_json(detail::read_file(path, "tokenizer", 256u << 20), path);
 }
@@ -316,7 +418,7 @@ Tokenizer Tokenizer::from_json(std::string_view text, const std::string& src) {
         throw_arg(src + ": normalizer Replace", "pattern \" \" -> \"\u2581\"", n.dump());
       spm = true;
     } else if (type == "NFC") {
-      // Identity for NFC input (see header).
+      t.nfc_ = true;
     } else {
       throw_arg(src + ": field normalizer.type", "Sequence, Prepend, Replace or NFC", type);
     }
@@ -524,6 +626,11 @@ void Tokenizer::bpe(std::string_view word, std::vector<int>& out) const {
 
 void Tokenizer::encode_segment(std::string_view seg, bool first, std::vector<int>& out) const {
   if (seg.empty()) return;
+  std::string normalized;
+  if (nfc_) {
+    normalized = nfc(seg);
+    seg = normalized;
+  }
   if (kind_ == Kind::byte_level) {
     std::string text;
     if (add_prefix_space_ && first && seg[0] != ' ') text = " ";

@@ -6,9 +6,9 @@
 //     or Metaspace pre-tokenizer), merges, <0xXX> byte fallback;
 //   - added / special tokens (split out before the model, leftmost-longest), the
 //     TemplateProcessing post-processor (BOS) when add_special_tokens is set.
-// Not implemented: Unicode normalizers other than the ones above (NFC is accepted and
-// treated as identity: input must already be NFC), lstrip/rstrip/single_word of added
-// tokens, WordPiece/Unigram models.
+//   - the NFC normalizer (Qwen), implemented here from generated Unicode tables.
+// Not implemented: other normalizers (NFKC, Lowercase, ...), lstrip/rstrip/single_word
+// of added tokens, WordPiece/Unigram models.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -44,6 +44,8 @@ class Tokenizer {
 
   // Pre-tokenizer split of the byte-level regexes (exposed for tests): byte ranges of text.
   static std::vector<std::string_view> split_regex(std::string_view text, Regex r);
+  // Unicode normalization form C of UTF-8 text (invalid bytes pass through unchanged).
+  static std::string nfc(std::string_view text);
 
  private:
   struct Merge {
@@ -64,6 +66,7 @@ class Tokenizer {
   bool byte_fallback_ = false;
   bool ignore_merges_ = false;
   bool fuse_unk_ = false;
+  bool nfc_ = false;
   int unk_id_ = -1;
   std::unordered_map<std::string, int> vocab_;
   std::vector<std::string> id_to_token_;
