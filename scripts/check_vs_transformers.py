@@ -12,7 +12,7 @@ Runs where torch + transformers + tokenizers are installed (the GPU machine; no 
    mismatch counts only where hf's top-2 margin is above the tolerance: a near tie may
    flip). transformers runs in fp32 for the fp32 models and in bf16 for the bf16 ones.
 2. Tokenizers: builds byte-level BPE tokenizers (GPT-2, Llama 3 and Qwen 2 pre-tokenizer
-   regexes) and a SentencePiece-style BPE with byte fallback (Llama 2 / Mistral layout)
+   regexes; Qwen 2 with its NFC normalizer) and a SentencePiece-style BPE with byte fallback (Llama 2 / Mistral layout)
    with the `tokenizers` library, trained on a built-in text, and checks that
    `unique tokenize` gives the same ids as the library for texts with unicode, whitespace
    runs, digits and special tokens.
@@ -40,6 +40,7 @@ TEXTS = [
     "special tokens inside: <s> and </s> and <|endoftext|> here",
     "",
     "x",
+    "NFC: cafe\u0301 A\u030a\u0301 \u1100\u1161\u11a8 q\u0307\u0323 \u212b",
 ]
 
 CORPUS = (
@@ -161,6 +162,8 @@ def train_tokenizers(d):
                 pre_tokenizers.Split(Regex(rx), behavior="isolated", invert=False),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
         tok.decoder = decoders.ByteLevel()
+        if name == "qwen2":
+            tok.normalizer = normalizers.NFC()  # as Qwen's tokenizer.json
         trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>", "<s>", "</s>"],
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
         tok.train_from_iterator([CORPUS], trainer)
