@@ -7,6 +7,11 @@ add_test(NAME cli_generate_tiny COMMAND unique generate --model ${_tiny} --promp
 set_tests_properties(cli_generate_tiny PROPERTIES PASS_REGULAR_EXPRESSION "decode: [0-9]+ tokens in .*tokens/s")
 add_test(NAME cli_generate_batch_sampled COMMAND unique generate --model ${_tiny} --prompt "a" --prompt "a longer prompt"
          --max-new-tokens 5 --temperature 0.8 --top-k 20 --top-p 0.9 --seed 3 --attention quest --dense-layers 1)
+add_test(NAME cli_generate_ids_dump COMMAND unique generate --model ${_tiny} --prompt-ids "1,2,3" --prompt-ids "4"
+         --max-new-tokens 4 --attention dense --dump-logits ${CMAKE_CURRENT_BINARY_DIR}/tiny_logits.json --quiet)
+set_tests_properties(cli_generate_ids_dump PROPERTIES FIXTURES_REQUIRED tiny_model LABELS cli)
+add_test(NAME cli_tokenize_bad_decode COMMAND unique tokenize --model ${_tiny} --decode "1,x")
+set_tests_properties(cli_tokenize_bad_decode PROPERTIES WILL_FAIL TRUE FIXTURES_REQUIRED tiny_model LABELS cli)
 add_test(NAME cli_tokenize COMMAND unique tokenize --model ${_tiny} --text "hello")
 set_tests_properties(cli_tokenize PROPERTIES PASS_REGULAR_EXPRESSION "^\\[[0-9]+,")
 add_test(NAME cli_generate_empty_prompt COMMAND unique generate --model ${_tiny} --prompt "")

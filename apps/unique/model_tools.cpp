@@ -1,5 +1,6 @@
 // `unique make-tiny-model` and `unique tokenize`.
 #include <cstdio>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -54,8 +55,14 @@ Runner add_tokenize(CLI::App& app) {
     if (dec->count() > 0) {
       std::vector<int> v;
       std::stringstream ss(*ids);
-      for (std::string t; std::getline(ss, t, ',');)
-        if (!t.empty()) v.push_back(std::stoi(t));
+      for (std::string t; std::getline(ss, t, ',');) {
+        if (t.empty()) continue;
+        char* end = nullptr;
+        const long id = std::strtol(t.c_str(), &end, 10);
+        if (*end || id < 0 || id >= tok.vocab_size())
+          throw_arg("--decode", "comma-separated ids in 0.." + std::to_string(tok.vocab_size() - 1), t);
+        v.push_back(static_cast<int>(id));
+      }
       std::printf("%s\n", nlohmann::json(tok.decode(v)).dump().c_str());
       return 0;
     }
