@@ -158,6 +158,17 @@ TEST(ByteLevelBpe, RoundTrips) {
   }
 }
 
+TEST(ByteLevelBpe, AddedTokenLstripRstripAbsorbWhitespace) {
+  json j = byte_level_json();
+  j["added_tokens"][1]["lstrip"] = true;
+  j["added_tokens"][1]["rstrip"] = true;
+  const Tokenizer t = Tokenizer::from_json(j.dump(), "test.json");
+  EXPECT_EQ(t.encode("a  <|end|> \n b", false), (std::vector<int>{'a', 262, 'b'}));
+  const Tokenizer plain = Tokenizer::from_json(byte_level_json().dump(), "test.json");
+  // Without stripping the spaces stay: "a", " " | <|end|> | " b" -> Ġ (id 32), b.
+  EXPECT_EQ(plain.encode("a <|end|> b", false), (std::vector<int>{'a', 32, 262, 32, 'b'}));
+}
+
 TEST(ByteLevelBpe, IgnoreMergesTakesWholeWords) {
   json j = byte_level_json();
   j["model"]["vocab"]["thin"] = 263;

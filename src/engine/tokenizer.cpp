@@ -361,8 +361,11 @@ Tokenizer Tokenizer::from_json(std::string_view text, const std::string& src) {
       if (content.empty()) throw_arg(src + ": added_tokens[].content", "a non-empty string", a.dump());
       const int64_t id = detail::get_int(a, "id", src + ": added_tokens[]", 0, kMaxId - 1);
       const bool special = detail::get_bool_or(a, "special", src + ": added_tokens[]", false);
+      const bool lstrip = detail::get_bool_or(a, "lstrip", src + ": added_tokens[]", false);
+      const bool rstrip = detail::get_bool_or(a, "rstrip", src + ": added_tokens[]", false);
       set_token(content, id, "added_tokens");
-      t.added_.push_back({content, static_cast<int>(id), special});
+      t.added_.push_back({content, static_cast<int>(id), special, lstrip, rstrip});
+      t.added_first_[static_cast<uint8_t>(content[0])] = true;
     }
   }
   std::stable_sort(t.added_.begin(), t.added_.end(),
@@ -667,22 +670,29 @@ std::vector<int> Tokenizer::encode(std::string_view text, bool add_special_token
   if (add_special_tokens) out = prefix_;
   size_t seg_start = 0, i = 0;
   bool first = true;
+  auto ws = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; };
   while (i < text.size()) {
     const Added* hit = nullptr;
-    for (const auto& a : added_)
-      if (text.compare(i, a.content.size(), a.content) == 0) {
-        hit = &a;
-        break;  // longest first
-      }
+    if (added_first_[static_cast<uint8_t>(text[i])])
+      for (const auto& a : added_)
+        if (text.compare(i, a.content.size(), a.content) == 0) {
+          hit = &a;
+          break;  // longest first
+        }
     if (!hit) {
       ++i;
       continue;
     }
-    encode_segment(text.substr(seg_start, i - seg_start), first, out);
-    if (i > seg_start) first = false;
+    size_t seg_end = i;
+    if (hit->lstrip)
+      while (seg_end > seg_start && ws(text[seg_end - 1])) --seg_end;
+    encode_segment(text.substr(seg_start, seg_end - seg_start), first, out);
+    if (seg_end > seg_start) first = false;
     out.push_back(hit->id);
     first = false;
     i += hit->content.size();
+    if (hit->rstrip)
+      while (i < text.size() && ws(text[i])) ++i;
     seg_start = i;
   }
   encode_segment(text.substr(seg_start), first, out);

@@ -7,8 +7,8 @@
 //   - added / special tokens (split out before the model, leftmost-longest), the
 //     TemplateProcessing post-processor (BOS) when add_special_tokens is set.
 //   - the NFC normalizer (Qwen), implemented here from generated Unicode tables.
-// Not implemented: other normalizers (NFKC, Lowercase, ...), lstrip/rstrip/single_word
-// of added tokens, WordPiece/Unigram models.
+// Not implemented: other normalizers (NFKC, Lowercase, ...), single_word of added tokens
+// (lstrip/rstrip strip ASCII whitespace only), WordPiece/Unigram models.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -56,6 +56,7 @@ class Tokenizer {
     std::string content;
     int id;
     bool special;
+    bool lstrip, rstrip;  // absorb (ASCII) whitespace on that side into the token
   };
   Kind kind_ = Kind::byte_level;
   Regex regex_ = Regex::none;
@@ -72,6 +73,7 @@ class Tokenizer {
   std::vector<std::string> id_to_token_;
   std::unordered_map<uint64_t, Merge> merges_;
   std::vector<Added> added_;          // sorted by content length, longest first
+  bool added_first_[256] = {};        // first bytes of added tokens (fast reject)
   std::vector<char> special_;         // per id
   std::vector<int> prefix_, suffix_;  // post-processor template
   int byte_ids_[256];                 // <0xXX> ids (sentencepiece) or byte-char ids (byte level)
