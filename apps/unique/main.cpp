@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
       "Synthetic decode workload (real-looking keys, planted needle pages): recall, output\n"
       "error, time per step, GB/s and speed-up over dense for every estimator (CPU).");
   runners[bench] = unique::cli::add_bench_attention(*bench);
+#if defined(UNIQUE_WITH_ENGINE)
   auto* gen = app.add_subcommand(
       "generate", "Generate text with a Hugging Face model directory (Llama/Mistral/Qwen2/Qwen3),\n"
                   "sparse attention in the decode steps; ends with prefill and decode tokens/s.");
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
   runners[tiny] = unique::cli::add_make_tiny_model(*tiny);
   auto* tok = app.add_subcommand("tokenize", "Token ids of a text with a model directory's tokenizer.json.");
   runners[tok] = unique::cli::add_tokenize(*tok);
+#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -247,6 +247,11 @@ void gemv16_m(const float* x, const T* w, int64_t K, int64_t N, float* y) {
 }
 
 #if defined(__AVX512F__)
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12 warns inside its own AVX-512 intrinsics (_mm512_undefined_epi32's self-init).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 // bf16 rows widened in registers (bf16 = the top half of an fp32), two accumulator
 // chains per input row to hide the FMA latency.
 template <int M>
@@ -268,12 +273,19 @@ void gemv_bf16_avx512(const float* x, const uint16_t* w, int64_t K, int64_t N, f
       }
     }
     for (int m = 0; m < M; ++m) {
-      float s = _mm512_reduce_add_ps(_mm512_add_ps(a0[m], a1[m]));
+      // (not _mm512_reduce_add_ps: GCC 12 warns inside its implementation)
+      alignas(64) float lanes[16];
+      _mm512_store_ps(lanes, _mm512_add_ps(a0[m], a1[m]));
+      float s = 0;
+      for (float v : lanes) s += v;
       for (int64_t kk = k; kk < K; ++kk) s += bf16_bits_to_float(row[kk]) * x[m * K + kk];
       y[m * N + n] = s;
     }
   }
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif
 
 template <class T>
