@@ -70,6 +70,65 @@ std::vector<uint8_t> const_tensor(int64_t n, DType dt, float v) {
   return out;
 }
 
+// Output head fitted so that, on the token's own (normalised) embedding, the logits are the
+// log bigram probabilities of the built-in text: the random model then writes
+// text-like word salad (attention and MLP still perturb it), not random bytes. Least
+// squares W^T = (En^T En + lambda I)^-1 En^T Lg, solved by Cholesky in double.
+std::vector<uint8_t> bigram_head(const Tokenizer& t, const std::vector<double>& E, int V, int64_t H, DType dt) {
+  const std::vector<int> ids = t.encode(tiny_corpus(), false);
+  std::vector<double> cnt(static_cast<size_t>(V) * V, 1e-3);
+  for (size_t i = 0; i + 1 < ids.size(); ++i) cnt[size_t(ids[i]) * V + ids[i + 1]] += 1;
+  std::vector<double> Lg(cnt.size());
+  for (int a = 0; a < V; ++a) {
+    double sum = 0, mean = 0;
+    for (int b = 0; b < V; ++b) sum += cnt[size_t(a) * V + b];
+    for (int b = 0; b < V; ++b) mean += Lg[size_t(a) * V + b] = 2.0 * std::log(cnt[size_t(a) * V + b] / sum);
+    mean /= V;
+    for (int b = 0; b < V; ++b) Lg[size_t(a) * V + b] -= mean;
+  }
+  std::vector<double> En(E.size());
+  for (int a = 0; a < V; ++a) {
+    double ss = 0;
+    for (int64_t h = 0; h < H; ++h) ss += E[a * H + h] * E[a * H + h];
+    const double r = 1.0 / std::sqrt(ss / H + 1e-5);
+    for (int64_t h = 0; h < H; ++h) En[a * H + h] = E[a * H + h] * r;
+  }
+  std::vector<double> A(size_t(H) * H, 0.0), B(size_t(H) * V, 0.0);  // En^T En + lI, En^T Lg
+  for (int a = 0; a < V; ++a)
+    for (int64_t i = 0; i < H; ++i) {
+      const double e = En[a * H + i];
+      for (int64_t j = 0; j < H; ++j) A[i * H + j] += e * En[a * H + j];
+      for (int b = 0; b < V; ++b) B[i * V + b] += e * Lg[size_t(a) * V + b];
+    }
+  for (int64_t i = 0; i < H; ++i) A[i * H + i] += 1.0;
+  for (int64_t j = 0; j < H; ++j) {  // Cholesky A = L L^T in place (lower)
+    for (int64_t k = 0; k < j; ++k) A[j * H + j] -= A[j * H + k] * A[j * H + k];
+    A[j * H + j] = std::sqrt(A[j * H + j]);
+    for (int64_t i = j + 1; i < H; ++i) {
+      for (int64_t k = 0; k < j; ++k) A[i * H + j] -= A[i * H + k] * A[j * H + k];
+      A[i * H + j] /= A[j * H + j];
+    }
+  }
+  for (int b = 0; b < V; ++b) {  // solve L L^T x = B[:, b]
+    std::vector<double> x(H);
+    for (int64_t i = 0; i < H; ++i) {
+      double v = B[i * V + b];
+      for (int64_t k = 0; k < i; ++k) v -= A[i * H + k] * x[k];
+      x[i] = v / A[i * H + i];
+    }
+    for (int64_t i = H - 1; i >= 0; --i) {
+      double v = x[i];
+      for (int64_t k = i + 1; k < H; ++k) v -= A[k * H + i] * x[k];
+      x[i] = v / A[i * H + i];
+    }
+    for (int64_t i = 0; i < H; ++i) B[i * V + b] = x[i];
+  }
+  std::vector<uint8_t> out(static_cast<size_t>(V) * H * dtype_size(dt));
+  for (int b = 0; b < V; ++b)
+    for (int64_t h = 0; h < H; ++h) store_from_float(out.data(), dt, size_t(b) * H + h, static_cast<float>(B[h * V + b]));
+  return out;
+}
+
 }  // namespace
 
 std::string make_byte_level_tokenizer_json(const std::string& corpus, int merges) {
@@ -164,7 +223,18 @@ int64_t write_tiny_model(const std::string& dir, const TinyModelOptions& o) {
   };
   const int64_t H = o.hidden, D = o.head_dim, qd = int64_t(o.heads) * D, kd = int64_t(o.kv_heads) * D;
   const float s_in = 1.0f / std::sqrt(float(H)), s_i = 1.0f / std::sqrt(float(o.intermediate));
-  add("model.embed_tokens.weight", {vocab, H}, random_tensor(vocab * H, o.dtype, 1.0f, rng));
+  // Embeddings N(0, 1); kept in float to fit the output head below.
+  std::vector<double> E(static_cast<size_t>(vocab) * H);
+  {
+    std::normal_distribution<double> nd(0.0, 1.0);
+    for (auto& e : E) e = nd(rng);
+    std::vector<uint8_t> bytes(E.size() * dtype_size(o.dtype));
+    for (size_t i = 0; i < E.size(); ++i) {
+      store_from_float(bytes.data(), o.dtype, i, static_cast<float>(E[i]));
+      E[i] = load_as_float(bytes.data(), o.dtype, i);  // what the model will read
+    }
+    add("model.embed_tokens.weight", {vocab, H}, std::move(bytes));
+  }
   for (int l = 0; l < o.layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     add(p + "input_layernorm.weight", {H}, const_tensor(H, o.dtype, 1.0f));
@@ -172,7 +242,7 @@ int64_t write_tiny_model(const std::string& dir, const TinyModelOptions& o) {
     add(p + "self_attn.q_proj.weight", {qd, H}, random_tensor(qd * H, o.dtype, 2 * s_in, rng));
     add(p + "self_attn.k_proj.weight", {kd, H}, random_tensor(kd * H, o.dtype, 2 * s_in, rng));
     add(p + "self_attn.v_proj.weight", {kd, H}, random_tensor(kd * H, o.dtype, s_in, rng));
-    add(p + "self_attn.o_proj.weight", {H, qd}, random_tensor(H * qd, o.dtype, s_in, rng));
+    add(p + "self_attn.o_proj.weight", {H, qd}, random_tensor(H * qd, o.dtype, 0.5f * s_in, rng));
     if (o.arch == "qwen2") {
       add(p + "self_attn.q_proj.bias", {qd}, random_tensor(qd, o.dtype, 0.1f, rng));
       add(p + "self_attn.k_proj.bias", {kd}, random_tensor(kd, o.dtype, 0.1f, rng));
@@ -184,10 +254,10 @@ int64_t write_tiny_model(const std::string& dir, const TinyModelOptions& o) {
     }
     add(p + "mlp.gate_proj.weight", {o.intermediate, H}, random_tensor(o.intermediate * H, o.dtype, s_in, rng));
     add(p + "mlp.up_proj.weight", {o.intermediate, H}, random_tensor(o.intermediate * H, o.dtype, s_in, rng));
-    add(p + "mlp.down_proj.weight", {H, o.intermediate}, random_tensor(H * o.intermediate, o.dtype, s_i, rng));
+    add(p + "mlp.down_proj.weight", {H, o.intermediate}, random_tensor(H * o.intermediate, o.dtype, 0.5f * s_i, rng));
   }
   add("model.norm.weight", {H}, const_tensor(H, o.dtype, 1.0f));
-  if (!o.tie_embeddings) add("lm_head.weight", {vocab, H}, random_tensor(vocab * H, o.dtype, s_in, rng));
+  if (!o.tie_embeddings) add("lm_head.weight", {vocab, H}, bigram_head(t, E, vocab, H, o.dtype));
   write_safetensors(dir + "/model.safetensors", ts);
 
   static const std::map<std::string, std::string> names = {{"llama", "LlamaForCausalLM"},
