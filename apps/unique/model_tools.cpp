@@ -1,6 +1,8 @@
 // `unique make-tiny-model` and `unique tokenize`.
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -46,7 +48,9 @@ Runner add_tokenize(CLI::App& app) {
   auto ids = std::make_shared<std::string>();
   auto no_special = std::make_shared<bool>(false);
   app.add_option("--model", *model, "Model directory (or a tokenizer.json file)")->required();
+  auto file = std::make_shared<std::string>();
   app.add_option("--text", *text, "Text to encode");
+  app.add_option("--file", *file, "File whose content to encode");
   CLI::Option* dec = app.add_option("--decode", *ids, "Comma-separated ids to decode instead (may be empty)");
   app.add_flag("--no-special", *no_special, "Do not add special tokens (BOS)");
   return [=] {
@@ -66,7 +70,13 @@ Runner add_tokenize(CLI::App& app) {
       std::printf("%s\n", nlohmann::json(tok.decode(v)).dump().c_str());
       return 0;
     }
-    std::printf("%s\n", nlohmann::json(tok.encode(*text, !*no_special)).dump().c_str());
+    std::string input = *text;
+    if (!file->empty()) {
+      std::ifstream f(*file, std::ios::binary);
+      if (!f) throw Error("--file " + *file + ": cannot open");
+      input.assign(std::istreambuf_iterator<char>(f), {});
+    }
+    std::printf("%s\n", nlohmann::json(tok.encode(input, !*no_special)).dump().c_str());
     return 0;
   };
 }
