@@ -87,7 +87,7 @@ class PagedKVCache:
         """Writes new tokens and updates the statistics of every page they land in.
 
         k, v           [nnz, num_kv_heads, head_dim], any float dtype (converted to the
-                       cache dtype), same device as the cache, C-contiguous
+                       cache dtype), same device as the cache (strided input is copied)
         append_indptr  [batch + 1] int32: sequence b gets rows append_indptr[b]:append_indptr[b+1]
         page_indptr, page_indices, last_page_len: the page table AFTER the append (the
                        new tokens fill the last positions of each sequence).
@@ -116,6 +116,9 @@ class PagedKVCache:
                 raise ValueError(f"{name}: expected shape [{int(ai[-1])}, {self.num_kv_heads}, "
                                  f"{self.head_dim}] (append_indptr[batch], num_kv_heads, head_dim), "
                                  f"got {list(t.shape)}")
+        # The library reads k/v rows densely; a strided input is copied (append copies anyway).
+        k = k.contiguous() if A.is_torch(k) else np.ascontiguousarray(k)
+        v = v.contiguous() if A.is_torch(v) else np.ascontiguousarray(v)
         if self.device == "cpu":
             ai_dev = ai
         else:
