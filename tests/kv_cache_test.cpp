@@ -33,7 +33,7 @@ StatsSnapshot snapshot(const PagedKV& kv) {
 // Compares incremental statistics (a) with recomputed ones (b) on the pages of kv's table.
 // bf16 statistics may differ by one bf16 ulp (fp32 vs double before the one rounding).
 void expect_stats_equal(const PagedKV& kv, const StatsSnapshot& a, const StatsSnapshot& b) {
-  const double rel = kv.stats_dtype == DType::f32 ? 1e-5 : 1.0 / 128;
+  const double rel = kv.stats_dtype == DType::f32 ? 1e-5 : kv.stats_dtype == DType::f16 ? 1.0 / 1024 : 1.0 / 128;
   int bad = 0;
   auto cmp = [&](const std::vector<float>& x, const std::vector<float>& y, const char* what,
                  int page, int h) {
@@ -65,7 +65,7 @@ TEST(PageStats, KVCacheAppendMatchesRecompute) {
   for (int P : {16, 32, 64})
     for (int D : {64, 128})
       for (DType dt : {DType::f32, DType::f16, DType::bf16})
-        for (DType st : {DType::f32, DType::bf16}) {
+        for (DType st : {DType::f32, DType::f16, DType::bf16}) {
           CaseSpec s;
           s.page_size = P;
           s.head_dim = D;
@@ -73,7 +73,7 @@ TEST(PageStats, KVCacheAppendMatchesRecompute) {
           s.stats_dtype = st;
           s.num_kv_heads = 2;
           s.lens = {int64_t(3 * P + 5), 1, int64_t(P), int64_t(2 * P - 1)};
-          s.max_chunk = i % 2 ? P + 7 : 5;  // small and page-crossing chunks
+          s.max_chunk = i % 2 ? P + 7 : 11;  // small and page-crossing chunks
           const uint64_t seed = case_seed(11, i++);
           SCOPED_TRACE(case_name(s, 1, DType::f32, seed));
           CacheCase c = make_case(s, seed);
@@ -251,7 +251,9 @@ TEST(PageStats, IndependentPopulationStatistics) {
           EXPECT_NEAR(sd[i], sdv, 1e-5 * sdv + 1e-6) << s << " " << j << " " << h << " " << d;
           EXPECT_EQ(static_cast<const float*>(kv.kmin)[i], float(mn));
           EXPECT_EQ(static_cast<const float*>(kv.kmax)[i], float(mx));
-          if (t1 - t0 == 1) EXPECT_EQ(sd[i], 0.0f);  // std of a one-token page is 0
+          if (t1 - t0 == 1) {
+            EXPECT_EQ(sd[i], 0.0f);  // std of a one-token page is 0
+          }
         }
     }
   }
@@ -440,6 +442,49 @@ TEST(KVCache, RejectedAppendLeavesStateUnchanged) {
   EXPECT_ERROR_MSG(cache.append({a}, {20}, on_gpu, on_gpu), "k_new");
   EXPECT_EQ(cache.length(a), len_before) << "a rejected append changed the sequence length";
   EXPECT_EQ(cache.free_pages(), free_before) << "a rejected append took pages from the pool";
+}
+
+// Statistics kept only when asked for; an estimator whose statistics are missing is refused.
+TEST(KVCache, OptionalStatistics) {
+  for (int which = 0; which < 3; ++which) {
+    KVCacheOptions opt;
+    opt.num_pages = 4;
+    opt.num_kv_heads = 1;
+    opt.page_size = 16;
+    opt.head_dim = 16;
+    opt.dtype = DType::f32;
+    opt.keep_unique_stats = which != 0;
+    opt.keep_quest_stats = which != 1;
+    if (which == 2) opt.keep_unique_stats = opt.keep_quest_stats = false;
+    KVCache cache(opt);
+    const int s = cache.add_sequence();
+    std::vector<float> k(40 * 16);
+    for (size_t i = 0; i < k.size(); ++i) k[i] = float(i % 13) - 6.0f;
+    cache.append({s}, {40}, make_view(k.data(), DType::f32, {40, 1, 16}), make_view(k.data(), DType::f32, {40, 1, 16}));
+    PageTable t = cache.page_table({s});
+    const PagedKV kv = cache.view(t);
+    EXPECT_EQ(kv.mean != nullptr, opt.keep_unique_stats);
+    EXPECT_EQ(kv.std != nullptr, opt.keep_unique_stats);
+    EXPECT_EQ(kv.kmin != nullptr, opt.keep_quest_stats);
+    EXPECT_EQ(kv.kmax != nullptr, opt.keep_quest_stats);
+    std::vector<float> q(16, 1.0f);
+    SelBuf sel(1, 1, 3);
+    AttentionConfig cfg;
+    cfg.budget_tokens = 16;
+    for (Estimator e : {Estimator::unique, Estimator::quest, Estimator::mean, Estimator::oracle}) {
+      cfg.estimator = e;
+      const bool ok = e == Estimator::oracle || (e == Estimator::quest ? opt.keep_quest_stats : opt.keep_unique_stats);
+      if (ok) {
+        EXPECT_NO_THROW(select_pages(cfg, make_view(q.data(), DType::f32, {1, 1, 16}), kv, sel.sel)) << which;
+      } else {
+        EXPECT_ERROR_MSG(select_pages(cfg, make_view(q.data(), DType::f32, {1, 1, 16}), kv, sel.sel),
+                         e == Estimator::quest ? "kv.kmin/kv.kmax" : "kv.mean/kv.std");
+      }
+    }
+    const StatsSnapshot inc = snapshot(kv);
+    recompute_page_stats(kv);
+    expect_stats_equal(kv, inc, snapshot(kv));
+  }
 }
 
 TEST(KVCache, BadArguments) {

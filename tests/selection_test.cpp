@@ -89,13 +89,17 @@ void expect_selection_invariants(const SelBuf& s, const AttentionConfig& cfg, co
       for (int i = 0; i < c; ++i) {
         EXPECT_GE(p[i], 0);
         EXPECT_LT(p[i], n);
-        if (i) EXPECT_LT(p[i - 1], p[i]) << "not ascending or duplicate at " << i;
+        if (i) {
+          EXPECT_LT(p[i - 1], p[i]) << "not ascending or duplicate at " << i;
+        }
       }
       for (int i = c; i < s.sel.max_selected; ++i) EXPECT_EQ(p[i], -1) << "padding at " << i;
       const std::set<int> chosen(p, p + c);
       for (int j : forced) EXPECT_TRUE(chosen.count(j)) << "forced page " << j << " missing";
       EXPECT_TRUE(chosen.count(n - 1)) << "last page missing";
-      if (cfg.budget_tokens >= n * cfg.page_size) EXPECT_EQ(c, n) << "budget >= context selects every page";
+      if (cfg.budget_tokens >= n * cfg.page_size) {
+        EXPECT_EQ(c, n) << "budget >= context selects every page";
+      }
     }
   }
 }
@@ -186,11 +190,13 @@ TEST_P(ScoreSelectSweep, FastMatchesReference) {
     ref::score_pages(cfg, qv, kv, rs.view({B, H, max_pages}));
     const double rel = ec.e == Estimator::oracle ? 2e-5 : 1e-4;
     expect_scores_match(kv, fs, rs, max_pages, rel);
-    if (ec.e == Estimator::dense && ec.g == GqaAggregation::max)
+    if (ec.e == Estimator::dense && ec.g == GqaAggregation::max) {
       for (int b = 0; b < B; ++b)
         for (int j = 0; j < seq_pages(kv, b); ++j) EXPECT_EQ(rs.get(size_t(b) * H * max_pages + j), 0.0f);
-    if (ec.e == Estimator::random && ec.g == GqaAggregation::max)  // bit-identical: same hash
+    }
+    if (ec.e == Estimator::random && ec.g == GqaAggregation::max) {  // bit-identical: same hash
       for (size_t i = 0; i < fs.size(); ++i) ASSERT_EQ(fs.get(i), rs.get(i)) << i;
+    }
 
     const int ms = cfg.max_selected(max_seq_pages(kv)) + 1;  // one slot of slack: -1 padded
     SelBuf fsel(B, H, ms), rsel(B, H, ms);
