@@ -21,7 +21,8 @@ namespace unique::cli {
 namespace {
 
 struct BenchOptions {
-  std::string model, shape, attention = "dense,unique,quest", kv_dtype = "bf16", weights_dtype = "bf16";
+  std::string model, shape, attention = "dense,unique,quest", kv_dtype = "bf16", weights_dtype = "bf16",
+              stats_dtype = "auto";
   int64_t context = 4096;
   int batch = 1, budget = 2048, page_size = 16, sink = 1, recent = 1, dense_layers = 0, steps = 8, layers = 0,
       threads = 0;
@@ -115,6 +116,7 @@ int run(const BenchOptions& o) {
   eo.attention.recent_pages = o.recent;
   eo.dense_layers = o.dense_layers;
   eo.kv_dtype = parse_dtype(o.kv_dtype);
+  eo.stats_dtype = o.stats_dtype == "auto" ? eo.kv_dtype : parse_dtype(o.stats_dtype);
   eo.max_batch = o.batch;
   eo.max_context = o.context + int64_t(o.steps + 1) * static_cast<int64_t>(ests.size()) + 1;
   eo.keep_all_stats = true;
@@ -130,9 +132,9 @@ int run(const BenchOptions& o) {
   const double bw = o.bandwidth_gbps > 0 ? o.bandwidth_gbps : measure_host_read_gbps();
   std::fprintf(stderr,
                "bench-decode: %s, %d layers, hidden %d, heads %d/%d, head dim %d, vocab %d; weights %.2f GB read per step; "
-               "KV %s filled with synthetic keys (%lld tokens x %d sequences, %.1f s); %d threads; read bandwidth %.1f GB/s%s\n",
+               "KV %s (stats %s) filled with synthetic keys (%lld tokens x %d sequences, %.1f s); %d threads; read bandwidth %.1f GB/s%s\n",
                o.model.empty() ? o.shape.c_str() : o.model.c_str(), mc.num_layers, mc.hidden_size, mc.num_heads,
-               mc.num_kv_heads, mc.head_dim, mc.vocab_size, model->decode_weight_bytes() / 1e9, to_string(eo.kv_dtype),
+               mc.num_kv_heads, mc.head_dim, mc.vocab_size, model->decode_weight_bytes() / 1e9, to_string(eo.kv_dtype), to_string(eo.stats_dtype),
                static_cast<long long>(o.context), o.batch, fill_s, omp_get_max_threads(), bw,
                o.bandwidth_gbps > 0 ? " (given)" : " (measured)");
   std::vector<float> logits(size_t(mc.vocab_size) * o.batch);
@@ -196,6 +198,8 @@ Runner add_bench_decode(CLI::App& app) {
   app.add_option("--steps", o->steps, "Timed decode steps per estimator (median)")->capture_default_str();
   app.add_option("--layers", o->layers, "Use only the first N layers (0 = all; for machines with little memory)");
   app.add_option("--kv-dtype", o->kv_dtype, "KV cache dtype")->capture_default_str();
+  app.add_option("--stats-dtype", o->stats_dtype, "Page statistics dtype: auto (= KV dtype) | fp32 | bf16")
+      ->capture_default_str();
   app.add_option("--weights-dtype", o->weights_dtype, "Random weights dtype (--shape)")->capture_default_str();
   app.add_option("--bandwidth-gbps", o->bandwidth_gbps, "Memory read bandwidth for the bytes-limit (0 = measure)");
   app.add_option("--threads", o->threads, "OpenMP threads (0 = default)");

@@ -19,7 +19,8 @@ namespace unique::cli {
 namespace {
 
 struct GenOptions {
-  std::string model, device = "cpu", attention = "unique", gqa = "max", kv_dtype = "auto", weights = "auto";
+  std::string model, device = "cpu", attention = "unique", gqa = "max", kv_dtype = "auto", weights = "auto",
+              stats_dtype = "auto";
   std::vector<std::string> prompts, prompt_files, prompt_ids;
   std::string dump_logits;
   int max_new_tokens = 64, budget = 2048, page_size = 16, sink = 1, recent = 1, dense_layers = 0;
@@ -113,6 +114,7 @@ int run(const GenOptions& o) {
   eo.prefill_chunk = o.prefill_chunk;
   const DType wdt = model->layers().empty() ? DType::f32 : model->layers()[0].q.dtype;
   eo.kv_dtype = o.kv_dtype == "auto" ? (wdt == DType::f32 ? DType::f32 : DType::bf16) : parse_dtype(o.kv_dtype);
+  eo.stats_dtype = o.stats_dtype == "auto" ? eo.kv_dtype : parse_dtype(o.stats_dtype);
   eo.max_context = o.max_context > 0 ? o.max_context
                                      : static_cast<int64_t>(longest) + std::max(o.max_new_tokens, 1);
   if (mc.sliding_window > 0 && eo.max_context > mc.sliding_window)
@@ -171,8 +173,8 @@ int run(const GenOptions& o) {
   }
   const double pf = r.prefill_seconds > 0 ? r.prefill_tokens / r.prefill_seconds : 0;
   const double dc = r.decode_seconds > 0 ? r.decode_tokens / r.decode_seconds : 0;
-  std::printf("[%s %s, %d layers, weights %s, KV %s | attention %s, page %d, budget %d, sink %d, recent %d, dense layers %d | cpu, %d threads | load %.2f s]\n",
-              engine::to_string(mc.arch), o.model.c_str(), mc.num_layers, to_string(wdt), to_string(eo.kv_dtype),
+  std::printf("[%s %s, %d layers, weights %s, KV %s, stats %s | attention %s, page %d, budget %d, sink %d, recent %d, dense layers %d | cpu, %d threads | load %.2f s]\n",
+              engine::to_string(mc.arch), o.model.c_str(), mc.num_layers, to_string(wdt), to_string(eo.kv_dtype), to_string(eo.stats_dtype),
               to_string(eo.attention.estimator), eo.attention.page_size, eo.attention.budget_tokens, eo.attention.sink_pages,
               eo.attention.recent_pages, eo.dense_layers, omp_get_max_threads(), load_s);
   std::printf("prefill: %lld tokens in %.3f s (%.1f tokens/s) | decode: %lld tokens in %.3f s (%.1f tokens/s)\n",
@@ -206,6 +208,8 @@ Runner add_generate(CLI::App& app) {
   app.add_option("--device", o->device, "cpu")->capture_default_str();
   app.add_option("--threads", o->threads, "OpenMP threads (0 = default)");
   app.add_option("--kv-dtype", o->kv_dtype, "KV cache dtype: auto (fp32 for fp32 weights, else bf16) | fp32 | bf16 | fp16")
+      ->capture_default_str();
+  app.add_option("--stats-dtype", o->stats_dtype, "Page statistics dtype: auto (= KV dtype) | fp32 | bf16")
       ->capture_default_str();
   app.add_option("--weights", o->weights, "auto (as stored, memory-mapped) | fp32 (convert at load)")->capture_default_str();
   app.add_option("--max-context", o->max_context, "KV pool per sequence in tokens (0 = longest prompt + max-new-tokens)");

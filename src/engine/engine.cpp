@@ -44,7 +44,7 @@ Engine::Engine(const Model& model, const EngineOptions& opt) : model_(model), op
   ko.page_size = P;
   ko.head_dim = c.head_dim;
   ko.dtype = opt_.kv_dtype;
-  ko.stats_dtype = DType::f32;
+  ko.stats_dtype = opt_.stats_dtype;
   const Estimator e = opt_.attention.estimator;
   ko.keep_unique_stats = opt_.keep_all_stats || e == Estimator::unique || e == Estimator::mean;
   ko.keep_quest_stats = opt_.keep_all_stats || e == Estimator::quest;
@@ -147,12 +147,12 @@ void Engine::forward(const std::vector<int>& seqs, const std::vector<int>& count
   AttentionConfig cfg = opt_.attention;
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = model_.layers()[l];
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T >= 16)
     for (int64_t t = 0; t < T; ++t) rmsnorm(s.x.data() + t * H, w.attn_norm.data(), H, c.rms_norm_eps, s.h.data() + t * H);
     linear(s.h.data(), T, w.q, s.q.data());
     linear(s.h.data(), T, w.k, s.k.data());
     linear(s.h.data(), T, w.v, s.v.data());
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T >= 16)
     for (int64_t t = 0; t < T; ++t) {
       float* q = s.q.data() + t * qd;
       float* k = s.k.data() + t * kd;
@@ -241,11 +241,11 @@ void Engine::forward(const std::vector<int>& seqs, const std::vector<int>& count
     }
     linear(s.att.data(), T, w.o, s.h.data());
     for (int64_t i = 0; i < T * H; ++i) s.x[i] += s.h[i];
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T >= 16)
     for (int64_t t = 0; t < T; ++t) rmsnorm(s.x.data() + t * H, w.mlp_norm.data(), H, c.rms_norm_eps, s.h.data() + t * H);
     linear(s.h.data(), T, w.gate, s.g.data());
     linear(s.h.data(), T, w.up, s.u.data());
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * I >= (int64_t(1) << 16))
     for (int64_t i = 0; i < T * I; ++i) {
       const float g = s.g[i];
       s.g[i] = g / (1.0f + std::exp(-g)) * s.u[i];

@@ -226,7 +226,9 @@ namespace {
 template <int M, class T>
 void gemv16_m(const float* x, const T* w, int64_t K, int64_t N, float* y) {
   constexpr int W = 16;
-#pragma omp parallel for schedule(static)
+// Small matrices stay on one thread: every parallel region is a barrier, and on a busy
+  // machine a barrier waiting for a descheduled thread costs a time slice.
+#pragma omp parallel for schedule(static) if (N * K >= (int64_t(1) << 18))
   for (int64_t n = 0; n < N; ++n) {
     const T* row = w + n * K;
     float acc[M][W] = {};
@@ -256,7 +258,9 @@ void gemv16_m(const float* x, const T* w, int64_t K, int64_t N, float* y) {
 // chains per input row to hide the FMA latency.
 template <int M>
 void gemv_bf16_avx512(const float* x, const uint16_t* w, int64_t K, int64_t N, float* y) {
-#pragma omp parallel for schedule(static)
+// Small matrices stay on one thread: every parallel region is a barrier, and on a busy
+  // machine a barrier waiting for a descheduled thread costs a time slice.
+#pragma omp parallel for schedule(static) if (N * K >= (int64_t(1) << 18))
   for (int64_t n = 0; n < N; ++n) {
     const uint16_t* row = w + n * K;
     __m512 a0[M], a1[M];
@@ -342,7 +346,7 @@ void linear(const float* x, int64_t M, const Weight& w, float* y) {
   // Each thread computes a block of output columns (weight rows) with a single-threaded
   // BLAS call; 16-bit weights are converted to fp32 panels of at most kPanel rows first.
   constexpr int64_t kPanel = 128;
-#pragma omp parallel
+#pragma omp parallel if (M * N * K >= (int64_t(1) << 20))
   {
     const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
     const int64_t per = (N + nt - 1) / nt;
