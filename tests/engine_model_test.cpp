@@ -60,6 +60,30 @@ TEST_P(EngineVsReference, PrefillAndGreedyDecodeMatchFloat64) {
   }
 }
 
+// A prompt longer than the 64-row attention blocks and than one chunk, GQA group 4.
+TEST(EngineVsReferenceLong, MultiBlockPrefill) {
+  const std::string dir = enginetest::temp_dir("long_prefill");
+  TinySpec sp;
+  sp.heads = 8;
+  sp.kv_heads = 2;
+  sp.llama3_rope = true;
+  const enginetest::RefModel ref = enginetest::write_tiny(dir, sp);
+  auto model = Model::load(dir);
+  for (int chunk : {100, 256}) {
+    EngineOptions eo;
+    eo.attention.estimator = Estimator::dense;
+    eo.kv_dtype = DType::f32;
+    eo.max_context = 256;
+    eo.prefill_chunk = chunk;
+    Engine eng(*model, eo);
+    std::vector<int> tokens;
+    for (int i = 0; i < 150; ++i) tokens.push_back((i * 13 + 5) % sp.vocab);
+    std::vector<float> logits(sp.vocab);
+    eng.prefill(eng.add_sequence(), tokens, logits.data());
+    EXPECT_LT(rel_err(logits.data(), ref.logits(tokens)), 2e-5) << "chunk " << chunk;
+  }
+}
+
 TinySpec spec(const char* arch, bool tie, bool llama3, bool bias, bool qk, const char* dt) {
   TinySpec s;
   s.arch = arch;

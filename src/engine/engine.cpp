@@ -208,35 +208,39 @@ void Engine::forward(const std::vector<int>& seqs, const std::vector<int>& count
           }
         }
       const float scale = cfg.scale_for(static_cast<int>(D));
-      // Per query head: S = scale * Q_h K_h^T [T, L] (sgemm), causal softmax by row,
-      // O_h = P V_h (sgemm). Rows of chunk token t see keys 0..p0+t.
+      // Per query head and block of 64 chunk rows: S = scale * Q K^T over the keys the
+      // block can see (sgemm), causal softmax by row, O = P V (sgemm). Row t (absolute
+      // position p0 + t) sees keys 0..p0+t; blocks bound S to 64 x L floats per thread.
+      constexpr int64_t kRows = 64;
       detail::blas_single_threaded();
 #pragma omp parallel
       {
-        std::vector<float> S(static_cast<size_t>(T * L));
-#pragma omp for schedule(dynamic, 1)
-        for (int h = 0; h < Hq; ++h) {
-          const float* Q = s.q.data() + h * D;
-          const float* K = s.kbuf.data() + int64_t(h / group) * L * D;
-          const float* Vh = s.vbuf.data() + int64_t(h / group) * L * D;
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(L),
-                      static_cast<int>(D), scale, Q, static_cast<int>(qd), K, static_cast<int>(D), 0.0f, S.data(),
-                      static_cast<int>(L));
-          for (int64_t t = 0; t < T; ++t) {
-            float* row = S.data() + t * L;
-            const int64_t n = p0 + t + 1;
-            float mx = -INFINITY;
-            for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
-            double sum = 0;
-            for (int64_t j = 0; j < n; ++j) sum += row[j] = std::exp(row[j] - mx);
-            const float inv = static_cast<float>(1.0 / sum);
-            for (int64_t j = 0; j < n; ++j) row[j] *= inv;
-            for (int64_t j = n; j < L; ++j) row[j] = 0.0f;
+        std::vector<float> S(static_cast<size_t>(std::min(kRows, T) * L));
+#pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int h = 0; h < Hq; ++h)
+          for (int64_t t0 = 0; t0 < T; t0 += kRows) {
+            const int64_t tb = std::min(kRows, T - t0), Lb = p0 + t0 + tb;
+            const float* Q = s.q.data() + t0 * qd + h * D;
+            const float* K = s.kbuf.data() + int64_t(h / group) * L * D;
+            const float* Vh = s.vbuf.data() + int64_t(h / group) * L * D;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(tb), static_cast<int>(Lb),
+                        static_cast<int>(D), scale, Q, static_cast<int>(qd), K, static_cast<int>(D), 0.0f, S.data(),
+                        static_cast<int>(Lb));
+            for (int64_t r = 0; r < tb; ++r) {
+              float* row = S.data() + r * Lb;
+              const int64_t n = p0 + t0 + r + 1;
+              float mx = -INFINITY;
+              for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
+              double sum = 0;
+              for (int64_t j = 0; j < n; ++j) sum += row[j] = std::exp(row[j] - mx);
+              const float inv = static_cast<float>(1.0 / sum);
+              for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+              for (int64_t j = n; j < Lb; ++j) row[j] = 0.0f;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(tb), static_cast<int>(D),
+                        static_cast<int>(Lb), 1.0f, S.data(), static_cast<int>(Lb), Vh, static_cast<int>(D), 0.0f,
+                        s.att.data() + t0 * qd + h * D, static_cast<int>(qd));
           }
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(T), static_cast<int>(D),
-                      static_cast<int>(L), 1.0f, S.data(), static_cast<int>(L), Vh, static_cast<int>(D), 0.0f,
-                      s.att.data() + h * D, static_cast<int>(qd));
-        }
       }
     }
     linear(s.att.data(), T, w.o, s.h.data());
