@@ -52,7 +52,8 @@ class Engine {
   // One token for each sequence in seqs; logits [seqs.size(), vocab].
   void decode(const std::vector<int>& seqs, const std::vector<int>& tokens, float* logits);
 
-  // Appends synthetic keys/values (N(0,1) keys with a per-channel offset; speed runs only)
+  // Appends synthetic keys/values (uniform, std ~1, keys with a per-channel offset; speed
+  // runs only)
   // to every layer of seq, without running the model.
   void fill_synthetic(int seq, int64_t tokens, uint64_t seed);
   const KVCache& cache(int layer) const { return *caches_[layer]; }

@@ -45,7 +45,7 @@ class Model {
   // Every tensor is checked against the config (name, shape, float dtype); errors name
   // the file and tensor or field.
   static std::unique_ptr<Model> load(const std::string& dir, const LoadOptions& opt = {});
-  // Random weights (N(0, 0.02), norms 1) of the given config in `dtype`: speed runs only.
+  // Random weights (uniform, std 0.02; norms 1) of the given config in `dtype`: speed only.
   static std::unique_ptr<Model> random(const ModelConfig& cfg, DType dtype, uint64_t seed = 1);
 
   const ModelConfig& config() const { return cfg_; }
