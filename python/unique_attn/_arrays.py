@@ -32,13 +32,21 @@ def is_cuda(x: Any) -> bool:
     return is_torch(x) and x.is_cuda
 
 
+_NP_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}
+if _NP_BF16 is not None:
+    _NP_NAMES[_NP_BF16] = "bfloat16"
+_TORCH_NAMES: dict = {}
+
+
 def dtype_name(x: Any) -> str:
     """'float32' | 'float16' | 'bfloat16' | other dtype name of a tensor or array."""
-    if is_torch(x):
-        return str(x.dtype).replace("torch.", "")
-    if _NP_BF16 is not None and x.dtype == _NP_BF16:
-        return "bfloat16"
-    return str(x.dtype)
+    if isinstance(x, np.ndarray):
+        name = _NP_NAMES.get(x.dtype)
+        return name if name is not None else str(x.dtype)
+    name = _TORCH_NAMES.get(x.dtype)  # per-call cost matters in run(): cache the names
+    if name is None:
+        name = _TORCH_NAMES[x.dtype] = str(x.dtype).replace("torch.", "")
+    return name
 
 
 def check_array(x: Any, name: str) -> None:
