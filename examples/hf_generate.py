@@ -5,7 +5,8 @@ appends its new keys/values to a unique_attn PagedKVCache (keeping the page stat
 prefill runs dense (SDPA), and each decode step runs SparseDecodeWrapper (top-k pages).
 With budget >= context the greedy output equals dense attention's; a small budget shows
 how close the sparse output stays. A random tiny LlamaConfig keeps it runnable anywhere
-(CPU float32; CUDA bfloat16 when the extension was built with UNIQUE_PY_CUDA=ON).
+(on CUDA when the extension was built with UNIQUE_PY_CUDA=ON; float32 by default, so the
+dense comparison is not at the mercy of bf16 rounding ties).
 
     python examples/hf_generate.py [--budget 32] [--new-tokens 40]
 """
@@ -69,9 +70,10 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=40)
     ap.add_argument("--budget", type=int, default=64, help="sparse budget in tokens (second run)")
     ap.add_argument("--estimator", default="unique")
+    ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (model and KV cache)")
     args = ap.parse_args()
     cuda = torch.cuda.is_available() and ua.cuda_available()
-    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    device, dtype = "cuda" if cuda else "cpu", getattr(torch, args.dtype)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                          num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024,
