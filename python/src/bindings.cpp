@@ -26,6 +26,8 @@ using namespace unique;
 namespace {
 
 using Array = nb::ndarray<>;
+// Inputs the library only reads (q, new K/V rows, page tables): read-only arrays welcome.
+using InArray = nb::ndarray<nb::ro>;
 
 // A dtype problem: surfaces as Python TypeError (every other argument error is ValueError).
 struct DTypeError : Error {
@@ -48,7 +50,8 @@ std::string dtype_name(const nb::dlpack::dtype& dt) {
 
 // uint16 is bf16: the Python layer passes NumPy bfloat16 (ml_dtypes, which DLPack cannot
 // carry) as a uint16 view, and rejects integer arrays before they get here.
-DType float_dtype(const Array& a, const char* arg) {
+template <class A>
+DType float_dtype(const A& a, const char* arg) {
   const auto dt = a.dtype();
   const auto code = static_cast<nb::dlpack::dtype_code>(dt.code);
   if (dt.lanes == 1) {
@@ -61,19 +64,21 @@ DType float_dtype(const Array& a, const char* arg) {
                                   dtype_name(dt)));
 }
 
-Device device_of(const Array& a, const char* arg) {
+template <class A>
+Device device_of(const A& a, const char* arg) {
   if (a.device_type() == nb::device::cpu::value) return Device::cpu;
   if (a.device_type() == nb::device::cuda::value) return Device::cuda;
   throw Error(detail::concat(arg, ": expected a CPU or CUDA array, got DLPack device type ",
                              a.device_type()));
 }
 
-TensorView view_of(const Array& a, const char* arg) {
+template <class A>
+TensorView view_of(const A& a, const char* arg) {
   UNIQUE_CHECK_ARG(a.is_valid(), arg, "an array", "None");
   UNIQUE_CHECK_ARG(a.ndim() <= static_cast<size_t>(TensorView::kMaxDims), arg,
                    detail::concat("at most ", TensorView::kMaxDims, " dims"), a.ndim());
   TensorView t;
-  t.data = a.data();
+  t.data = const_cast<void*>(static_cast<const void*>(a.data()));
   t.dtype = float_dtype(a, arg);
   t.device = device_of(a, arg);
   t.ndim = static_cast<int>(a.ndim());
@@ -84,14 +89,16 @@ TensorView view_of(const Array& a, const char* arg) {
   return t;
 }
 
-TensorView f32_view(const Array& a, const char* arg) {
+template <class A>
+TensorView f32_view(const A& a, const char* arg) {
   TensorView t = view_of(a, arg);
   if (t.dtype != DType::f32)
     throw DTypeError(detail::concat(arg, ": expected dtype float32, got ", dtype_name(a.dtype())));
   return t;
 }
 
-const int32_t* int32_data(const Array& a, const char* arg, Device device, int64_t* len) {
+template <class A>
+const int32_t* int32_data(const A& a, const char* arg, Device device, int64_t* len) {
   UNIQUE_CHECK_ARG(a.is_valid(), arg, "an int32 array", "None");
   if (!(a.dtype() == nb::dtype<int32_t>()))
     throw DTypeError(detail::concat(arg, ": expected dtype int32, got ", dtype_name(a.dtype())));
@@ -121,8 +128,8 @@ void* stats_data(const Array& a, const char* arg, const TensorView& k, DType* st
 
 // One PagedKV over the caller's arrays. Sizes come from k_cache [pages, heads, P, D].
 PagedKV make_kv(const Array& k_cache, const Array& v_cache, const Array& mean, const Array& std_,
-                const Array& kmin, const Array& kmax, const Array& page_indptr,
-                const Array& page_indices, const Array& last_page_len, int max_pages_per_seq) {
+                const Array& kmin, const Array& kmax, const InArray& page_indptr,
+                const InArray& page_indices, const InArray& last_page_len, int max_pages_per_seq) {
   TensorView k = view_of(k_cache, "k_cache");
   TensorView v = view_of(v_cache, "v_cache");
   expect_shape(k, "k_cache", {-1, -1, -1, -1});
@@ -228,8 +235,8 @@ struct StreamGuard {
 // Same argument list for every op that reads the cache (Python passes them positionally).
 #define UNIQUE_KV_PARAMS                                                                    \
   const Array &k_cache, const Array &v_cache, const Array &mean, const Array &std_,        \
-      const Array &kmin, const Array &kmax, const Array &page_indptr,                      \
-      const Array &page_indices, const Array &last_page_len, int max_pages_per_seq
+      const Array &kmin, const Array &kmax, const InArray &page_indptr,                    \
+      const InArray &page_indices, const InArray &last_page_len, int max_pages_per_seq
 #define UNIQUE_KV_ARGS \
   k_cache, v_cache, mean, std_, kmin, kmax, page_indptr, page_indices, last_page_len, max_pages_per_seq
 #define UNIQUE_KV_NB_ARGS                                                                   \
@@ -293,7 +300,7 @@ NB_MODULE(_core, m) {
 
   m.def(
       "append_kv",
-      [](UNIQUE_KV_PARAMS, const Array& k_new, const Array& v_new, const Array& append_indptr,
+      [](UNIQUE_KV_PARAMS, const InArray& k_new, const InArray& v_new, const InArray& append_indptr,
          uintptr_t stream) {
         PagedKV kv = make_kv(UNIQUE_KV_ARGS);
         TensorView kn = view_of(k_new, "k");
@@ -309,7 +316,7 @@ NB_MODULE(_core, m) {
 
   m.def(
       "score_pages",
-      [](UNIQUE_CFG_PARAMS, const Array& q, UNIQUE_KV_PARAMS, const Array& scores, uintptr_t stream) {
+      [](UNIQUE_CFG_PARAMS, const InArray& q, UNIQUE_KV_PARAMS, const Array& scores, uintptr_t stream) {
         PagedKV kv = make_kv(UNIQUE_KV_ARGS);
         AttentionConfig cfg = UNIQUE_CFG(kv);
         TensorView qv = view_of(q, "q");
@@ -322,7 +329,7 @@ NB_MODULE(_core, m) {
 
   m.def(
       "select_pages",
-      [](UNIQUE_CFG_PARAMS, const Array& q, UNIQUE_KV_PARAMS, const Array& sel_pages,
+      [](UNIQUE_CFG_PARAMS, const InArray& q, UNIQUE_KV_PARAMS, const Array& sel_pages,
          const Array& sel_counts, uintptr_t stream) {
         PagedKV kv = make_kv(UNIQUE_KV_ARGS);
         AttentionConfig cfg = UNIQUE_CFG(kv);
@@ -339,7 +346,7 @@ NB_MODULE(_core, m) {
   // false and no selection is given.
   m.def(
       "paged_decode",
-      [](UNIQUE_CFG_PARAMS, const Array& q, UNIQUE_KV_PARAMS, const Array& sel_pages,
+      [](UNIQUE_CFG_PARAMS, const InArray& q, UNIQUE_KV_PARAMS, const Array& sel_pages,
          const Array& sel_counts, bool select, const Array& out, const Array& lse,
          uintptr_t stream) {
         PagedKV kv = make_kv(UNIQUE_KV_ARGS);

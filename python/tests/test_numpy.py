@@ -187,3 +187,14 @@ def test_strided_q_is_accepted():
 def test_version_and_cuda_flags():
     assert ua.__version__
     assert isinstance(ua.cuda_available(), bool) and isinstance(ua.built_with_cuda(), bool)
+
+
+def test_read_only_inputs():
+    cache, ip, idx, last = R.build([40, 20])
+    q = R.rand_q(2, 4, 64)
+    for a in (q, ip, idx, last):
+        a.setflags(write=False)
+    w = ua.DenseDecodeWrapper()
+    w.plan(ip, idx, last, 4, 2, 64, 16)
+    ref_out, _ = R.decode(q, cache, ip, idx, last)
+    np.testing.assert_allclose(w.run(q, cache), ref_out, rtol=1e-5, atol=1e-5)
