@@ -166,3 +166,12 @@ def test_bad_append():
     np.testing.assert_array_equal(cache.k_cache[0, :, :5], big[..., ::2].transpose(1, 0, 2))
     with pytest.raises(ValueError, match=r"page_indices\[0\]"):
         cache.append(k, k, [0, 5], [0, 1], [7], [5])
+
+
+def test_failed_replan_keeps_the_plan(setup):
+    cache, ip, idx, last, q = setup
+    w = planned(setup)
+    before = w.run(q, cache).copy()
+    with pytest.raises(ValueError, match="last_page_len"):
+        w.plan(ip, idx, np.array([0, 4]), 4, 2, 64, 16, budget=32)
+    np.testing.assert_array_equal(w.run(q, cache), before)

@@ -97,14 +97,13 @@ class SparseDecodeWrapper:
                              f"({num_kv_heads}), got {num_qo_heads}")
         if self._dense:
             budget, estimator = page_size, "dense"
-        self._cfg = _config(page_size, budget, sink, recent, estimator, gqa, offset, alpha, sm_scale, seed)
-        self._table = A.PageTable(page_indptr, page_indices, last_page_len, page_size, dev)
+        # Everything into locals first: a plan that raises leaves the previous one intact.
+        cfg = _config(page_size, budget, sink, recent, estimator, gqa, offset, alpha, sm_scale, seed)
+        table = A.PageTable(page_indptr, page_indices, last_page_len, page_size, dev)
+        max_selected = _core.validate_config(page_size=page_size, num_pages=table.max_pages, **cfg)
+        sel = None if self._dense else self._selection_buffers(table.batch, num_kv_heads, max_selected, dev)
+        self._cfg, self._table, self.max_selected, self._sel, self._device = cfg, table, max_selected, sel, dev
         self._shape = (int(num_qo_heads), int(num_kv_heads), int(head_dim), int(page_size))
-        self.max_selected = _core.validate_config(page_size=page_size, num_pages=self._table.max_pages, **self._cfg)
-        self._device = dev
-        self._sel = None
-        if not self._dense:
-            self._sel = self._selection_buffers(self._table.batch, num_kv_heads, self.max_selected, dev)
         self._planned = True
 
     def _selection_buffers(self, batch: int, heads: int, max_sel: int, dev: str):
