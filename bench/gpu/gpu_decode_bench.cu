@@ -1,0 +1,226 @@
+// GPU decode benchmark: dense and sparse (select + decode) paged decode through
+// unique::DecodePlan, against the device-to-device copy peak measured in the same run.
+// Every timed rep follows an L2 flush (a 256 MiB memset) and is timed alone with CUDA
+// events; the median is reported. Prints a table and writes JSON lines (--json FILE) that
+// bench/gpu/compare_baselines.py joins with FlashInfer / torch SDPA timings.
+//
+//   unique_bench_gpu [--quick] [--json out.jsonl] [--reps N]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "unique/decode_plan.h"
+#include "unique/unique.h"
+
+using namespace unique;
+
+#define CK(x)                                                                        \
+  do {                                                                               \
+    cudaError_t e_ = (x);                                                            \
+    if (e_ != cudaSuccess) {                                                         \
+      std::fprintf(stderr, "%s failed: %s\n", #x, cudaGetErrorString(e_));           \
+      std::exit(1);                                                                  \
+    }                                                                                \
+  } while (0)
+
+__global__ void fill_kernel(uint16_t* p, size_t n, uint32_t seed, float scale, float offset) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+    x ^= x >> 13;
+    x *= 0x5bd1e995u;
+    x ^= x >> 15;
+    const float u = (x & 0xffffff) * (1.0f / 16777216.0f) - 0.5f;
+    p[i] = float_to_bf16_bits(offset + scale * u);
+  }
+}
+void fill(void* p, size_t n, uint32_t seed, float scale = 2.0f, float offset = 0.0f) {
+  fill_kernel<<<1024, 256>>>(static_cast<uint16_t*>(p), n, seed, scale, offset);
+  CK(cudaGetLastError());
+}
+
+struct Timer {
+  void* flush = nullptr;
+  size_t flush_bytes = size_t(256) << 20;
+  cudaEvent_t a, b;
+  Timer() {
+    CK(cudaMalloc(&flush, flush_bytes));
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+  }
+  template <class F>
+  double median_us(F&& f, int reps) {
+    for (int i = 0; i < 3; ++i) f();
+    std::vector<double> t;
+    for (int i = 0; i < reps; ++i) {
+      CK(cudaMemsetAsync(flush, i & 0xff, flush_bytes));
+      CK(cudaEventRecord(a));
+      f();
+      CK(cudaEventRecord(b));
+      CK(cudaEventSynchronize(b));
+      float ms = 0;
+      CK(cudaEventElapsedTime(&ms, a, b));
+      t.push_back(ms * 1e3);
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+  }
+};
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  int reps = 30;
+  std::string json;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
+  }
+  FILE* js = json.empty() ? nullptr : std::fopen(json.c_str(), "w");
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  Timer timer;
+
+  // copy peak: 1 GiB device-to-device, bytes read + written
+  double peak;
+  {
+    const size_t n = size_t(1) << 30;
+    void *x, *y;
+    CK(cudaMalloc(&x, n));
+    CK(cudaMalloc(&y, n));
+    CK(cudaMemset(x, 1, n));
+    const double us = timer.median_us([&] { CK(cudaMemcpyAsync(y, x, n, cudaMemcpyDeviceToDevice)); }, 10);
+    peak = 2.0 * n / (us * 1e-6) / 1e9;
+    CK(cudaFree(x));
+    CK(cudaFree(y));
+  }
+  std::printf("device: %s, %d SMs; copy peak %.0f GB/s (read+write)\n", prop.name, prop.multiProcessorCount, peak);
+  if (js) std::fprintf(js, "{\"kind\":\"peak\",\"device\":\"%s\",\"copy_GBps\":%.1f}\n", prop.name, peak);
+
+  const int Hq = 32, Hk = 8, D = 128;
+  struct Shape {
+    int B;
+    int ctx;
+  };
+  std::vector<Shape> shapes = {{1, 8192}, {1, 32768}, {1, 131072}, {1, 262144}, {8, 8192},
+                               {8, 32768}, {8, 131072}, {32, 8192}, {32, 32768}, {32, 131072}};
+  if (quick) shapes = {{1, 131072}, {8, 131072}};
+  std::printf("%-5s %-7s %-3s %-6s %-8s %10s %9s %6s %9s %9s %7s\n", "batch", "context", "P", "budget", "variant",
+              "time_us", "GB/s", "%peak", "bytes_MB", "sel_us", "ideal_x");
+  for (const Shape& sh : shapes) {
+    for (int P : {16, 32}) {
+      const int pages = sh.ctx / P;
+      const size_t total_pages = size_t(sh.B) * pages;
+      const size_t kv_elems = total_pages * Hk * P * D, st_elems = total_pages * Hk * D;
+      void *k, *v, *mean, *sd, *kmin, *kmax;
+      CK(cudaMalloc(&k, kv_elems * 2));
+      CK(cudaMalloc(&v, kv_elems * 2));
+      CK(cudaMalloc(&mean, st_elems * 2));
+      CK(cudaMalloc(&sd, st_elems * 2));
+      CK(cudaMalloc(&kmin, st_elems * 2));
+      CK(cudaMalloc(&kmax, st_elems * 2));
+      fill(k, kv_elems, 1);
+      fill(v, kv_elems, 2);
+      fill(mean, st_elems, 3);
+      fill(sd, st_elems, 4, 0.5f, 0.5f);
+      fill(kmin, st_elems, 5, 1.0f, -1.0f);
+      fill(kmax, st_elems, 6, 1.0f, 1.0f);
+      // page table: physical pages shuffled with a fixed stride permutation
+      std::vector<int32_t> indptr(sh.B + 1), indices(total_pages), last(sh.B, P);
+      for (int b = 0; b <= sh.B; ++b) indptr[b] = b * pages;
+      for (size_t i = 0; i < total_pages; ++i) indices[i] = int32_t((i * 7919) % total_pages);
+      int32_t *d_indptr, *d_indices, *d_last;
+      CK(cudaMalloc(&d_indptr, indptr.size() * 4));
+      CK(cudaMalloc(&d_indices, indices.size() * 4));
+      CK(cudaMalloc(&d_last, last.size() * 4));
+      CK(cudaMemcpy(d_indptr, indptr.data(), indptr.size() * 4, cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(d_indices, indices.data(), indices.size() * 4, cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(d_last, last.data(), last.size() * 4, cudaMemcpyHostToDevice));
+      PagedKV kv;
+      kv.dtype = DType::bf16;
+      kv.device = Device::cuda;
+      kv.num_pages = int(total_pages);
+      kv.num_kv_heads = Hk;
+      kv.page_size = P;
+      kv.head_dim = D;
+      kv.k = k;
+      kv.v = v;
+      kv.stats_dtype = DType::bf16;
+      kv.mean = mean;
+      kv.std = sd;
+      kv.kmin = kmin;
+      kv.kmax = kmax;
+      kv.batch = sh.B;
+      kv.page_indptr = d_indptr;
+      kv.page_indices = d_indices;
+      kv.last_page_len = d_last;
+      kv.max_pages_per_seq = pages;
+      void *q, *out;
+      CK(cudaMalloc(&q, size_t(sh.B) * Hq * D * 2));
+      CK(cudaMalloc(&out, size_t(sh.B) * Hq * D * 2));
+      fill(q, size_t(sh.B) * Hq * D, 7);
+      const TensorView qv = make_view(q, DType::bf16, {sh.B, Hq, D}, Device::cuda);
+      const TensorView ov = make_view(out, DType::bf16, {sh.B, Hq, D}, Device::cuda);
+      const double dense_bytes = 2.0 * kv_elems * 2;
+      auto row = [&](const char* variant, int budget, double us, double bytes, double sel_us, double ideal) {
+        std::printf("%-5d %-7d %-3d %-6d %-8s %10.1f %9.0f %6.1f %9.1f %9.1f %7.1f\n", sh.B, sh.ctx, P, budget, variant,
+                    us, bytes / (us * 1e-6) / 1e9, 100.0 * bytes / (us * 1e-6) / 1e9 / peak, bytes / 1e6, sel_us, ideal);
+        if (js)
+          std::fprintf(js,
+                       "{\"kind\":\"ours\",\"batch\":%d,\"context\":%d,\"page\":%d,\"budget\":%d,\"variant\":\"%s\","
+                       "\"us\":%.2f,\"bytes\":%.0f,\"select_us\":%.2f,\"ideal_x\":%.2f}\n",
+                       sh.B, sh.ctx, P, budget, variant, us, bytes, sel_us, ideal);
+      };
+      {
+        AttentionConfig cfg;
+        cfg.page_size = P;
+        cfg.estimator = Estimator::dense;
+        DecodePlan plan;
+        plan.plan(cfg, DecodeShape{sh.B, Hq, Hk, D, pages});
+        const double us = timer.median_us([&] { plan.run(qv, kv, ov, TensorView{}, nullptr); }, reps);
+        row("dense", 0, us, dense_bytes, 0, 1.0);
+      }
+      for (int budget : {1024, 2048, 4096}) {
+        if (budget >= sh.ctx / 2) continue;
+        if (P == 32 && budget != 2048) continue;
+        for (Estimator e : {Estimator::unique, Estimator::quest, Estimator::mean, Estimator::random}) {
+          if (budget != 2048 && e != Estimator::unique) continue;
+          AttentionConfig cfg;
+          cfg.page_size = P;
+          cfg.budget_tokens = budget;
+          cfg.estimator = e;
+          DecodePlan plan;
+          plan.plan(cfg, DecodeShape{sh.B, Hq, Hk, D, pages});
+          const double us = timer.median_us([&] { plan.run(qv, kv, ov, TensorView{}, nullptr); }, reps);
+          const double sel_us = timer.median_us([&] { plan.select(qv, kv, nullptr); }, reps);
+          const int selected = std::min(pages, cfg.max_selected(pages));
+          const int stat_arrays = e == Estimator::random ? 0 : e == Estimator::mean ? 1 : 2;
+          const double bytes = double(st_elems) * 2 * stat_arrays + double(sh.B) * selected * Hk * P * D * 2 * 2;
+          row(to_string(e), budget, us, bytes, sel_us, dense_bytes / bytes);
+          if (e == Estimator::unique && budget == 2048) {
+            const double stats_bytes = double(st_elems) * 2 * 2;
+            // read-once time of the statistics at the copy peak (which counts read + write)
+            const double read_us = stats_bytes / (peak * 1e9) * 1e6;
+            std::printf("      select vs reading the stats once at copy peak: %.1f us / %.1f us = %.2fx\n", sel_us,
+                        read_us, sel_us / read_us);
+            if (js)
+              std::fprintf(js,
+                           "{\"kind\":\"select\",\"batch\":%d,\"context\":%d,\"page\":%d,\"select_us\":%.2f,"
+                           "\"stats_read_us\":%.2f}\n",
+                           sh.B, sh.ctx, P, sel_us, read_us);
+          }
+        }
+      }
+      for (void* p : {k, v, mean, sd, kmin, kmax, q, out}) CK(cudaFree(p));
+      CK(cudaFree(d_indptr));
+      CK(cudaFree(d_indices));
+      CK(cudaFree(d_last));
+    }
+  }
+  if (js) std::fclose(js);
+  return 0;
+}

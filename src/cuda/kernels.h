@@ -1,0 +1,51 @@
+// Internal: launchers of the CUDA kernels with explicit workspaces. The cuda_backend::*
+// entry points use a cached workspace; unique::DecodePlan owns one per plan, so run()
+// allocates nothing and can be captured in a CUDA graph.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include "unique/config.h"
+#include "unique/paged_kv.h"
+#include "unique/selection.h"
+#include "unique/tensor.h"
+
+namespace unique::cuda {
+
+// Scoring + selection scratch. counters must start zeroed (the kernel leaves them zeroed).
+struct SelectWorkspace {
+  float* agg = nullptr;        // [batch, num_kv_heads, max_pages]
+  float* raw = nullptr;        // [batch, num_qo_heads, max_pages] (softmax_sum, oracle, group > 8)
+  uint32_t* counters = nullptr;  // [batch, num_kv_heads]
+};
+struct SelectSizes {
+  size_t agg_floats, raw_floats, counters;
+};
+SelectSizes select_sizes(int batch, int num_qo_heads, int num_kv_heads, int max_pages);
+
+// Split-KV partials: o [batch, num_qo_heads, chunks, head_dim], lse [batch, num_qo_heads, chunks].
+struct DecodeWorkspace {
+  float* part_o = nullptr;
+  float* part_lse = nullptr;
+  size_t capacity_floats = 0;  // of part_o; part_lse holds capacity_floats / head_dim
+};
+// Chunks (splits) per (sequence, head) for a list of at most max_list pages.
+int decode_chunks(int batch, int num_qo_heads, int num_kv_heads, int page_size, int max_list);
+size_t decode_floats(int batch, int num_qo_heads, int head_dim, int chunks);
+
+// Scores all pages (into scores_out when non-null: [batch, num_kv_heads, scores_stride]) and,
+// when sel is non-null, selects into it.
+void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
+                         int max_pages, const SelectWorkspace& ws, float* scores_out,
+                         int scores_stride, const Selection* sel, cudaStream_t stream);
+
+void launch_decode(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
+                   const Selection* sel, const TensorView& out, const TensorView& lse,
+                   int max_pages, const DecodeWorkspace& ws, cudaStream_t stream);
+
+void launch_append(const PagedKV& kv, const TensorView& k_new, const TensorView& v_new,
+                   const int32_t* append_indptr, int max_new_tokens_per_seq, cudaStream_t stream);
+
+}  // namespace unique::cuda

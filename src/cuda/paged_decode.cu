@@ -1,0 +1,320 @@
+// Paged decode attention, flash-decoding style: the page list of each (sequence, KV head)
+// (every page, or the selected ones) is cut into `chunks` pieces, one block per piece and
+// per group of up to 8 query heads sharing the KV head, so each page is read once and a
+// single long sequence still fills the GPU. Each block writes a normalised partial output
+// and its log-sum-exp; a second kernel merges the partials (skipped when chunks == 1).
+//
+// Inside a block (4 warps) a warp takes 32 token slots at a time: for q.k each lane owns
+// one token and reads its K row with 16-byte loads (no shuffles; the query heads sit in
+// shared memory, read as broadcasts); online softmax per warp; for p.V a row is read by
+// D/VEC lanes with 16-byte loads, the probabilities come from shared memory.
+#include <algorithm>
+
+#include "attention/cuda_backend.h"
+#include "cuda/common.cuh"
+#include "cuda/kernels.h"
+
+namespace unique::cuda {
+
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kGroup = 8;  // query heads per block at most
+
+struct DecodeParams {
+  const void* k;
+  const void* v;
+  const int32_t* indptr;
+  const int32_t* indices;
+  const int32_t* last_len;
+  const int32_t* sel_pages;  // null = dense
+  const int32_t* sel_counts;
+  int max_selected;
+  int Hk, Hq, group, subgroups, P;
+  const void* q;
+  DType q_dtype;
+  int64_t qs0, qs1, qs2;
+  void* out;
+  DType out_dtype;
+  int64_t os0, os1, os2;
+  float* lse;
+  int64_t ls0, ls1;
+  float* part_o;
+  float* part_lse;
+  int chunks, chunk_pages;
+  float scale_log2;  // sm_scale * log2(e)
+};
+
+template <class T, int D, int G>
+__global__ void __launch_bounds__(kWarps * 32) decode_kernel(const DecodeParams p) {
+  constexpr int VEC = Vec<T>::n;
+  constexpr int LPR = (D / VEC) < 32 ? (D / VEC) : 32;  // lanes per V row
+  constexpr int NV = D / (VEC * LPR);                   // vectors per lane per V row
+  constexpr int TPW = 32 / LPR;                         // V rows per warp step
+  __shared__ __align__(16) float q_s[G][D];
+  __shared__ float p_s[kWarps][32][G];
+  __shared__ int64_t row_s[kWarps][32];
+  __shared__ float m_s[kWarps][G], l_s[kWarps][G];
+  __shared__ __align__(16) float acc_s[kWarps][G][D];
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int b = blockIdx.z, hk = blockIdx.y / p.subgroups, sg = blockIdx.y % p.subgroups;
+  const int chunk = blockIdx.x;
+  const int h0 = hk * p.group + sg * G;
+  const int ng = min(G, p.group - sg * G);
+  const int seq0 = p.indptr[b];
+  const int n = p.indptr[b + 1] - seq0;
+  const int count = p.sel_pages ? p.sel_counts[b * p.Hk + hk] : n;
+  const int begin = chunk * p.chunk_pages;
+  const int end = min(count, begin + p.chunk_pages);
+  const int last_len = p.last_len[b];
+
+  for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+    const int g = i / D, d = i % D;
+    q_s[g][d] = g < ng ? load_any(p.q, p.q_dtype, b * p.qs0 + (h0 + g) * p.qs1 + d * p.qs2) * p.scale_log2
+                       : 0.0f;
+  }
+  __syncthreads();
+
+  const T* K = static_cast<const T*>(p.k);
+  const T* V = static_cast<const T*>(p.v);
+  float m[G], l[G], acc[G][NV * VEC];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < NV * VEC; ++e) acc[g][e] = 0.0f;
+  }
+
+  const int slots = end > begin ? (end - begin) * p.P : 0;
+  for (int base = warp * 32; base < slots; base += kWarps * 32) {
+    const int slot = base + lane;
+    int64_t row = -1;
+    if (slot < slots) {
+      const int i = begin + slot / p.P, r = slot % p.P;
+      const int j = p.sel_pages ? p.sel_pages[(int64_t(b) * p.Hk + hk) * p.max_selected + i] : i;
+      const int tokens = j == n - 1 ? last_len : p.P;
+      if (j >= 0 && j < n && r < tokens) {
+        const int64_t page = p.indices[seq0 + j];
+        row = ((page * p.Hk + hk) * p.P + r) * D;
+      }
+    }
+    float s[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) s[g] = 0.0f;
+    if (row >= 0) {
+#pragma unroll 4
+      for (int c = 0; c < D / VEC; ++c) {
+        float x[VEC];
+        load16_stream(K + row + c * VEC, x);
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+#pragma unroll
+          for (int e = 0; e < VEC; e += 4) {
+            const float4 qv = *reinterpret_cast<const float4*>(&q_s[g][c * VEC + e]);
+            s[g] = fmaf(qv.x, x[e], s[g]);
+            s[g] = fmaf(qv.y, x[e + 1], s[g]);
+            s[g] = fmaf(qv.z, x[e + 2], s[g]);
+            s[g] = fmaf(qv.w, x[e + 3], s[g]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float sv = row >= 0 ? s[g] : -INFINITY;
+      const float mnew = fmaxf(m[g], warp_max(sv));
+      const float corr = mnew == -INFINITY ? 1.0f : fast_exp2(m[g] - mnew);
+      const float pr = row >= 0 ? fast_exp2(sv - mnew) : 0.0f;
+      l[g] = l[g] * corr + pr;
+      m[g] = mnew;
+#pragma unroll
+      for (int e = 0; e < NV * VEC; ++e) acc[g][e] *= corr;
+      p_s[warp][lane][g] = pr;
+    }
+    row_s[warp][lane] = row;
+    __syncwarp();
+    const int sub = lane % LPR;
+#pragma unroll 2
+    for (int t = lane / LPR; t < 32; t += TPW) {
+      const int64_t vr = row_s[warp][t];
+      if (vr < 0) continue;
+#pragma unroll
+      for (int nv = 0; nv < NV; ++nv) {
+        float x[VEC];
+        load16_stream(V + vr + (nv * LPR + sub) * VEC, x);
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const float pg = p_s[warp][t][g];
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) acc[g][nv * VEC + e] = fmaf(pg, x[e], acc[g][nv * VEC + e]);
+        }
+      }
+    }
+    __syncwarp();
+  }
+
+  // Lanes holding the same channels (lane % LPR) saw different tokens: sum them.
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const float lw = warp_sum(l[g]);
+#pragma unroll
+    for (int o = LPR; o < 32; o <<= 1)
+#pragma unroll
+      for (int e = 0; e < NV * VEC; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+    if (lane == 0) {
+      m_s[warp][g] = m[g];
+      l_s[warp][g] = lw;
+    }
+    if (lane < LPR) {
+#pragma unroll
+      for (int nv = 0; nv < NV; ++nv)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) acc_s[warp][g][(nv * LPR + lane) * VEC + e] = acc[g][nv * VEC + e];
+    }
+  }
+  __syncthreads();
+
+  for (int i = threadIdx.x; i < ng * D; i += blockDim.x) {
+    const int g = i / D, d = i % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, m_s[w][g]);
+    float L = 0.0f, o = 0.0f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float f = fast_exp2(m_s[w][g] - M);
+        L += l_s[w][g] * f;
+        o += acc_s[w][g][d] * f;
+      }
+    }
+    const int hq = h0 + g;
+    const float val = L > 0.0f ? o / L : 0.0f;
+    const float lse2 = L > 0.0f ? M + __log2f(L) : -INFINITY;
+    if (p.chunks == 1) {
+      store_any(p.out, p.out_dtype, b * p.os0 + hq * p.os1 + d * p.os2, val);
+      if (d == 0 && p.lse) p.lse[b * p.ls0 + hq * p.ls1] = lse2 * kLn2;
+    } else {
+      const int64_t pi = (int64_t(b) * p.Hq + hq) * p.chunks + chunk;
+      p.part_o[pi * D + d] = val;
+      if (d == 0) p.part_lse[pi] = lse2;
+    }
+  }
+}
+
+// One block per (sequence, query head): weights exp2(lse_c - max) over the chunks.
+__global__ void merge_kernel(const DecodeParams p, int D) {
+  const int bh = blockIdx.x, b = bh / p.Hq, hq = bh % p.Hq;
+  const float* lse = p.part_lse + int64_t(bh) * p.chunks;
+  float M = -INFINITY;
+  for (int c = 0; c < p.chunks; ++c) M = fmaxf(M, lse[c]);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float L = 0.0f, o = 0.0f;
+    if (M != -INFINITY) {
+      for (int c = 0; c < p.chunks; ++c) {
+        const float w = fast_exp2(lse[c] - M);
+        L += w;
+        o += w * p.part_o[(int64_t(bh) * p.chunks + c) * D + d];
+      }
+    }
+    store_any(p.out, p.out_dtype, b * p.os0 + hq * p.os1 + d * p.os2, L > 0.0f ? o / L : 0.0f);
+    if (d == 0 && p.lse) p.lse[b * p.ls0 + hq * p.ls1] = L > 0.0f ? (M + __log2f(L)) * kLn2 : -INFINITY;
+  }
+}
+
+// Query heads per block (a template parameter): the group rounded up to 1, 2, 4 or 8;
+// larger groups are split into blocks of 8 heads.
+int heads_per_block(int group) { return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8; }
+
+template <class T, int D>
+void launch_typed(const DecodeParams& p, dim3 grid, int group, cudaStream_t stream) {
+  const dim3 block(kWarps * 32);
+  switch (heads_per_block(group)) {
+    case 1: decode_kernel<T, D, 1><<<grid, block, 0, stream>>>(p); break;
+    case 2: decode_kernel<T, D, 2><<<grid, block, 0, stream>>>(p); break;
+    case 4: decode_kernel<T, D, 4><<<grid, block, 0, stream>>>(p); break;
+    default: decode_kernel<T, D, 8><<<grid, block, 0, stream>>>(p); break;
+  }
+  UNIQUE_CUDA_LAUNCH("decode_kernel");
+}
+
+
+}  // namespace
+
+int decode_chunks(int batch, int num_qo_heads, int num_kv_heads, int page_size, int max_list) {
+  const int group = num_qo_heads / num_kv_heads;
+  const int sgs = (group + heads_per_block(group) - 1) / heads_per_block(group);
+  const int rows = batch * num_kv_heads * sgs;
+  // Aim at 4 blocks of 128 threads per SM, but give each block at least 256 tokens.
+  const int want = std::max(1, (4 * num_sms() + rows - 1) / rows);
+  const int most = std::max(1, (max_list * page_size + 255) / 256);
+  return std::min(want, most);
+}
+
+size_t decode_floats(int batch, int num_qo_heads, int head_dim, int chunks) {
+  return chunks > 1 ? size_t(batch) * num_qo_heads * chunks * head_dim : 0;
+}
+
+void launch_decode(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
+                   const Selection* sel, const TensorView& out, const TensorView& lse,
+                   int max_pages, const DecodeWorkspace& ws, cudaStream_t stream) {
+  const int Hq = static_cast<int>(q.shape[1]), Hk = kv.num_kv_heads, D = kv.head_dim;
+  if (D != 64 && D != 128 && D != 256)
+    throw_arg("kv.head_dim", "64, 128 or 256 on CUDA", D);
+  const int group = Hq / Hk;
+  const int hpb = heads_per_block(group);
+  const int max_list = sel ? std::min(sel->max_selected, max_pages) : max_pages;
+  int chunks = decode_chunks(kv.batch, Hq, Hk, kv.page_size, max_list);
+  const size_t need = decode_floats(kv.batch, Hq, D, chunks);
+  if (need > ws.capacity_floats)  // a plan made for smaller shapes: fewer chunks that fit
+    chunks = std::max<int>(1, static_cast<int>(ws.capacity_floats / (size_t(kv.batch) * Hq * D)));
+  DecodeParams p{};
+  p.k = kv.k;
+  p.v = kv.v;
+  p.indptr = kv.page_indptr;
+  p.indices = kv.page_indices;
+  p.last_len = kv.last_page_len;
+  p.sel_pages = sel ? sel->pages : nullptr;
+  p.sel_counts = sel ? sel->counts : nullptr;
+  p.max_selected = sel ? sel->max_selected : 0;
+  p.Hk = Hk;
+  p.Hq = Hq;
+  p.group = group;
+  p.subgroups = (group + hpb - 1) / hpb;
+  p.P = kv.page_size;
+  p.q = q.data;
+  p.q_dtype = q.dtype;
+  p.qs0 = q.stride[0];
+  p.qs1 = q.stride[1];
+  p.qs2 = q.stride[2];
+  p.out = out.data;
+  p.out_dtype = out.dtype;
+  p.os0 = out.stride[0];
+  p.os1 = out.stride[1];
+  p.os2 = out.stride[2];
+  p.lse = lse.data ? lse.ptr<float>() : nullptr;
+  p.ls0 = lse.data ? lse.stride[0] : 0;
+  p.ls1 = lse.data ? lse.stride[1] : 0;
+  p.part_o = ws.part_o;
+  p.part_lse = ws.part_lse;
+  p.chunks = chunks;
+  p.chunk_pages = (max_list + chunks - 1) / chunks;
+  p.scale_log2 = cfg.scale_for(D) * kLog2e;
+  const dim3 grid(chunks, Hk * p.subgroups, kv.batch);
+  dispatch_dtype(kv.dtype, [&](auto t) {
+    using T = decltype(t);
+    switch (D) {
+      case 64: launch_typed<T, 64>(p, grid, group, stream); break;
+      case 128: launch_typed<T, 128>(p, grid, group, stream); break;
+      default: launch_typed<T, 256>(p, grid, group, stream); break;
+    }
+  });
+  if (chunks > 1) {
+    merge_kernel<<<kv.batch * Hq, std::min(D, 128), 0, stream>>>(p, D);
+    UNIQUE_CUDA_LAUNCH("merge_kernel");
+  }
+}
+
+}  // namespace unique::cuda

@@ -1,0 +1,471 @@
+// CUDA kernels vs the CPU reference: append (K/V + page stats), page scores for every
+// estimator and GQA aggregation, selection, dense and sparse paged decode, the DecodePlan
+// plan/run split with CUDA-graph capture and replay, and bad input. Sweeps page size,
+// head dim, GQA group, KV dtype, ragged batches with partial last pages and one-token
+// sequences, budgets below and above the context. Outputs are poisoned before each call.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <set>
+#include <vector>
+
+#include "test_util.h"
+#include "unique/decode_plan.h"
+#include "unique/stream.h"
+#include "unique/unique.h"
+
+namespace unique::test {
+namespace {
+
+#define CUDA_OK(x) ASSERT_EQ((x), cudaSuccess) << #x
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
+
+// Device buffer, freed on scope exit.
+struct Dev {
+  void* p = nullptr;
+  size_t n = 0;
+  Dev() = default;
+  explicit Dev(size_t bytes) : n(bytes) {
+    if (cudaMalloc(&p, std::max<size_t>(bytes, 16)) != cudaSuccess) throw std::runtime_error("cudaMalloc");
+  }
+  Dev(const void* host, size_t bytes) : Dev(bytes) { up(host, bytes); }
+  Dev(Dev&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr; }
+  Dev& operator=(Dev&& o) noexcept {
+    std::swap(p, o.p);
+    std::swap(n, o.n);
+    return *this;
+  }
+  ~Dev() {
+    if (p) cudaFree(p);
+  }
+  void up(const void* host, size_t bytes) {
+    if (cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice) != cudaSuccess) throw std::runtime_error("H2D");
+  }
+  void down(void* host, size_t bytes) const {
+    if (cudaMemcpy(host, p, bytes, cudaMemcpyDeviceToHost) != cudaSuccess) throw std::runtime_error("D2H");
+  }
+  void poison() { cudaMemset(p, 0xff, n); }  // NaN for floats, -1 for ints
+  template <class T> T* as() const { return static_cast<T*>(p); }
+};
+
+// A device mirror of a host PagedKV (pool, stats, page table).
+struct DevKV {
+  Dev k, v, mean, std, kmin, kmax, indptr, indices, last;
+  PagedKV kv;
+  DevKV(const PagedKV& h) {
+    const size_t e = size_t(h.num_pages) * h.num_kv_heads * h.page_size * h.head_dim;
+    const size_t s = size_t(h.num_pages) * h.num_kv_heads * h.head_dim;
+    const size_t es = dtype_size(h.dtype), ss = dtype_size(h.stats_dtype);
+    kv = h;
+    kv.device = Device::cuda;
+    k = Dev(h.k, e * es);
+    v = Dev(h.v, e * es);
+    kv.k = k.p;
+    kv.v = v.p;
+    if (h.mean) {
+      mean = Dev(h.mean, s * ss);
+      std = Dev(h.std, s * ss);
+      kv.mean = mean.p;
+      kv.std = std.p;
+    }
+    if (h.kmin) {
+      kmin = Dev(h.kmin, s * ss);
+      kmax = Dev(h.kmax, s * ss);
+      kv.kmin = kmin.p;
+      kv.kmax = kmax.p;
+    }
+    indptr = Dev(h.page_indptr, (h.batch + 1) * 4);
+    const int nnz = h.page_indptr[h.batch];
+    indices = Dev(h.page_indices, std::max(nnz, 1) * 4);
+    last = Dev(h.last_page_len, h.batch * 4);
+    kv.page_indptr = indptr.as<int32_t>();
+    kv.page_indices = indices.as<int32_t>();
+    kv.last_page_len = last.as<int32_t>();
+    kv.max_pages_per_seq = max_seq_pages(h);
+  }
+};
+
+TensorView dview(const Dev& d, DType t, std::initializer_list<int64_t> shape) {
+  return make_view(d.p, t, shape, Device::cuda);
+}
+
+float tol_for(DType t) { return t == DType::f32 ? 2e-4f : t == DType::f16 ? 2e-3f : 1.6e-2f; }
+
+// Selections equal except where the reference scores of the pages that differ tie
+// within rounding with the weakest page the reference kept.
+void expect_same_selection(const SelBuf& ref, const std::vector<int32_t>& pages, const std::vector<int32_t>& counts,
+                           const std::vector<float>& ref_scores, int max_pages, int B, int H, float tol) {
+  const int M = ref.sel.max_selected;
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) {
+      ASSERT_EQ(counts[b * H + h], ref.count(b, h)) << "b=" << b << " h=" << h;
+      const int c = ref.count(b, h);
+      const int32_t* got = pages.data() + (size_t(b) * H + h) * M;
+      for (int i = 1; i < c; ++i) ASSERT_LT(got[i - 1], got[i]) << "not ascending";
+      for (int i = c; i < M; ++i) ASSERT_EQ(got[i], -1) << "padding";
+      std::set<int> a(got, got + c);
+      const std::vector<int> want = ref.chosen(b, h);
+      std::set<int> w(want.begin(), want.end());
+      if (a == w) continue;
+      const float* s = ref_scores.data() + (size_t(b) * H + h) * max_pages;
+      float kth = INFINITY;
+      for (int j : w) kth = std::min(kth, s[j]);
+      for (int j : a) {
+        if (!w.count(j)) EXPECT_NEAR(s[j], kth, tol * (1 + std::abs(kth))) << "extra page " << j << " b=" << b << " h=" << h;
+      }
+      for (int j : w) {
+        if (!a.count(j)) EXPECT_NEAR(s[j], kth, tol * (1 + std::abs(kth))) << "missing page " << j << " b=" << b << " h=" << h;
+      }
+    }
+}
+
+struct SweepParam {
+  int P, D, group;
+  DType dtype;
+};
+
+std::vector<SweepParam> sweep() {
+  std::vector<SweepParam> v;
+  for (int P : {16, 32, 64})
+    for (int D : {64, 128})
+      for (int g : {1, 4, 8})
+        for (DType t : {DType::bf16, DType::f16}) v.push_back({P, D, g, t});
+  v.push_back({16, 128, 8, DType::f32});
+  v.push_back({16, 256, 2, DType::bf16});
+  v.push_back({32, 128, 6, DType::bf16});   // group not a power of two
+  v.push_back({16, 64, 16, DType::f16});    // group above 8
+  return v;
+}
+
+class GpuSweep : public ::testing::TestWithParam<SweepParam> {};
+
+// Ragged lengths: partial last pages, a one-token sequence, a sequence shorter than the budget.
+CaseSpec spec_for(const SweepParam& p, DType stats) {
+  CaseSpec s;
+  s.lens = {int64_t(p.P) * 37 + 5, 1, int64_t(p.P) * 3, int64_t(p.P) * 20 + p.P - 1};
+  s.num_kv_heads = 2;
+  s.page_size = p.P;
+  s.head_dim = p.D;
+  s.dtype = p.dtype;
+  s.stats_dtype = stats;
+  s.needle = true;
+  s.max_chunk = 3 * p.P;
+  return s;
+}
+
+TEST_P(GpuSweep, ScoresSelectionDecodeMatchReference) {
+  SKIP_WITHOUT_GPU();
+  const SweepParam prm = GetParam();
+  int case_i = 0;
+  for (DType stats : {DType::f32, DType::bf16}) {
+    const uint64_t seed = case_seed(4, prm.P * 1000 + prm.D * 10 + prm.group + 7 * case_i++);
+    const CaseSpec spec = spec_for(prm, stats);
+    CacheCase c = make_case(spec, seed);
+    const PagedKV hkv = c.kv();
+    DevKV dkv(hkv);
+    const int B = c.batch(), H = spec.num_kv_heads, D = spec.head_dim, Hq = H * prm.group;
+    const int max_pages = max_seq_pages(hkv);
+    Buf q = make_queries(c, prm.group, DType::bf16, seed, 0.3f);
+    Dev dq(q.data(), q.bytes.size());
+    const TensorView hq = q.view({B, Hq, D});
+    const TensorView dqv = dview(dq, DType::bf16, {B, Hq, D});
+    SCOPED_TRACE(case_name(spec, prm.group, DType::bf16, seed));
+
+    struct Est {
+      Estimator e;
+      GqaAggregation g;
+      OffsetForm o;
+    };
+    for (Est est : {Est{Estimator::unique, GqaAggregation::max, OffsetForm::channel},
+                    Est{Estimator::unique, GqaAggregation::softmax_sum, OffsetForm::channel},
+                    Est{Estimator::unique, GqaAggregation::max, OffsetForm::norm},
+                    Est{Estimator::quest, GqaAggregation::max, OffsetForm::channel},
+                    Est{Estimator::mean, GqaAggregation::max, OffsetForm::channel},
+                    Est{Estimator::oracle, GqaAggregation::softmax_sum, OffsetForm::channel},
+                    Est{Estimator::random, GqaAggregation::max, OffsetForm::channel},
+                    Est{Estimator::dense, GqaAggregation::max, OffsetForm::channel}}) {
+      for (int budget_pages : {4, 1000}) {
+        AttentionConfig cfg;
+        cfg.page_size = prm.P;
+        cfg.budget_tokens = budget_pages * prm.P;
+        cfg.estimator = est.e;
+        cfg.gqa = est.g;
+        cfg.offset = est.o;
+        cfg.seed = seed;
+        SCOPED_TRACE(std::string("estimator=") + to_string(est.e) + " gqa=" + to_string(est.g) +
+                     " offset=" + to_string(est.o) + " budget_pages=" + std::to_string(budget_pages));
+        // scores
+        std::vector<float> ref_scores(size_t(B) * H * max_pages), got_scores(ref_scores.size());
+        ref::score_pages(cfg, hq, hkv, make_view(ref_scores.data(), DType::f32, {B, H, max_pages}));
+        Dev ds(ref_scores.size() * 4);
+        ds.poison();
+        score_pages(cfg, dqv, dkv.kv, dview(ds, DType::f32, {B, H, max_pages}));
+        ds.down(got_scores.data(), got_scores.size() * 4);
+        const float stol = est.e == Estimator::oracle ? 1e-4f : 2e-4f;
+        for (size_t i = 0; i < ref_scores.size(); ++i) {
+          if (std::isinf(ref_scores[i])) {
+            ASSERT_EQ(got_scores[i], ref_scores[i]) << "i=" << i;
+          } else {
+            ASSERT_NEAR(got_scores[i], ref_scores[i], stol * (1 + std::abs(ref_scores[i]))) << "i=" << i;
+          }
+        }
+        // selection
+        const int M = cfg.max_selected(max_pages);
+        SelBuf ref_sel(B, H, M);
+        ref::select_pages(cfg, hq, hkv, ref_sel.sel);
+        Dev dp(size_t(B) * H * M * 4), dc(size_t(B) * H * 4);
+        dp.poison();
+        dc.poison();
+        Selection dsel{dp.as<int32_t>(), dc.as<int32_t>(), B, H, M, Device::cuda};
+        select_pages(cfg, dqv, dkv.kv, dsel);
+        std::vector<int32_t> gp(size_t(B) * H * M), gc(size_t(B) * H);
+        dp.down(gp.data(), gp.size() * 4);
+        dc.down(gc.data(), gc.size() * 4);
+        expect_same_selection(ref_sel, gp, gc, ref_scores, max_pages, B, H, 1e-4f);
+        if (::testing::Test::HasFatalFailure()) return;
+
+        // sparse decode over the reference selection (so the comparison is of decode alone)
+        if (est.e != Estimator::unique || est.g != GqaAggregation::max || est.o != OffsetForm::channel) continue;
+        dp.up(ref_sel.pages.data(), ref_sel.pages.size() * 4);
+        dc.up(ref_sel.counts.data(), ref_sel.counts.size() * 4);
+        for (bool sparse : {true, false}) {
+          SCOPED_TRACE(sparse ? "sparse decode" : "dense decode");
+          for (DType ot : {DType::f32, DType::bf16}) {
+            Buf ref_out(DType::f32, size_t(B) * Hq * D);
+            std::vector<float> ref_lse(size_t(B) * Hq), got_lse(ref_lse.size());
+            ref::paged_decode(cfg, hq, hkv, sparse ? &ref_sel.sel : nullptr, ref_out.view({B, Hq, D}),
+                              make_view(ref_lse.data(), DType::f32, {B, Hq}));
+            Dev dout(size_t(B) * Hq * D * dtype_size(ot)), dlse(size_t(B) * Hq * 4);
+            dout.poison();
+            dlse.poison();
+            paged_decode(cfg, dqv, dkv.kv, sparse ? &dsel : nullptr, dview(dout, ot, {B, Hq, D}),
+                         dview(dlse, DType::f32, {B, Hq}));
+            Buf got(ot, size_t(B) * Hq * D);
+            dout.down(got.data(), got.bytes.size());
+            dlse.down(got_lse.data(), got_lse.size() * 4);
+            const float tol = std::max(tol_for(prm.dtype), tol_for(ot));
+            for (size_t i = 0; i < got.size(); ++i)
+              ASSERT_NEAR(got.get(i), ref_out.get(i), tol * (1 + std::abs(ref_out.get(i)))) << "out i=" << i;
+            for (size_t i = 0; i < got_lse.size(); ++i)
+              ASSERT_NEAR(got_lse[i], ref_lse[i], 1e-3f * (1 + std::abs(ref_lse[i]))) << "lse i=" << i;
+          }
+        }
+      }
+    }
+  }
+}
+
+std::string param_name(const ::testing::TestParamInfo<SweepParam>& i) {
+  return "P" + std::to_string(i.param.P) + "_D" + std::to_string(i.param.D) + "_g" +
+         std::to_string(i.param.group) + "_" + to_string(i.param.dtype);
+}
+INSTANTIATE_TEST_SUITE_P(Sweep, GpuSweep, ::testing::ValuesIn(sweep()), param_name);
+
+// ---- append ------------------------------------------------------------------------------
+
+TEST(GpuAppend, MatchesCpuAppendAndRecomputation) {
+  SKIP_WITHOUT_GPU();
+  for (int P : {16, 32, 64})
+    for (DType dt : {DType::bf16, DType::f16, DType::f32})
+      for (DType st : {DType::f32, DType::bf16}) {
+        const int H = 2, D = 128;
+        CaseSpec spec;
+        spec.lens = {int64_t(P) * 5 + 3, 2, int64_t(P) * 2};
+        spec.num_kv_heads = H;
+        spec.page_size = P;
+        spec.head_dim = D;
+        spec.dtype = dt;
+        spec.stats_dtype = st;
+        spec.extra_pages = 12;
+        const uint64_t seed = case_seed(9, P * 10 + int(dt) * 3 + int(st));
+        CacheCase c = make_case(spec, seed);
+        SCOPED_TRACE(case_name(spec, 1, DType::f32, seed));
+        // Append n_b new tokens per sequence: grow the cache's page table on the host first
+        // (KVCache::append on the CPU copy), then apply the same append on the GPU mirror of
+        // the state before it.
+        const std::vector<int> counts{1, P + 5, 2 * P};
+        const int rows = counts[0] + counts[1] + counts[2];
+        Rng r(seed);
+        Buf kn(DType::f32, size_t(rows) * H * D), vn(DType::f32, size_t(rows) * H * D);
+        for (size_t i = 0; i < kn.size(); ++i) {
+          kn.set(i, 3.0f * r.normal() + 1.0f);
+          vn.set(i, r.normal());
+        }
+        const PagedKV before = c.kv();
+        DevKV dkv(before);  // pool + stats before the append
+        c.cache->append(c.seqs, counts, kn.view({rows, H, D}), vn.view({rows, H, D}));
+        c.table = c.cache->page_table(c.seqs);
+        const PagedKV after = c.kv();
+        // device page table after the append
+        Dev indptr(after.page_indptr, (after.batch + 1) * 4);
+        Dev indices(after.page_indices, after.page_indptr[after.batch] * 4);
+        Dev last(after.last_page_len, after.batch * 4);
+        PagedKV dk = dkv.kv;
+        dk.page_indptr = indptr.as<int32_t>();
+        dk.page_indices = indices.as<int32_t>();
+        dk.last_page_len = last.as<int32_t>();
+        dk.max_pages_per_seq = max_seq_pages(after);
+        std::vector<int32_t> aip{0, counts[0], counts[0] + counts[1], rows};
+        Dev daip(aip.data(), aip.size() * 4), dkn(kn.data(), kn.bytes.size()), dvn(vn.data(), vn.bytes.size());
+        append_kv(dk, dview(dkn, DType::f32, {rows, H, D}), dview(dvn, DType::f32, {rows, H, D}),
+                  daip.as<int32_t>());
+        CUDA_OK(cudaDeviceSynchronize());
+        const size_t e = size_t(after.num_pages) * H * P * D, s = size_t(after.num_pages) * H * D;
+        Buf gk(dt, e), gv(dt, e), gm(st, s), gs(st, s), gmin(st, s), gmax(st, s);
+        dkv.k.down(gk.data(), gk.bytes.size());
+        dkv.v.down(gv.data(), gv.bytes.size());
+        dkv.mean.down(gm.data(), gm.bytes.size());
+        dkv.std.down(gs.data(), gs.bytes.size());
+        dkv.kmin.down(gmin.data(), gmin.bytes.size());
+        dkv.kmax.down(gmax.data(), gmax.bytes.size());
+        // Compare over the pages of the batch (the rest of the pool is untouched garbage-free zeros).
+        const float stol = st == DType::bf16 ? 8e-3f : 1e-5f;
+        for (int b = 0; b < after.batch; ++b) {
+          const int n = seq_pages(after, b);
+          for (int j = 0; j < n; ++j) {
+            const int page = after.page_indices[after.page_indptr[b] + j];
+            const int tokens = j == n - 1 ? after.last_page_len[b] : P;
+            for (int h = 0; h < H; ++h) {
+              const int64_t o = after.kv_offset(page, h);
+              for (int i = 0; i < tokens * D; ++i) {
+                ASSERT_EQ(gk.get(o + i), load_as_float(after.k, dt, o + i)) << "K b=" << b << " j=" << j;
+                ASSERT_EQ(gv.get(o + i), load_as_float(after.v, dt, o + i)) << "V b=" << b << " j=" << j;
+              }
+              const int64_t so = after.stats_offset(page, h);
+              for (int d = 0; d < D; ++d) {
+                auto near = [&](const Buf& g, const void* want, const char* what) {
+                  const float w = load_as_float(want, st, so + d);
+                  ASSERT_NEAR(g.get(so + d), w, stol * (1 + std::abs(w))) << what << " b=" << b << " j=" << j << " d=" << d;
+                };
+                near(gm, after.mean, "mean");
+                near(gs, after.std, "std");
+                near(gmin, after.kmin, "kmin");
+                near(gmax, after.kmax, "kmax");
+              }
+            }
+          }
+        }
+      }
+}
+
+// ---- plan/run and CUDA graphs ----------------------------------------------------------------
+
+TEST(GpuPlan, GraphCaptureReplayMatchesDirectRun) {
+  SKIP_WITHOUT_GPU();
+  const int P = 16, H = 2, D = 128, group = 4, Hq = H * group;
+  CaseSpec spec;
+  spec.lens = {900, 17, 400};
+  spec.num_kv_heads = H;
+  spec.page_size = P;
+  spec.head_dim = D;
+  spec.dtype = DType::bf16;
+  spec.stats_dtype = DType::bf16;
+  spec.needle = true;
+  CacheCase c = make_case(spec, 77);
+  const PagedKV hkv = c.kv();
+  DevKV dkv(hkv);
+  const int B = c.batch();
+  Buf q1 = make_queries(c, group, DType::bf16, 1, 0.3f), q2 = make_queries(c, group, DType::bf16, 2, 0.3f);
+  Dev dq(q1.data(), q1.bytes.size()), dout(size_t(B) * Hq * D * 4), dlse(size_t(B) * Hq * 4);
+  const TensorView qv = dview(dq, DType::bf16, {B, Hq, D}), ov = dview(dout, DType::f32, {B, Hq, D}),
+                   lv = dview(dlse, DType::f32, {B, Hq});
+  for (Estimator e : {Estimator::unique, Estimator::dense}) {
+    AttentionConfig cfg;
+    cfg.page_size = P;
+    cfg.budget_tokens = 128;
+    cfg.estimator = e;
+    SCOPED_TRACE(to_string(e));
+    DecodePlan plan;
+    plan.plan(cfg, DecodeShape{B, Hq, H, D, dkv.kv.max_pages_per_seq});
+    cudaStream_t st;
+    CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CUDA_OK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    plan.run(qv, dkv.kv, ov, lv, st);
+    CUDA_OK(cudaStreamEndCapture(st, &graph));
+    CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+    for (const Buf* q : {&q1, &q2, &q1}) {
+      dq.up(q->data(), q->bytes.size());
+      dout.poison();
+      CUDA_OK(cudaGraphLaunch(exec, st));
+      CUDA_OK(cudaStreamSynchronize(st));
+      // reference: the plain API on the same inputs, then the CPU reference
+      Buf hq_buf = *q;
+      const TensorView hq = hq_buf.view({B, Hq, D});
+      Buf want(DType::f32, size_t(B) * Hq * D);
+      if (e == Estimator::dense) {
+        ref::paged_decode(cfg, hq, hkv, nullptr, want.view({B, Hq, D}), TensorView{});
+      } else {
+        SelBuf rs(B, H, cfg.max_selected(max_seq_pages(hkv)));
+        ref::select_pages(cfg, hq, hkv, rs.sel);
+        ref::paged_decode(cfg, hq, hkv, &rs.sel, want.view({B, Hq, D}), TensorView{});
+      }
+      std::vector<float> got(size_t(B) * Hq * D);
+      dout.down(got.data(), got.size() * 4);
+      for (size_t i = 0; i < got.size(); ++i)
+        ASSERT_NEAR(got[i], want.get(i), 2e-2f * (1 + std::abs(want.get(i)))) << "i=" << i;
+    }
+    CUDA_OK(cudaGraphExecDestroy(exec));
+    CUDA_OK(cudaGraphDestroy(graph));
+    CUDA_OK(cudaStreamDestroy(st));
+  }
+}
+
+TEST(GpuPlan, RunRejectsShapesOutsideThePlan) {
+  SKIP_WITHOUT_GPU();
+  CaseSpec spec;
+  spec.lens = {100};
+  spec.head_dim = 64;
+  CacheCase c = make_case(spec, 3);
+  DevKV dkv(c.kv());
+  AttentionConfig cfg;
+  cfg.budget_tokens = 32;
+  DecodePlan plan;
+  EXPECT_ERROR_MSG(plan.run(TensorView{}, dkv.kv, TensorView{}, TensorView{}, nullptr), "plan() before run()");
+  plan.plan(cfg, DecodeShape{1, 2, 2, 64, 2});
+  Dev dq(2 * 64 * 4), dout(2 * 64 * 4);
+  EXPECT_ERROR_MSG(plan.run(dview(dq, DType::f32, {1, 2, 64}), dkv.kv, dview(dout, DType::f32, {1, 2, 64}),
+                            TensorView{}, nullptr),
+                   "kv.max_pages_per_seq");
+  EXPECT_ERROR_MSG(plan.plan(cfg, DecodeShape{1, 3, 2, 64, 2}), "shape.num_qo_heads");
+  EXPECT_ERROR_MSG(plan.plan(cfg, DecodeShape{1, 2, 2, 96, 2}), "shape.head_dim");
+}
+
+TEST(GpuErrors, BadInputIsRejectedBeforeLaunch) {
+  SKIP_WITHOUT_GPU();
+  CaseSpec spec;
+  spec.lens = {100, 20};
+  spec.head_dim = 64;
+  CacheCase c = make_case(spec, 5);
+  DevKV dkv(c.kv());
+  AttentionConfig cfg;
+  cfg.budget_tokens = 32;
+  Dev dq(2 * 2 * 64 * 4), dout(2 * 2 * 64 * 4);
+  PagedKV bad = dkv.kv;
+  bad.max_pages_per_seq = 0;
+  EXPECT_ERROR_MSG(paged_decode(cfg, dview(dq, DType::f32, {2, 2, 64}), bad, nullptr,
+                                dview(dout, DType::f32, {2, 2, 64}), TensorView{}),
+                   "kv.max_pages_per_seq");
+  // host query with a device cache
+  std::vector<float> hq(2 * 2 * 64);
+  EXPECT_ERROR_MSG(paged_decode(cfg, make_view(hq.data(), DType::f32, {2, 2, 64}), dkv.kv, nullptr,
+                                dview(dout, DType::f32, {2, 2, 64}), TensorView{}),
+                   "q");
+  // head dim the CUDA kernels do not have
+  CaseSpec s2 = spec;
+  s2.head_dim = 96;
+  CacheCase c2 = make_case(s2, 6);
+  DevKV d2(c2.kv());
+  Dev dq2(2 * 2 * 96 * 4), do2(2 * 2 * 96 * 4);
+  EXPECT_ERROR_MSG(paged_decode(cfg, dview(dq2, DType::f32, {2, 2, 96}), d2.kv, nullptr,
+                                dview(do2, DType::f32, {2, 2, 96}), TensorView{}),
+                   "kv.head_dim", "64, 128 or 256");
+}
+
+}  // namespace
+}  // namespace unique::test
