@@ -157,8 +157,8 @@ TEST(Errors, PageTableContents) {
     idx[1] = f.kv.num_pages;
     PagedKV kv = f.kv;
     kv.page_indices = idx.data();
-    EXPECT_ALL_ENTRIES_THROW(f, base_cfg(), f.qv(), kv, "page_indices[1]", "a page id in [0,",
-                             std::to_string(f.kv.num_pages).c_str());
+    const std::string np = std::to_string(f.kv.num_pages);
+    EXPECT_ALL_ENTRIES_THROW(f, base_cfg(), f.qv(), kv, "page_indices[1]", "a page id in [0,", np.c_str());
     idx[1] = -1;
     EXPECT_ALL_ENTRIES_THROW(f, base_cfg(), f.qv(), kv, "page_indices[1]", "-1");
   }
@@ -167,8 +167,8 @@ TEST(Errors, PageTableContents) {
     last[1] = bad;
     PagedKV kv = f.kv;
     kv.last_page_len = last.data();
-    EXPECT_ALL_ENTRIES_THROW(f, base_cfg(), f.qv(), kv, "last_page_len[1]", "1..16",
-                             std::to_string(bad).c_str());
+    const std::string bs = std::to_string(bad);
+    EXPECT_ALL_ENTRIES_THROW(f, base_cfg(), f.qv(), kv, "last_page_len[1]", "1..16", bs.c_str());
   }
   {  // empty sequence
     std::vector<int32_t> indptr(f.c.table.indptr);
