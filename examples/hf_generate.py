@@ -75,7 +75,8 @@ def main():
     cuda = torch.cuda.is_available() and ua.cuda_available()
     device, dtype = "cuda" if cuda else "cpu", getattr(torch, args.dtype)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+    # head_dim 64: the CUDA kernels take head_dim 64, 128 or 256
+    config = LlamaConfig(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
                          num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024,
                          initializer_range=0.1)
     model = LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
