@@ -102,6 +102,12 @@ std::string sweep_name(const ::testing::TestParamInfo<SweepParam>& i) {
          std::to_string(i.param.group) + "_" + to_string(i.param.dt);
 }
 INSTANTIATE_TEST_SUITE_P(Sweep, DecodeSweep, ::testing::ValuesIn(sweep_params()), sweep_name);
+// GQA groups that are not a multiple of the kernels' head blocks (8/4/2/1).
+INSTANTIATE_TEST_SUITE_P(OddGroups, DecodeSweep,
+                         ::testing::Values(SweepParam{16, 64, 2, DType::f32}, SweepParam{16, 64, 3, DType::bf16},
+                                           SweepParam{32, 64, 5, DType::f16}, SweepParam{16, 128, 6, DType::f32},
+                                           SweepParam{64, 64, 7, DType::bf16}, SweepParam{16, 64, 12, DType::f32}),
+                         sweep_name);
 
 // A selection of every page (made by hand, and by select_pages with budget >= context)
 // gives bit-identical results to dense, in the fast and the reference paths.

@@ -195,6 +195,9 @@ TEST(Errors, PageTableContents) {
     kv = f.kv;
     kv.mean = nullptr;
     EXPECT_ERROR_MSG(validate_paged_kv(kv, true), "kv stats");
+    kv = f.kv;
+    kv.max_pages_per_seq = 3;  // sequence 0 has 4 pages
+    EXPECT_ALL_ENTRIES_THROW(f, base_cfg(), f.qv(), kv, "pages of sequence 0", "max_pages_per_seq (3)", "4");
   }
 }
 
