@@ -20,6 +20,15 @@
 #include "unique/tensor.h"
 #include "unique/version.h"
 
+// DecodePlan (CUDA builds): plan-time workspaces, so wrapper runs on the GPU neither allocate
+// nor share the plan-less path's cached workspace (CUDA graphs, several streams).
+#if defined(UNIQUE_WITH_CUDA) && __has_include("unique/decode_plan.h")
+#include <cuda_runtime_api.h>
+
+#include "unique/decode_plan.h"
+#define UNIQUE_PY_DECODE_PLAN 1
+#endif
+
 namespace nb = nanobind;
 using namespace unique;
 
@@ -249,6 +258,9 @@ struct StreamGuard {
 NB_MODULE(_core, m) {
   m.doc() = "UNIQUE attention library bindings (private: use the unique_attn package)";
   m.attr("__version__") = kVersion;
+  // Objects still referenced at interpreter exit (a DecodePlan held by a model registry,
+  // say) are not leaks worth a report.
+  nb::set_leak_warnings(false);
 
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {
@@ -266,6 +278,9 @@ NB_MODULE(_core, m) {
     }
   });
 
+#ifndef UNIQUE_PY_DECODE_PLAN
+  m.attr("has_decode_plan") = false;
+#endif
   m.def("cuda_available", &cuda_available, "Built with CUDA and at least one GPU visible.");
   m.def("built_with_cuda", [] {
 #ifdef UNIQUE_WITH_CUDA
@@ -366,6 +381,59 @@ NB_MODULE(_core, m) {
       UNIQUE_CFG_NB_ARGS, nb::arg("q"), UNIQUE_KV_NB_ARGS, nb::arg("sel_pages").none(),
       nb::arg("sel_counts").none(), nb::arg("select"), nb::arg("out"), nb::arg("lse").none(),
       nb::arg("stream"));
+
+#ifdef UNIQUE_PY_DECODE_PLAN
+  m.attr("has_decode_plan") = true;
+  nb::class_<DecodePlan>(m, "DecodePlan")
+      .def(nb::init<>())
+      .def(
+          "plan",
+          [](DecodePlan& p, int page_size, UNIQUE_CFG_PARAMS, int batch, int num_qo_heads,
+             int num_kv_heads, int head_dim, int max_pages_per_seq) {
+            AttentionConfig cfg = make_config(page_size, budget, sink, recent, estimator, gqa,
+                                              offset, alpha, sm_scale, seed);
+            DecodeShape shape;
+            shape.batch = batch;
+            shape.num_qo_heads = num_qo_heads;
+            shape.num_kv_heads = num_kv_heads;
+            shape.head_dim = head_dim;
+            shape.max_pages_per_seq = max_pages_per_seq;
+            nb::gil_scoped_release nogil;
+            p.plan(cfg, shape);
+          },
+          nb::arg("page_size"), UNIQUE_CFG_NB_ARGS, nb::arg("batch"), nb::arg("num_qo_heads"),
+          nb::arg("num_kv_heads"), nb::arg("head_dim"), nb::arg("max_pages_per_seq"))
+      .def(
+          "run",
+          [](const DecodePlan& p, const InArray& q, UNIQUE_KV_PARAMS, const Array& out,
+             const Array& lse, uintptr_t stream) {
+            PagedKV kv = make_kv(UNIQUE_KV_ARGS);
+            TensorView qv = view_of(q, "q");
+            TensorView ov = view_of(out, "out");
+            TensorView lv;
+            if (lse.is_valid()) lv = f32_view(lse, "lse");
+            nb::gil_scoped_release nogil;
+            p.run(qv, kv, ov, lv, reinterpret_cast<void*>(stream));
+          },
+          nb::arg("q"), UNIQUE_KV_NB_ARGS, nb::arg("out"), nb::arg("lse").none(), nb::arg("stream"))
+      .def(
+          "selection",
+          [](nb::handle self) {
+            // Views of the plan's device buffers, kept alive by the plan object.
+            const Selection& s = nb::cast<const DecodePlan&>(self).selection();
+            int dev = 0;
+            cudaGetDevice(&dev);
+            using Out = nb::ndarray<int32_t, nb::device::cuda>;
+            return nb::make_tuple(
+                Out(s.pages, {size_t(s.batch), size_t(s.num_kv_heads), size_t(s.max_selected)}, self,
+                    {}, nb::dtype<int32_t>(), nb::device::cuda::value, dev),
+                Out(s.counts, {size_t(s.batch), size_t(s.num_kv_heads)}, self, {},
+                    nb::dtype<int32_t>(), nb::device::cuda::value, dev));
+          },
+          "(pages [batch, num_kv_heads, max_selected], counts [batch, num_kv_heads]) int32 device "
+          "views of the last run's selection (sparse plans).")
+      .def_prop_ro("workspace_bytes", &DecodePlan::workspace_bytes);
+#endif
 
   m.def(
       "recompute_page_stats",

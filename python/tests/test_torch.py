@@ -130,6 +130,12 @@ def test_cuda_side_stream_and_graph_capture():
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         w.run(q_static, cache, out=out_static)
+    # Another, larger step between capture and replay must not disturb the captured one.
+    big, bip, bidx, blast = R.build([900] * 6, num_kv_heads=2, head_dim=128, dtype="bfloat16", lib="torch",
+                                    device=dev, seed=7)
+    w2 = ua.SparseDecodeWrapper()
+    w2.plan(bip, bidx, blast, 8, 2, 128, 16, budget=256, device=dev)
+    w2.run(torch.randn(6, 8, 128, device=dev, dtype=torch.bfloat16), big)
     for seed in range(3):
         torch.manual_seed(seed)
         q_new = torch.randn(4, 8, 128, device=dev, dtype=torch.bfloat16)

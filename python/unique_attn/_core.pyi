@@ -3,6 +3,7 @@
 from typing import Any, Optional
 
 __version__: str
+has_decode_plan: bool  # CUDA builds with unique/decode_plan.h
 
 def cuda_available() -> bool: ...
 def built_with_cuda() -> bool: ...
@@ -32,3 +33,16 @@ def paged_decode(budget: int, sink: int, recent: int, estimator: str, gqa: str, 
 def recompute_page_stats(k_cache: Any, v_cache: Any, mean: Optional[Any], std: Optional[Any],
                          kmin: Optional[Any], kmax: Optional[Any], page_indptr: Any,
                          page_indices: Any, last_page_len: Any, max_pages_per_seq: int) -> None: ...
+
+class DecodePlan:
+    """CUDA builds only: plan-time workspaces; run() only launches."""
+    workspace_bytes: int
+    def __init__(self) -> None: ...
+    def plan(self, page_size: int, budget: int, sink: int, recent: int, estimator: str, gqa: str,
+             offset: str, alpha: float, sm_scale: float, seed: int, batch: int, num_qo_heads: int,
+             num_kv_heads: int, head_dim: int, max_pages_per_seq: int) -> None: ...
+    def run(self, q: Any, k_cache: Any, v_cache: Any, mean: Optional[Any], std: Optional[Any],
+            kmin: Optional[Any], kmax: Optional[Any], page_indptr: Any, page_indices: Any,
+            last_page_len: Any, max_pages_per_seq: int, out: Any, lse: Optional[Any],
+            stream: int) -> None: ...
+    def selection(self) -> tuple[Any, Any]: ...

@@ -2,6 +2,7 @@
 selection and scoring steps on their own."""
 from __future__ import annotations
 
+import os
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -57,9 +58,10 @@ class SparseDecodeWrapper:
     (selection + attention; on CUDA only kernel launches on torch's current stream, so it
     can be captured in a CUDA graph).
 
-    workspace_buffer: optional uint8 tensor/array on the run device; the selection
-    buffers are carved from its front (ValueError if it is too small). Without it they
-    are allocated by ``plan``.
+    workspace_buffer: optional uint8 tensor/array on the run device; on the CPU the
+    selection buffers are carved from its front (ValueError if it is too small). On CUDA
+    the library's DecodePlan allocates the step's workspaces in ``plan`` (the buffer only
+    picks the device there). Without it ``plan`` allocates.
     """
 
     _dense = False
@@ -67,6 +69,7 @@ class SparseDecodeWrapper:
     def __init__(self, workspace_buffer: Any = None):
         self._ws = workspace_buffer
         self._planned = False
+        self._plan = None
 
     def plan(self, page_indptr: Any, page_indices: Any, last_page_len: Any, num_qo_heads: int,
              num_kv_heads: int, head_dim: int, page_size: int, budget: int = 2048,
@@ -101,8 +104,22 @@ class SparseDecodeWrapper:
         cfg = _config(page_size, budget, sink, recent, estimator, gqa, offset, alpha, sm_scale, seed)
         table = A.PageTable(page_indptr, page_indices, last_page_len, page_size, dev)
         max_selected = _core.validate_config(page_size=page_size, num_pages=table.max_pages, **cfg)
-        sel = None if self._dense else self._selection_buffers(table.batch, num_kv_heads, max_selected, dev)
+        plan = None
+        if dev != "cpu" and _core.has_decode_plan and not os.environ.get("UNIQUE_PY_NO_DECODE_PLAN"):
+            # The library's DecodePlan owns every workspace of the step (selection included):
+            # run() then neither allocates nor shares a cached workspace, which CUDA graphs
+            # and concurrent streams need.
+            plan = _core.DecodePlan()
+            with _device_guard(dev):
+                plan.plan(page_size=page_size, **cfg, batch=table.batch, num_qo_heads=int(num_qo_heads),
+                          num_kv_heads=int(num_kv_heads), head_dim=int(head_dim),
+                          max_pages_per_seq=table.max_pages)
+            t = A.torch_module()
+            sel = None if self._dense else tuple(t.from_dlpack(x) for x in plan.selection())
+        else:
+            sel = None if self._dense else self._selection_buffers(table.batch, num_kv_heads, max_selected, dev)
         self._cfg, self._table, self.max_selected, self._sel, self._device = cfg, table, max_selected, sel, dev
+        self._plan = plan
         self._shape = (int(num_qo_heads), int(num_kv_heads), int(head_dim), int(page_size))
         self._planned = True
 
@@ -157,14 +174,22 @@ class SparseDecodeWrapper:
             out = A.empty_like_lib(q, q.shape, A.dtype_name(q), self._device)
         if lse is None and return_lse:
             lse = A.empty_like_lib(q, q.shape[:2], "float32", self._device)
+        lse_arg = None if lse is None else A.float_arg(lse, "lse")
+        if self._plan is not None:
+            with _device_guard(self._device):
+                self._plan.run(q=A.float_arg(q, "q"), **_kv_kwargs(cache, self._table),
+                               out=A.float_arg(out, "out"), lse=lse_arg, stream=A.stream_of(self._device))
+            return self._result(q, out, lse, return_lse, return_selection)
         sel = (None, None) if self._sel is None else (A.int_arg(self._sel[0], "pages"),
                                                       A.int_arg(self._sel[1], "counts"))
         with _device_guard(self._device):
             _core.paged_decode(**self._cfg, q=A.float_arg(q, "q"),
                                **_kv_kwargs(cache, self._table), sel_pages=sel[0], sel_counts=sel[1],
                                select=self._sel is not None, out=A.float_arg(out, "out"),
-                               lse=None if lse is None else A.float_arg(lse, "lse"),
-                               stream=A.stream_of(self._device))
+                               lse=lse_arg, stream=A.stream_of(self._device))
+        return self._result(q, out, lse, return_lse, return_selection)
+
+    def _result(self, q: Any, out: Any, lse: Any, return_lse: bool, return_selection: bool) -> Any:
         res = [out]
         if return_lse:
             res.append(lse)
