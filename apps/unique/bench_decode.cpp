@@ -21,6 +21,8 @@ namespace unique::cli {
 namespace {
 
 struct BenchOptions {
+  std::string gqa = "max", offset = "channel";
+  float alpha = 1.0f;
   std::string model, shape, attention = "dense,unique,quest", kv_dtype = "bf16", weights_dtype = "bf16",
               stats_dtype = "auto";
   int64_t context = 4096;
@@ -114,6 +116,9 @@ int run(const BenchOptions& o) {
   eo.attention.budget_tokens = static_cast<int>(o.budget);
   eo.attention.sink_pages = o.sink;
   eo.attention.recent_pages = o.recent;
+  eo.attention.gqa = parse_gqa(o.gqa);
+  eo.attention.offset = parse_offset(o.offset);
+  eo.attention.alpha = o.alpha;
   eo.dense_layers = o.dense_layers;
   eo.kv_dtype = parse_dtype(o.kv_dtype);
   eo.stats_dtype = o.stats_dtype == "auto" ? eo.kv_dtype : parse_dtype(o.stats_dtype);
@@ -195,6 +200,9 @@ Runner add_bench_decode(CLI::App& app) {
   app.add_option("--sink", o->sink, "Sink pages")->capture_default_str();
   app.add_option("--recent", o->recent, "Recent pages")->capture_default_str();
   app.add_option("--dense-layers", o->dense_layers, "First N layers dense")->capture_default_str();
+  app.add_option("--gqa", o->gqa, "GQA aggregation: max | softmax_sum")->capture_default_str();
+  app.add_option("--offset", o->offset, "UNIQUE offset form: channel | norm")->capture_default_str();
+  app.add_option("--alpha", o->alpha, "UNIQUE offset scale")->capture_default_str();
   app.add_option("--steps", o->steps, "Timed decode steps per estimator (median)")->capture_default_str();
   app.add_option("--layers", o->layers, "Use only the first N layers (0 = all; for machines with little memory)");
   app.add_option("--kv-dtype", o->kv_dtype, "KV cache dtype")->capture_default_str();

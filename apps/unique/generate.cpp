@@ -19,7 +19,7 @@ namespace unique::cli {
 namespace {
 
 struct GenOptions {
-  std::string model, device = "cpu", attention = "unique", gqa = "max", kv_dtype = "auto", weights = "auto",
+  std::string model, device = "cpu", attention = "unique", gqa = "max", offset = "channel", kv_dtype = "auto", weights = "auto",
               stats_dtype = "auto";
   std::vector<std::string> prompts, prompt_files, prompt_ids;
   std::string dump_logits;
@@ -107,6 +107,7 @@ int run(const GenOptions& o) {
   eo.attention.sink_pages = o.sink;
   eo.attention.recent_pages = o.recent;
   eo.attention.gqa = parse_gqa(o.gqa);
+  eo.attention.offset = parse_offset(o.offset);
   eo.attention.alpha = o.alpha;
   eo.attention.seed = o.seed;
   eo.dense_layers = o.dense_layers;
@@ -201,6 +202,7 @@ Runner add_generate(CLI::App& app) {
   app.add_option("--dense-layers", o->dense_layers, "Keep the first N layers dense")->capture_default_str();
   app.add_option("--gqa", o->gqa, "GQA aggregation of page scores: max | softmax_sum")->capture_default_str();
   app.add_option("--alpha", o->alpha, "UNIQUE offset scale")->capture_default_str();
+  app.add_option("--offset", o->offset, "UNIQUE offset form: channel | norm")->capture_default_str();
   app.add_option("--temperature", o->temperature, "0 = greedy")->capture_default_str();
   app.add_option("--top-k", o->top_k, "Sample among the k most likely tokens (0 = all)")->capture_default_str();
   app.add_option("--top-p", o->top_p, "Nucleus mass")->capture_default_str();
