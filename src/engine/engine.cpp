@@ -49,6 +49,9 @@ Engine::Engine(const Model& model, const EngineOptions& opt) : model_(model), op
   ko.keep_unique_stats = opt_.keep_all_stats || e == Estimator::unique || e == Estimator::mean;
   ko.keep_quest_stats = opt_.keep_all_stats || e == Estimator::quest;
   for (int l = 0; l < c.num_layers; ++l) caches_.push_back(std::make_unique<KVCache>(ko));
+  // Start the OpenMP team now, not inside the first timed forward.
+#pragma omp parallel
+  { (void)omp_get_thread_num(); }
 }
 
 Engine::~Engine() = default;

@@ -129,6 +129,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   ::close(fd);
   if (p == MAP_FAILED) throw RuntimeError(concat("weights file ", path, ": mmap failed"));
   base_ = static_cast<const uint8_t*>(p);
+  ::madvise(p, size_, MADV_WILLNEED);  // start reading ahead; the forward touches it all
   try {
     tensors_ = parse_safetensors_header(base_, size_, size_, path, &data_start_);
   } catch (...) {
