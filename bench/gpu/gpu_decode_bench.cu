@@ -72,13 +72,16 @@ struct Timer {
 };
 
 int main(int argc, char** argv) {
-  bool quick = false;
+  bool quick = false, dense_only = false;
+  std::string shape_list;
   int reps = 30;
   std::string json;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
+    else if (!std::strcmp(argv[i], "--dense-only")) dense_only = true;
+    else if (!std::strcmp(argv[i], "--shapes") && i + 1 < argc) shape_list = argv[++i];  // "1x131072,8x32768"
   }
   FILE* js = json.empty() ? nullptr : std::fopen(json.c_str(), "w");
   cudaDeviceProp prop;
@@ -109,10 +112,22 @@ int main(int argc, char** argv) {
   std::vector<Shape> shapes = {{1, 8192}, {1, 32768}, {1, 131072}, {1, 262144}, {8, 8192},
                                {8, 32768}, {8, 131072}, {32, 8192}, {32, 32768}, {32, 131072}};
   if (quick) shapes = {{1, 131072}, {8, 131072}};
+  if (!shape_list.empty()) {
+    shapes.clear();
+    for (size_t pos = 0; pos < shape_list.size();) {
+      size_t end = shape_list.find(',', pos);
+      if (end == std::string::npos) end = shape_list.size();
+      const std::string item = shape_list.substr(pos, end - pos);
+      const size_t x = item.find('x');
+      shapes.push_back({std::atoi(item.substr(0, x).c_str()), std::atoi(item.substr(x + 1).c_str())});
+      pos = end + 1;
+    }
+  }
   std::printf("%-5s %-7s %-3s %-6s %-8s %10s %9s %6s %9s %9s %7s\n", "batch", "context", "P", "budget", "variant",
               "time_us", "GB/s", "%peak", "bytes_MB", "sel_us", "ideal_x");
   for (const Shape& sh : shapes) {
     for (int P : {16, 32}) {
+      if (dense_only && P == 32) continue;
       const int pages = sh.ctx / P;
       const size_t total_pages = size_t(sh.B) * pages;
       const size_t kv_elems = total_pages * Hk * P * D, st_elems = total_pages * Hk * D;
@@ -185,7 +200,7 @@ int main(int argc, char** argv) {
         row("dense", 0, us, dense_bytes, 0, 1.0);
       }
       for (int budget : {1024, 2048, 4096}) {
-        if (budget >= sh.ctx / 2) continue;
+        if (dense_only || budget >= sh.ctx / 2) continue;
         if (P == 32 && budget != 2048) continue;
         for (Estimator e : {Estimator::unique, Estimator::quest, Estimator::mean, Estimator::random}) {
           if (budget != 2048 && e != Estimator::unique) continue;

@@ -13,6 +13,7 @@
 #include <memory>
 
 #include "unique/config.h"
+#include "unique/dtype.h"
 #include "unique/paged_kv.h"
 #include "unique/selection.h"
 #include "unique/tensor.h"
@@ -25,6 +26,7 @@ struct DecodeShape {
   int num_kv_heads = 8;
   int head_dim = 128;
   int max_pages_per_seq = 0;  // bound on the pages of any sequence in the runs to come
+  DType dtype = DType::bf16;  // KV cache dtype (sizes the split-KV schedule)
 };
 
 class DecodePlan {

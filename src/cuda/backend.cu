@@ -99,7 +99,8 @@ void paged_decode(const AttentionConfig& cfg, const TensorView& q, const PagedKV
                   void* stream) {
   const int hq = static_cast<int>(q.shape[1]);
   const int max_list = sel ? std::min(sel->max_selected, max_pages) : max_pages;
-  const int chunks = decode_chunks(kv.batch, hq, kv.num_kv_heads, kv.page_size, max_list);
+  const int chunks = decode_chunks(kv.batch, hq, kv.num_kv_heads, kv.page_size, max_list, kv.dtype,
+                                         kv.head_dim);
   const size_t floats = decode_floats(kv.batch, hq, kv.head_dim, chunks);
   std::lock_guard<std::mutex> lock(cached().mu);
   Cached& c = cached();

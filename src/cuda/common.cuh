@@ -63,10 +63,9 @@ template <> __device__ __forceinline__ f16 from_f<f16>(float x) { return f16{__h
 
 template <class T> struct Vec { static constexpr int n = 16 / sizeof(T); };
 
-// Loads 16 bytes (n = 16/sizeof(T) elements) through the read-only path and widens them.
+// Widens 16 bytes (n = 16/sizeof(T) elements) to floats.
 template <class T>
-__device__ __forceinline__ void load16(const T* p, float* x) {
-  const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+__device__ __forceinline__ void unpack16(const uint4 u, float* x) {
   if constexpr (sizeof(T) == 4) {
     x[0] = __uint_as_float(u.x); x[1] = __uint_as_float(u.y);
     x[2] = __uint_as_float(u.z); x[3] = __uint_as_float(u.w);
@@ -85,27 +84,15 @@ __device__ __forceinline__ void load16(const T* p, float* x) {
     }
   }
 }
-// Streaming variant for data read once (KV pages): do not keep it in L1.
+// 16-byte load through the read-only path, widened.
+template <class T>
+__device__ __forceinline__ void load16(const T* p, float* x) {
+  unpack16<T>(__ldg(reinterpret_cast<const uint4*>(p)), x);
+}
+// Streaming variant for data read once (KV pages): evict first.
 template <class T>
 __device__ __forceinline__ void load16_stream(const T* p, float* x) {
-  const uint4 u = __ldcs(reinterpret_cast<const uint4*>(p));
-  if constexpr (sizeof(T) == 4) {
-    x[0] = __uint_as_float(u.x); x[1] = __uint_as_float(u.y);
-    x[2] = __uint_as_float(u.z); x[3] = __uint_as_float(u.w);
-  } else {
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      if constexpr (std::is_same_v<T, bf16>) {
-        x[2 * i] = __uint_as_float(w[i] << 16);
-        x[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-      } else {
-        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
-        x[2 * i] = f.x;
-        x[2 * i + 1] = f.y;
-      }
-    }
-  }
+  unpack16<T>(__ldcs(reinterpret_cast<const uint4*>(p)), x);
 }
 
 // ---- math -------------------------------------------------------------------------------------

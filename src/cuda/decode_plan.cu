@@ -71,7 +71,8 @@ void DecodePlan::plan(const AttentionConfig& cfg, const DecodeShape& s) {
     impl->sws.counters = static_cast<uint32_t*>(impl->alloc(z.counters * 4));
     max_list = ms;
   }
-  const int chunks = cuda::decode_chunks(s.batch, s.num_qo_heads, s.num_kv_heads, cfg.page_size, max_list);
+  const int chunks = cuda::decode_chunks(s.batch, s.num_qo_heads, s.num_kv_heads, cfg.page_size, max_list,
+                                         s.dtype, s.head_dim);
   const size_t floats = cuda::decode_floats(s.batch, s.num_qo_heads, s.head_dim, chunks);
   impl->dws.part_o = static_cast<float*>(impl->alloc(floats * 4));
   impl->dws.part_lse = static_cast<float*>(impl->alloc(floats / s.head_dim * 4));
@@ -87,6 +88,7 @@ void check_run(const DecodePlan& plan, const TensorView& q, const PagedKV& kv) {
   UNIQUE_CHECK_ARG(kv.batch == s.batch, "kv.batch", detail::concat("the planned batch ", s.batch), kv.batch);
   UNIQUE_CHECK_ARG(kv.num_kv_heads == s.num_kv_heads, "kv.num_kv_heads", s.num_kv_heads, kv.num_kv_heads);
   UNIQUE_CHECK_ARG(kv.head_dim == s.head_dim, "kv.head_dim", s.head_dim, kv.head_dim);
+  UNIQUE_CHECK_ARG(kv.dtype == s.dtype, "kv.dtype", to_string(s.dtype), to_string(kv.dtype));
   UNIQUE_CHECK_ARG(kv.max_pages_per_seq > 0 && kv.max_pages_per_seq <= s.max_pages_per_seq,
                    "kv.max_pages_per_seq", detail::concat("1..", s.max_pages_per_seq, " (planned)"),
                    kv.max_pages_per_seq);

@@ -32,7 +32,8 @@ struct DecodeWorkspace {
   size_t capacity_floats = 0;  // of part_o; part_lse holds capacity_floats / head_dim
 };
 // Chunks (splits) per (sequence, head) for a list of at most max_list pages.
-int decode_chunks(int batch, int num_qo_heads, int num_kv_heads, int page_size, int max_list);
+int decode_chunks(int batch, int num_qo_heads, int num_kv_heads, int page_size, int max_list, DType dtype,
+                  int head_dim);
 size_t decode_floats(int batch, int num_qo_heads, int head_dim, int chunks);
 
 // Scores all pages (into scores_out when non-null: [batch, num_kv_heads, scores_stride]) and,

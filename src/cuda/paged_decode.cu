@@ -9,6 +9,7 @@
 // shared memory, read as broadcasts); online softmax per warp; for p.V a row is read by
 // D/VEC lanes with 16-byte loads, the probabilities come from shared memory.
 #include <algorithm>
+#include <cstdlib>
 
 #include "attention/cuda_backend.h"
 #include "cuda/common.cuh"
@@ -43,6 +44,7 @@ struct DecodeParams {
   float* part_lse;
   int chunks, chunk_pages;
   float scale_log2;  // sm_scale * log2(e)
+  bool k_stream;     // K loads evict-first instead of through L1 (tuning knob)
 };
 
 template <class T, int D, int G>
@@ -104,19 +106,31 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(const DecodeParams 
 #pragma unroll
     for (int g = 0; g < G; ++g) s[g] = 0.0f;
     if (row >= 0) {
-#pragma unroll 4
-      for (int c = 0; c < D / VEC; ++c) {
-        float x[VEC];
-        load16_stream(K + row + c * VEC, x);
+      // Batches of 8 independent 16-byte loads in flight per lane; a warp load touches 32 rows
+      // (half a sector each), so K goes through L1 (__ldg), which serves the other half.
+      constexpr int KB = (D / VEC) < 8 ? (D / VEC) : 8;
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
+      for (int c0 = 0; c0 < D / VEC; c0 += KB) {
+        uint4 raw[KB];
 #pragma unroll
-          for (int e = 0; e < VEC; e += 4) {
-            const float4 qv = *reinterpret_cast<const float4*>(&q_s[g][c * VEC + e]);
-            s[g] = fmaf(qv.x, x[e], s[g]);
-            s[g] = fmaf(qv.y, x[e + 1], s[g]);
-            s[g] = fmaf(qv.z, x[e + 2], s[g]);
-            s[g] = fmaf(qv.w, x[e + 3], s[g]);
+        for (int c = 0; c < KB; ++c) {
+          const uint4* src = reinterpret_cast<const uint4*>(K + row + (c0 + c) * VEC);
+          raw[c] = p.k_stream ? __ldcs(src) : __ldg(src);
+        }
+#pragma unroll
+        for (int c = 0; c < KB; ++c) {
+          float x[VEC];
+          unpack16<T>(raw[c], x);
+#pragma unroll
+          for (int g = 0; g < G; ++g) {
+#pragma unroll
+            for (int e = 0; e < VEC; e += 4) {
+              const float4 qv = *reinterpret_cast<const float4*>(&q_s[g][(c0 + c) * VEC + e]);
+              s[g] = fmaf(qv.x, x[e], s[g]);
+              s[g] = fmaf(qv.y, x[e + 1], s[g]);
+              s[g] = fmaf(qv.z, x[e + 2], s[g]);
+              s[g] = fmaf(qv.w, x[e + 3], s[g]);
+            }
           }
         }
       }
@@ -136,19 +150,33 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(const DecodeParams 
     row_s[warp][lane] = row;
     __syncwarp();
     const int sub = lane % LPR;
-#pragma unroll 2
-    for (int t = lane / LPR; t < 32; t += TPW) {
-      const int64_t vr = row_s[warp][t];
-      if (vr < 0) continue;
+    // V rows in batches: VB rows x NV vectors of independent loads per lane.
+    constexpr int STEPS = 32 / TPW;
+    constexpr int VB = STEPS < 8 ? STEPS : 8;
 #pragma unroll
-      for (int nv = 0; nv < NV; ++nv) {
-        float x[VEC];
-        load16_stream(V + vr + (nv * LPR + sub) * VEC, x);
+    for (int t0 = 0; t0 < STEPS; t0 += VB) {
+      uint4 raw[VB][NV];
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
-          const float pg = p_s[warp][t][g];
+      for (int i = 0; i < VB; ++i) {
+        const int64_t vr = row_s[warp][(t0 + i) * TPW + lane / LPR];
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) acc[g][nv * VEC + e] = fmaf(pg, x[e], acc[g][nv * VEC + e]);
+        for (int nv = 0; nv < NV; ++nv)
+          raw[i][nv] = vr >= 0 ? __ldcs(reinterpret_cast<const uint4*>(V + vr + (nv * LPR + sub) * VEC))
+                               : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int i = 0; i < VB; ++i) {
+        const int t = (t0 + i) * TPW + lane / LPR;
+#pragma unroll
+        for (int nv = 0; nv < NV; ++nv) {
+          float x[VEC];
+          unpack16<T>(raw[i][nv], x);
+#pragma unroll
+          for (int g = 0; g < G; ++g) {
+            const float pg = p_s[warp][t][g];
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) acc[g][nv * VEC + e] = fmaf(pg, x[e], acc[g][nv * VEC + e]);
+          }
         }
       }
     }
@@ -243,14 +271,64 @@ void launch_typed(const DecodeParams& p, dim3 grid, int group, cudaStream_t stre
 
 }  // namespace
 
-int decode_chunks(int batch, int num_qo_heads, int num_kv_heads, int page_size, int max_list) {
+namespace {
+// Resident blocks per SM of the kernel a launch will use (cached per instantiation).
+int blocks_per_sm(DType dtype, int D, int group) {
+  static int cache[3][3][4] = {};
+  const int ti = int(dtype), di = D == 64 ? 0 : D == 128 ? 1 : 2;
+  const int hpb = heads_per_block(group), gi = hpb == 1 ? 0 : hpb == 2 ? 1 : hpb == 4 ? 2 : 3;
+  int& c = cache[ti][di][gi];
+  if (c) return c;
+  int n = 0;
+  dispatch_dtype(dtype, [&](auto t) {
+    using T = decltype(t);
+    auto q = [&](auto kernel) {
+      UNIQUE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kWarps * 32, 0));
+    };
+    auto byg = [&](auto dtag) {
+      constexpr int DD = decltype(dtag)::value;
+      switch (hpb) {
+        case 1: q(decode_kernel<T, DD, 1>); break;
+        case 2: q(decode_kernel<T, DD, 2>); break;
+        case 4: q(decode_kernel<T, DD, 4>); break;
+        default: q(decode_kernel<T, DD, 8>); break;
+      }
+    };
+    if (D == 64) byg(std::integral_constant<int, 64>{});
+    else if (D == 128) byg(std::integral_constant<int, 128>{});
+    else byg(std::integral_constant<int, 256>{});
+  });
+  c = std::max(n, 1);
+  return c;
+}
+}  // namespace
+
+int decode_chunks(int batch, int num_qo_heads, int num_kv_heads, int page_size, int max_list, DType dtype,
+                  int head_dim) {
+  // Tuning knob for benchmarks: UNIQUE_DECODE_CHUNKS=N forces N chunks per (sequence, head).
+  if (const char* e = std::getenv("UNIQUE_DECODE_CHUNKS"); e && std::atoi(e) > 0)
+    return std::min(std::atoi(e), std::max(1, max_list));
   const int group = num_qo_heads / num_kv_heads;
   const int sgs = (group + heads_per_block(group) - 1) / heads_per_block(group);
   const int rows = batch * num_kv_heads * sgs;
-  // Aim at 4 blocks of 128 threads per SM, but give each block at least 256 tokens.
-  const int want = std::max(1, (4 * num_sms() + rows - 1) / rows);
-  const int most = std::max(1, (max_list * page_size + 255) / 256);
-  return std::min(want, most);
+  const int slots = blocks_per_sm(dtype, head_dim, group) * num_sms();
+  // Each chunk at least 64 tokens; among 1..8 waves of blocks take the fewest chunks whose
+  // last wave is at least 90% full (a partly filled last wave idles SMs).
+  const int most = std::max(1, (max_list * page_size + 63) / 64);
+  int best = std::min(most, std::max(1, (slots + rows - 1) / rows));
+  double best_eff = 0;
+  for (int w = 1; w <= 8; ++w) {
+    const int c = std::min(most, std::max(1, (w * slots + rows - 1) / rows));
+    const long blocks = long(rows) * c;
+    const long waves = (blocks + slots - 1) / slots;
+    const double eff = double(blocks) / double(waves * slots);
+    if (eff > best_eff + 1e-9) {
+      best_eff = eff;
+      best = c;
+    }
+    if (eff >= 0.9 || c == most) break;
+  }
+  return best;
 }
 
 size_t decode_floats(int batch, int num_qo_heads, int head_dim, int chunks) {
@@ -266,7 +344,7 @@ void launch_decode(const AttentionConfig& cfg, const TensorView& q, const PagedK
   const int group = Hq / Hk;
   const int hpb = heads_per_block(group);
   const int max_list = sel ? std::min(sel->max_selected, max_pages) : max_pages;
-  int chunks = decode_chunks(kv.batch, Hq, Hk, kv.page_size, max_list);
+  int chunks = decode_chunks(kv.batch, Hq, Hk, kv.page_size, max_list, kv.dtype, D);
   const size_t need = decode_floats(kv.batch, Hq, D, chunks);
   if (need > ws.capacity_floats)  // a plan made for smaller shapes: fewer chunks that fit
     chunks = std::max<int>(1, static_cast<int>(ws.capacity_floats / (size_t(kv.batch) * Hq * D)));
@@ -302,6 +380,11 @@ void launch_decode(const AttentionConfig& cfg, const TensorView& q, const PagedK
   p.chunks = chunks;
   p.chunk_pages = (max_list + chunks - 1) / chunks;
   p.scale_log2 = cfg.scale_for(D) * kLog2e;
+  static const bool k_stream = [] {
+    const char* e = std::getenv("UNIQUE_DECODE_K_STREAM");
+    return e && *e == '1';
+  }();
+  p.k_stream = k_stream;
   const dim3 grid(chunks, Hk * p.subgroups, kv.batch);
   dispatch_dtype(kv.dtype, [&](auto t) {
     using T = decltype(t);

@@ -1,14 +1,15 @@
-// Page scoring + top-k selection per (sequence, KV head), one launch, no host sync.
+// Page scoring + top-k selection per (sequence, KV head), no host sync, two launches.
 //
-// Phase 1 (every block): a block scores a chunk of a sequence's pages for the query heads
-// of one KV head (up to 8 at a time). The statistics rows are read once with 16-byte loads,
-// D/VEC lanes per page; the estimator is folded into one sum per head so one shuffle
-// reduction per head and page remains (unique/channel: q.mu + alpha*|q|.sigma).
-// Phase 2 (the last block of a (sequence, KV head) to finish, found with an atomic counter
-// that it resets for the next launch): GQA aggregation where it needs all pages (softmax
-// sums, oracle masses), then an exact top-k by 4 passes of 8-bit radix select over the
-// non-forced pages [sink, n - recent), then one ordered compaction (block scans) that
-// writes ascending page positions. Ties go to the lower position, as in the reference.
+// score_kernel: a block scores a chunk of a sequence's pages for the query heads of one KV
+// head (up to 8 at a time; the queries sit in shared memory). The statistics rows are read
+// once with 16-byte loads, D/VEC lanes per page, 4 page steps in flight per warp; the
+// estimator is folded into one sum per head (unique/channel: q.mu + alpha*|q|.sigma), so one
+// shuffle reduction per head and page remains; GQA max is taken in registers.
+// select_kernel: one 1024-thread block per (sequence, KV head): GQA aggregations that need
+// every page (softmax sums, oracle masses), then an exact top-k by 4 passes of 8-bit radix
+// select over the non-forced pages [sink, n - recent) with the keys held in registers, then
+// one ordered compaction (block scans) that writes ascending page positions. Ties go to the
+// lower position, as in the reference.
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
@@ -23,11 +24,12 @@ namespace unique::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = 256;       // score kernels
+constexpr int kSelThreads = 1024;   // select kernel
 constexpr int kHeads = 8;       // query heads scored per block at most
 constexpr int kMaxGroup = 128;  // query heads per KV head the aggregation supports
 
-enum class Form : int { none, mean, channel, norm, quest };
+enum class Form : int { mean, channel, norm, quest };
 
 struct ScoreParams {
   const void* sa;  // mean or kmin
@@ -64,8 +66,8 @@ __device__ __forceinline__ uint32_t order_key(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-using Scan = cub::BlockScan<uint32_t, kThreads>;
-using Reduce = cub::BlockReduce<float, kThreads>;
+using Scan = cub::BlockScan<uint32_t, kSelThreads>;
+using Reduce = cub::BlockReduce<float, kSelThreads>;
 
 __device__ float block_max(float x, Reduce::TempStorage& tmp, float* bcast) {
   const float r = Reduce(tmp).Reduce(x, [](float a, float b) { return fmaxf(a, b); });
@@ -84,39 +86,40 @@ __device__ float block_sum(float x, Reduce::TempStorage& tmp, float* bcast) {
   return out;
 }
 
-// Phase 2, run by one block per (b, hk) once every chunk is scored.
-__device__ __noinline__ void finalize(const ScoreParams& p, int b, int hk) {
+// One block per (b, hk): aggregation where it needs every page, scores_out, top-k.
+// KPT keys per thread in registers cover n <= KPT * kSelThreads pages.
+template <int KPT>
+__global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p) {
   __shared__ union {
-    Scan::TempStorage scan;
-    Reduce::TempStorage reduce;
+    typename Scan::TempStorage scan;
+    typename Reduce::TempStorage reduce;
   } tmp;
   __shared__ float head_m[kMaxGroup], head_z[kMaxGroup];
   __shared__ float bcast;
   __shared__ uint32_t hist[256];
-  __shared__ uint32_t s_prefix, s_remaining, s_total_take, s_total_eq;
+  __shared__ uint32_t s_prefix, s_remaining, s_eq_total;
 
+  const int b = blockIdx.y, hk = blockIdx.x;
   const int tid = threadIdx.x;
   const int n = p.indptr[b + 1] - p.indptr[b];
   float* agg = p.agg + (int64_t(b) * p.Hk + hk) * p.max_pages;
   const float* raw = p.raw + (int64_t(b) * p.Hq + hk * p.group) * p.max_pages;
   const bool oracle = p.est == Estimator::oracle;
 
-  // -- aggregation over the group's heads where it needs every page --
   if (p.est == Estimator::dense || p.est == Estimator::random) {
-    for (int j = tid; j < n; j += kThreads)
+    for (int j = tid; j < n; j += kSelThreads)
       agg[j] = p.est == Estimator::dense ? 0.0f : detail::random_page_score(p.seed, b, hk, j);
   } else if (p.raw_mode) {
     const bool soft = oracle || p.gqa == GqaAggregation::softmax_sum;
     if (soft) {
-      // Per head: M = max over pages, Z = sum of exp; oracle rows hold page log-masses (log2).
+      // Per head: M = max over pages, Z = sum of exp; oracle rows hold page log2-masses.
       const float sc = oracle ? 1.0f : p.scale * kLog2e;
       for (int g = 0; g < p.group; ++g) {
         float m = -INFINITY;
-        for (int j = tid; j < n; j += kThreads) m = fmaxf(m, __ldcg(raw + int64_t(g) * p.max_pages + j) * sc);
+        for (int j = tid; j < n; j += kSelThreads) m = fmaxf(m, raw[int64_t(g) * p.max_pages + j] * sc);
         m = block_max(m, tmp.reduce, &bcast);
         float z = 0.0f;
-        for (int j = tid; j < n; j += kThreads)
-          z += exp2f(__ldcg(raw + int64_t(g) * p.max_pages + j) * sc - m);
+        for (int j = tid; j < n; j += kSelThreads) z += exp2f(raw[int64_t(g) * p.max_pages + j] * sc - m);
         z = block_sum(z, tmp.reduce, &bcast);
         if (tid == 0) {
           head_m[g] = m;
@@ -124,65 +127,85 @@ __device__ __noinline__ void finalize(const ScoreParams& p, int b, int hk) {
         }
       }
       __syncthreads();
-      for (int j = tid; j < n; j += kThreads) {
+      for (int j = tid; j < n; j += kSelThreads) {
         float a = p.gqa == GqaAggregation::max ? -INFINITY : 0.0f;
         for (int g = 0; g < p.group; ++g) {
-          const float w = exp2f(__ldcg(raw + int64_t(g) * p.max_pages + j) * sc - head_m[g]) / head_z[g];
+          const float w = exp2f(raw[int64_t(g) * p.max_pages + j] * sc - head_m[g]) / head_z[g];
           a = p.gqa == GqaAggregation::max ? fmaxf(a, w) : a + w;
         }
         agg[j] = a;
       }
     } else {
-      for (int j = tid; j < n; j += kThreads) {
+      for (int j = tid; j < n; j += kSelThreads) {
         float a = -INFINITY;
-        for (int g = 0; g < p.group; ++g) a = fmaxf(a, __ldcg(raw + int64_t(g) * p.max_pages + j));
+        for (int g = 0; g < p.group; ++g) a = fmaxf(a, raw[int64_t(g) * p.max_pages + j]);
         agg[j] = a;
       }
     }
   }
   __syncthreads();
-  __threadfence_block();
 
   if (p.scores_out) {
     float* out = p.scores_out + (int64_t(b) * p.Hk + hk) * p.scores_stride;
-    for (int j = tid; j < p.scores_stride; j += kThreads) out[j] = j < n ? __ldcg(agg + j) : -INFINITY;
+    for (int j = tid; j < p.scores_stride; j += kSelThreads) out[j] = j < n ? agg[j] : -INFINITY;
   }
   if (!p.sel_pages) return;
 
-  // -- top-k over the non-forced pages [sink, n - recent) --
+  // Non-forced pages are [lo, hi); keys of the others (and past n) are 0, which no score maps to.
   const int recent = p.recent > 0 ? p.recent : 1;
   const int lo = min(p.sink, n), hi = max(lo, n - recent);
   const int rest = hi - lo;
   const bool all = p.est == Estimator::dense || p.topk >= rest;
+  uint32_t keys[KPT];
+#pragma unroll
+  for (int i = 0; i < KPT; ++i) {
+    const int j = tid * KPT + i;  // consecutive pages per thread: one scan orders the output
+    keys[i] = (!all && j >= lo && j < hi) ? order_key(agg[j]) : 0u;
+  }
   if (tid == 0) {
     s_prefix = 0;
     s_remaining = p.topk;
+    s_eq_total = 0;
   }
   __syncthreads();
   if (!all) {
     uint32_t mask = 0;
     for (int shift = 24; shift >= 0; shift -= 8) {
-      hist[tid] = 0;
+      if (tid < 256) hist[tid] = 0;
       __syncthreads();
       const uint32_t prefix = s_prefix;
-      for (int j = lo + tid; j < hi; j += kThreads) {
-        const uint32_t key = order_key(__ldcg(agg + j));
-        const bool match = (key & mask) == prefix;
+#pragma unroll
+      for (int i = 0; i < KPT; ++i) {
+        const uint32_t key = keys[i];
+        const bool match = key != 0u && (key & mask) == prefix;
         const uint32_t bin = match ? (key >> shift) & 255u : 256u;
-        const unsigned act = __activemask();
-        const unsigned peers = __match_any_sync(act, bin);
-        if (match && (threadIdx.x % 32) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
+        const unsigned peers = __match_any_sync(0xffffffffu, bin);
+        if (match && (tid % 32) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
       }
       __syncthreads();
-      // Thread t looks at bin 255 - t: counts from the top.
-      const uint32_t c = hist[255 - tid];
-      uint32_t incl;
-      Scan(tmp.scan).InclusiveSum(c, incl);
-      const uint32_t remaining = s_remaining;
-      __syncthreads();
-      if (incl - c < remaining && remaining <= incl) {
-        s_prefix = prefix | (uint32_t(255 - tid) << shift);
-        s_remaining = remaining - (incl - c);
+      // Warp 0 finds the bin holding the remaining-th largest key: lane l takes bins
+      // 255-8l .. 248-8l (descending), a warp scan gives the counts above them.
+      if (tid < 32) {
+        uint32_t c[8], tot = 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) tot += (c[i] = hist[255 - 8 * tid - i]);
+        uint32_t incl = tot;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+          const uint32_t y = __shfl_up_sync(0xffffffffu, incl, o);
+          if (tid >= o) incl += y;
+        }
+        const uint32_t remaining = s_remaining;
+        uint32_t above = incl - tot;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          if (above < remaining && remaining <= above + c[i]) {
+            s_prefix = prefix | (uint32_t(255 - 8 * tid - i) << shift);
+            s_remaining = remaining - above;
+            s_eq_total = c[i];  // after the last pass: how many keys equal the threshold
+          }
+          above += c[i];
+        }
       }
       mask |= 255u << shift;
       __syncthreads();
@@ -191,97 +214,109 @@ __device__ __noinline__ void finalize(const ScoreParams& p, int b, int hk) {
   const uint32_t T = s_prefix, need_eq = s_remaining;
 
   int32_t* pages = p.sel_pages + (int64_t(b) * p.Hk + hk) * p.max_selected;
-  uint32_t taken = 0, eq_seen = 0;
-  for (int tile = 0; tile < n; tile += kThreads) {
-    const int j = tile + tid;
-    const bool in = j < n;
-    const bool forced = in && (j < lo || j >= hi);
-    uint32_t key = 0;
-    if (in && !forced && !all) key = order_key(__ldcg(agg + j));
-    const uint32_t eq = (in && !forced && !all && key == T) ? 1u : 0u;
-    uint32_t eq_rank, eq_tile;
-    Scan(tmp.scan).ExclusiveSum(eq, eq_rank, eq_tile);
+  // Keys equal to the threshold are taken by position only when not all of them fit.
+  uint32_t eq_base = 0;
+  if (!all && need_eq < s_eq_total) {
+    uint32_t n_eq = 0;
+#pragma unroll
+    for (int i = 0; i < KPT; ++i) n_eq += (keys[i] != 0u && keys[i] == T) ? 1u : 0u;
+    Scan(tmp.scan).ExclusiveSum(n_eq, eq_base);
     __syncthreads();
-    const bool take = in && (forced || all || key > T || (eq && eq_seen + eq_rank < need_eq));
-    uint32_t pos, take_tile;
-    Scan(tmp.scan).ExclusiveSum(take ? 1u : 0u, pos, take_tile);
-    __syncthreads();
-    if (take && taken + pos < uint32_t(p.max_selected)) pages[taken + pos] = j;
-    taken += take_tile;
-    eq_seen += eq_tile;
   }
+  bool take[KPT];
+  uint32_t n_take = 0, eq_rank = eq_base;
+#pragma unroll
+  for (int i = 0; i < KPT; ++i) {
+    const int j = tid * KPT + i;
+    const uint32_t key = keys[i];
+    const bool eq = key != 0u && key == T;
+    take[i] = j < n && (all || j < lo || j >= hi || key > T || (eq && eq_rank < need_eq));
+    eq_rank += eq ? 1u : 0u;
+    n_take += take[i] ? 1u : 0u;
+  }
+  uint32_t pos, taken;
+  Scan(tmp.scan).ExclusiveSum(n_take, pos, taken);
+#pragma unroll
+  for (int i = 0; i < KPT; ++i)
+    if (take[i]) {
+      if (pos < uint32_t(p.max_selected)) pages[pos] = tid * KPT + i;
+      ++pos;
+    }
   const int count = min(int(taken), p.max_selected);
-  for (int i = count + tid; i < p.max_selected; i += kThreads) pages[i] = -1;
+  for (int i = count + tid; i < p.max_selected; i += kSelThreads) pages[i] = -1;
   if (tid == 0) p.sel_counts[b * p.Hk + hk] = count;
 }
 
-// Arrival: the last of the blocks of (b, hk) runs finalize and resets the counter.
-__device__ __forceinline__ void arrive(const ScoreParams& p, int b, int hk) {
-  __shared__ bool s_last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const uint32_t total = uint32_t(p.chunks) * (p.raw_mode ? p.subgroups : 1);
-    s_last = atomicAdd(&p.counters[b * p.Hk + hk], 1u) == total - 1;
-  }
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  finalize(p, b, hk);
-  if (threadIdx.x == 0) p.counters[b * p.Hk + hk] = 0;
-}
-
 template <class S, int D, Form F>
-__global__ void __launch_bounds__(kThreads) score_kernel(const ScoreParams p) {
+__global__ void __launch_bounds__(kThreads, 2) score_kernel(const ScoreParams p) {
   constexpr int SV = Vec<S>::n;
   constexpr int LPP = (D / SV) < 32 ? (D / SV) : 32;  // lanes per page
   constexpr int NV = D / (SV * LPP);
   constexpr int PPW = 32 / LPP;  // pages per warp step
+  constexpr int U = 4;           // warp steps in flight
+  constexpr int NW = kThreads / 32;
+  __shared__ __align__(16) float q_s[kHeads][D];
+  __shared__ float qn_s[kHeads];
   const int b = blockIdx.z, hk = blockIdx.y / p.subgroups, sg = blockIdx.y % p.subgroups;
-  if constexpr (F != Form::none) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane % LPP;
-    const int h0 = hk * p.group + sg * kHeads;
-    const int ng = min(kHeads, p.group - sg * kHeads);
-    const int seq0 = p.indptr[b];
-    const int n = p.indptr[b + 1] - seq0;
-    const int begin = blockIdx.x * p.chunk_pages;
-    const int end = min(n, begin + p.chunk_pages);
-    float qr[kHeads][NV * SV];
-    float qn[kHeads];
-#pragma unroll
-    for (int g = 0; g < kHeads; ++g) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane % LPP;
+  const int h0 = hk * p.group + sg * kHeads;
+  const int ng = min(kHeads, p.group - sg * kHeads);
+  const int seq0 = p.indptr[b];
+  const int n = p.indptr[b + 1] - seq0;
+  const int begin = blockIdx.x * p.chunk_pages;
+  const int end = min(n, begin + p.chunk_pages);
+  for (int i = threadIdx.x; i < kHeads * D; i += kThreads) {
+    const int g = i / D, d = i % D;
+    q_s[g][d] = g < ng ? load_any(p.q, p.q_dtype, b * p.qs0 + (h0 + g) * p.qs1 + d * p.qs2) : 0.0f;
+  }
+  __syncthreads();
+  if constexpr (F == Form::norm) {
+    if (warp < kHeads) {
       float ss = 0.0f;
-#pragma unroll
-      for (int nv = 0; nv < NV; ++nv)
-#pragma unroll
-        for (int e = 0; e < SV; ++e) {
-          const int d = (nv * LPP + sub) * SV + e;
-          const float x = g < ng ? load_any(p.q, p.q_dtype, b * p.qs0 + (h0 + g) * p.qs1 + d * p.qs2) : 0.0f;
-          qr[g][nv * SV + e] = x;
-          ss += x * x;
-        }
-      if constexpr (F == Form::norm) {
-#pragma unroll
-        for (int o = LPP / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-        qn[g] = sqrtf(ss);
-      }
+      for (int d = lane; d < D; d += 32) ss += q_s[warp][d] * q_s[warp][d];
+      ss = warp_sum(ss);
+      if (lane == 0) qn_s[warp] = sqrtf(ss);
     }
-    const S* A = static_cast<const S*>(p.sa);
-    const S* B = static_cast<const S*>(p.sb);
-    for (int base = begin + warp * PPW; base < end; base += (kThreads / 32) * PPW) {
-      const int j = base + lane / LPP;
-      const bool valid = j < end;
+    __syncthreads();
+  }
+  // This lane's channels of every head, in registers (shared-memory reads per page would
+  // make the kernel bound by shared-memory bandwidth).
+  float qr[kHeads][NV * SV];
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g)
+#pragma unroll
+    for (int nv = 0; nv < NV; ++nv)
+#pragma unroll
+      for (int e = 0; e < SV; ++e) qr[g][nv * SV + e] = q_s[g][(nv * LPP + sub) * SV + e];
+  const S* A = static_cast<const S*>(p.sa);
+  const S* B = static_cast<const S*>(p.sb);
+  for (int base = begin + warp * PPW; base < end; base += NW * PPW * U) {
+    int jj[U];
+    int64_t off[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      jj[u] = base + u * NW * PPW + lane / LPP;
+      off[u] = jj[u] < end ? (int64_t(p.indices[seq0 + jj[u]]) * p.Hk + hk) * D : -1;
+    }
+    uint4 ra[U][NV], rb[U][NV];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int nv = 0; nv < NV; ++nv) {
+        const int64_t e = off[u] + (nv * LPP + sub) * SV;
+        ra[u][nv] = off[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(A + e)) : make_uint4(0, 0, 0, 0);
+        if constexpr (F != Form::mean)
+          rb[u][nv] = off[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(B + e)) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (base + u * NW * PPW >= end) break;  // warp-uniform
+      const bool valid = jj[u] < end;
       float a[NV * SV], bb[NV * SV];
-      if (valid) {
-        const int64_t off = (int64_t(p.indices[seq0 + j]) * p.Hk + hk) * D;
 #pragma unroll
-        for (int nv = 0; nv < NV; ++nv) {
-          load16(A + off + (nv * LPP + sub) * SV, a + nv * SV);
-          if constexpr (F != Form::mean) load16(B + off + (nv * LPP + sub) * SV, bb + nv * SV);
-        }
-      } else {
-#pragma unroll
-        for (int e = 0; e < NV * SV; ++e) a[e] = bb[e] = 0.0f;
+      for (int nv = 0; nv < NV; ++nv) {
+        unpack16<S>(ra[u][nv], a + nv * SV);
+        if constexpr (F != Form::mean) unpack16<S>(rb[u][nv], bb + nv * SV);
       }
       float bsq = 0.0f;
       if constexpr (F == Form::norm) {
@@ -293,26 +328,27 @@ __global__ void __launch_bounds__(kThreads) score_kernel(const ScoreParams p) {
       float best = -INFINITY;
 #pragma unroll
       for (int g = 0; g < kHeads; ++g) {
-        float s = 0.0f;
+        if (g >= ng) break;  // block-uniform
+        float s = 0.0f, s2 = 0.0f;
 #pragma unroll
-        for (int e = 0; e < NV * SV; ++e) {
-          const float qd = qr[g][e];
-          if constexpr (F == Form::quest) s += fmaxf(qd * a[e], qd * bb[e]);
-          else if constexpr (F == Form::channel) s = fmaf(qd, a[e], fmaf(p.alpha * fabsf(qd), bb[e], s));
-          else s = fmaf(qd, a[e], s);
+        for (int k = 0; k < NV * SV; ++k) {
+          const float qd = qr[g][k];
+          if constexpr (F == Form::quest) s += fmaxf(qd * a[k], qd * bb[k]);
+          else if constexpr (F == Form::channel) {
+            s = fmaf(qd, a[k], s);
+            s2 = fmaf(fabsf(qd), bb[k], s2);
+          } else s = fmaf(qd, a[k], s);
         }
+        if constexpr (F == Form::channel) s = fmaf(p.alpha, s2, s);
 #pragma unroll
         for (int o = LPP / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if constexpr (F == Form::norm) s += p.alpha * qn[g] * sqrtf(bsq);
-        if (g < ng) {
-          best = fmaxf(best, s);
-          if (p.raw_mode && valid && sub == 0) p.raw[(int64_t(b) * p.Hq + h0 + g) * p.max_pages + j] = s;
-        }
+        if constexpr (F == Form::norm) s += p.alpha * qn_s[g] * sqrtf(bsq);
+        best = fmaxf(best, s);
+        if (p.raw_mode && valid && sub == 0) p.raw[(int64_t(b) * p.Hq + h0 + g) * p.max_pages + jj[u]] = s;
       }
-      if (!p.raw_mode && valid && sub == 0) p.agg[(int64_t(b) * p.Hk + hk) * p.max_pages + j] = best;
+      if (!p.raw_mode && valid && sub == 0) p.agg[(int64_t(b) * p.Hk + hk) * p.max_pages + jj[u]] = best;
     }
   }
-  arrive(p, b, hk);
 }
 
 // Oracle: per page and head, log2 of the page's softmax numerator sum (exact attention
@@ -369,7 +405,6 @@ __global__ void __launch_bounds__(kThreads) oracle_kernel(const ScoreParams p) {
     if (lane == 0)
       for (int g = 0; g < ng; ++g) p.raw[(int64_t(b) * p.Hq + h0 + g) * p.max_pages + j] = m[g] + log2f(z[g]);
   }
-  arrive(p, b, hk);
 }
 
 }  // namespace
@@ -386,6 +421,7 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
   const int group = Hq / Hk;
   if (D != 64 && D != 128 && D != 256) throw_arg("kv.head_dim", "64, 128 or 256 on CUDA", D);
   if (group > kMaxGroup) throw_arg("num_qo_heads / num_kv_heads", "<= 128 on CUDA", group);
+  if (max_pages > 32 * kSelThreads) throw_arg("kv.max_pages_per_seq", "<= 32768 for CUDA selection", max_pages);
   ScoreParams p{};
   const bool unique_est = cfg.estimator == Estimator::unique;
   p.sa = cfg.estimator == Estimator::quest ? kv.kmin : kv.mean;
@@ -427,7 +463,8 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
   const int rows = kv.batch * Hk * (p.raw_mode ? p.subgroups : 1);
   int chunks = 1;
   if (per_page) {
-    const int want = std::max(1, (4 * num_sms() + rows - 1) / rows);
+    // About one wave of blocks (two 256-thread blocks per SM), at least 64 pages each.
+    const int want = std::max(1, (2 * num_sms() + rows - 1) / rows);
     chunks = std::min(want, std::max(1, (max_pages + 63) / 64));
   }
   p.chunks = chunks;
@@ -435,11 +472,6 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
   // Without raw mode a block scores all heads of the group (group <= 8): one subgroup.
   if (!p.raw_mode) p.subgroups = 1;
   const dim3 grid(chunks, Hk * p.subgroups, kv.batch);
-  if (!per_page) {
-    score_kernel<float, 64, Form::none><<<grid, kThreads, 0, stream>>>(p);
-    UNIQUE_CUDA_LAUNCH("score_kernel");
-    return;
-  }
   if (cfg.estimator == Estimator::oracle) {
     dispatch_dtype(kv.dtype, [&](auto t) {
       using T = decltype(t);
@@ -450,29 +482,35 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
       }
     });
     UNIQUE_CUDA_LAUNCH("oracle_kernel");
-    return;
-  }
-  Form f = Form::mean;
-  if (cfg.estimator == Estimator::quest) f = Form::quest;
-  else if (unique_est) f = cfg.offset == OffsetForm::norm ? Form::norm : Form::channel;
-  dispatch_dtype(kv.stats_dtype, [&](auto t) {
-    using S = decltype(t);
-    auto go = [&](auto dtag) {
-      constexpr int DD = decltype(dtag)::value;
-      switch (f) {
-        case Form::quest: score_kernel<S, DD, Form::quest><<<grid, kThreads, 0, stream>>>(p); break;
-        case Form::norm: score_kernel<S, DD, Form::norm><<<grid, kThreads, 0, stream>>>(p); break;
-        case Form::channel: score_kernel<S, DD, Form::channel><<<grid, kThreads, 0, stream>>>(p); break;
-        default: score_kernel<S, DD, Form::mean><<<grid, kThreads, 0, stream>>>(p); break;
+  } else if (per_page) {
+    Form f = Form::mean;
+    if (cfg.estimator == Estimator::quest) f = Form::quest;
+    else if (unique_est) f = cfg.offset == OffsetForm::norm ? Form::norm : Form::channel;
+    dispatch_dtype(kv.stats_dtype, [&](auto t) {
+      using S = decltype(t);
+      auto go = [&](auto dtag) {
+        constexpr int DD = decltype(dtag)::value;
+        switch (f) {
+          case Form::quest: score_kernel<S, DD, Form::quest><<<grid, kThreads, 0, stream>>>(p); break;
+          case Form::norm: score_kernel<S, DD, Form::norm><<<grid, kThreads, 0, stream>>>(p); break;
+          case Form::channel: score_kernel<S, DD, Form::channel><<<grid, kThreads, 0, stream>>>(p); break;
+          default: score_kernel<S, DD, Form::mean><<<grid, kThreads, 0, stream>>>(p); break;
+        }
+      };
+      switch (D) {
+        case 64: go(std::integral_constant<int, 64>{}); break;
+        case 128: go(std::integral_constant<int, 128>{}); break;
+        default: go(std::integral_constant<int, 256>{}); break;
       }
-    };
-    switch (D) {
-      case 64: go(std::integral_constant<int, 64>{}); break;
-      case 128: go(std::integral_constant<int, 128>{}); break;
-      default: go(std::integral_constant<int, 256>{}); break;
-    }
-  });
-  UNIQUE_CUDA_LAUNCH("score_kernel");
+    });
+    UNIQUE_CUDA_LAUNCH("score_kernel");
+  }
+  const dim3 sgrid(Hk, kv.batch);
+  if (max_pages <= 4 * kSelThreads) select_kernel<4><<<sgrid, kSelThreads, 0, stream>>>(p);
+  else if (max_pages <= 8 * kSelThreads) select_kernel<8><<<sgrid, kSelThreads, 0, stream>>>(p);
+  else if (max_pages <= 16 * kSelThreads) select_kernel<16><<<sgrid, kSelThreads, 0, stream>>>(p);
+  else select_kernel<32><<<sgrid, kSelThreads, 0, stream>>>(p);
+  UNIQUE_CUDA_LAUNCH("select_kernel");
 }
 
 }  // namespace unique::cuda

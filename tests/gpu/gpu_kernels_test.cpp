@@ -421,6 +421,7 @@ TEST(GpuPlan, RunRejectsShapesOutsideThePlan) {
   CaseSpec spec;
   spec.lens = {100};
   spec.head_dim = 64;
+  spec.dtype = DType::bf16;
   CacheCase c = make_case(spec, 3);
   DevKV dkv(c.kv());
   AttentionConfig cfg;
