@@ -49,7 +49,7 @@ class UniqueAttention:
                                           scaling=scaling, dropout=dropout, **kw)
         if self.planned_len != T:  # one plan per step, shared by all layers
             self.wrapper.plan(*table, Hq, Hkv, D, self.page_size, budget=self.budget,
-                              sm_scale=scaling, device=key.device, **self.cfg)
+                              sm_scale=scaling, device=key.device, kv_data_type=key.dtype, **self.cfg)
             self.planned_len = T
         out = self.wrapper.run(query[:, :, 0].contiguous(), cache)  # [B, Hq, D]
         return out[:, None], None  # [B, S=1, Hq, D]

@@ -389,7 +389,7 @@ NB_MODULE(_core, m) {
       .def(
           "plan",
           [](DecodePlan& p, int page_size, UNIQUE_CFG_PARAMS, int batch, int num_qo_heads,
-             int num_kv_heads, int head_dim, int max_pages_per_seq) {
+             int num_kv_heads, int head_dim, int max_pages_per_seq, const std::string& dtype) {
             AttentionConfig cfg = make_config(page_size, budget, sink, recent, estimator, gqa,
                                               offset, alpha, sm_scale, seed);
             DecodeShape shape;
@@ -398,11 +398,16 @@ NB_MODULE(_core, m) {
             shape.num_kv_heads = num_kv_heads;
             shape.head_dim = head_dim;
             shape.max_pages_per_seq = max_pages_per_seq;
+            // KV dtype of the runs to come, where this DecodeShape has the field.
+            auto set_dtype = [](auto& sh, DType d) {
+              if constexpr (requires { sh.dtype = d; }) sh.dtype = d;
+            };
+            set_dtype(shape, parse_dtype(dtype));
             nb::gil_scoped_release nogil;
             p.plan(cfg, shape);
           },
           nb::arg("page_size"), UNIQUE_CFG_NB_ARGS, nb::arg("batch"), nb::arg("num_qo_heads"),
-          nb::arg("num_kv_heads"), nb::arg("head_dim"), nb::arg("max_pages_per_seq"))
+          nb::arg("num_kv_heads"), nb::arg("head_dim"), nb::arg("max_pages_per_seq"), nb::arg("dtype"))
       .def(
           "run",
           [](const DecodePlan& p, const InArray& q, UNIQUE_KV_PARAMS, const Array& out,

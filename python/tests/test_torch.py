@@ -117,7 +117,7 @@ def test_cuda_side_stream_and_graph_capture():
     dev = "cuda"
     cache, ip, idx, last = R.build(LENS, num_kv_heads=2, head_dim=128, dtype="bfloat16", lib="torch", device=dev)
     w = ua.SparseDecodeWrapper()
-    w.plan(ip, idx, last, 8, 2, 128, 16, budget=48, device=dev)
+    w.plan(ip, idx, last, 8, 2, 128, 16, budget=48, device=dev, kv_data_type=torch.bfloat16)
     q_static = torch.randn(4, 8, 128, device=dev, dtype=torch.bfloat16)
     out_static = torch.empty_like(q_static)
     eager = w.run(q_static, cache).clone()

@@ -70,18 +70,21 @@ class SparseDecodeWrapper:
         self._ws = workspace_buffer
         self._planned = False
         self._plan = None
+        self._use_plan = False
 
     def plan(self, page_indptr: Any, page_indices: Any, last_page_len: Any, num_qo_heads: int,
              num_kv_heads: int, head_dim: int, page_size: int, budget: int = 2048,
              estimator: str = "unique", sink: int = 1, recent: int = 1, gqa: str = "max",
              offset: str = "channel", alpha: float = 1.0, sm_scale: Optional[float] = None,
-             seed: int = 0, *, device: Any = None) -> None:
+             seed: int = 0, *, device: Any = None, kv_data_type: Any = None) -> None:
         """Plans decode steps for a batch.
 
         page_indptr [batch+1], page_indices [nnz], last_page_len [batch]: int32 (or any
         integer) page table, host or device (a host copy is kept for the checks, like
         FlashInfer's plan). The run device is ``device`` if given, else the workspace's,
-        else the page table's (CPU for lists / NumPy).
+        else the page table's (CPU for lists / NumPy). kv_data_type (CUDA): the cache dtype
+        of the runs to come, so that plan() allocates every workspace (without it the first
+        run does; give it before capturing run() in a CUDA graph).
         Config keywords map onto AttentionConfig: budget -> budget_tokens (k = budget //
         page_size pages), sink -> sink_pages, recent -> recent_pages, estimator (unique,
         quest, mean, oracle, random, dense), gqa (max, softmax_sum), offset (channel,
@@ -104,24 +107,32 @@ class SparseDecodeWrapper:
         cfg = _config(page_size, budget, sink, recent, estimator, gqa, offset, alpha, sm_scale, seed)
         table = A.PageTable(page_indptr, page_indices, last_page_len, page_size, dev)
         max_selected = _core.validate_config(page_size=page_size, num_pages=table.max_pages, **cfg)
-        plan = None
-        if dev != "cpu" and _core.has_decode_plan and not os.environ.get("UNIQUE_PY_NO_DECODE_PLAN"):
+        use_plan = dev != "cpu" and _core.has_decode_plan and not os.environ.get("UNIQUE_PY_NO_DECODE_PLAN")
+        shape = (int(num_qo_heads), int(num_kv_heads), int(head_dim), int(page_size))
+        plan = sel = None
+        if use_plan:
             # The library's DecodePlan owns every workspace of the step (selection included):
             # run() then neither allocates nor shares a cached workspace, which CUDA graphs
-            # and concurrent streams need.
-            plan = _core.DecodePlan()
-            with _device_guard(dev):
-                plan.plan(page_size=page_size, **cfg, batch=table.batch, num_qo_heads=int(num_qo_heads),
-                          num_kv_heads=int(num_kv_heads), head_dim=int(head_dim),
-                          max_pages_per_seq=table.max_pages)
-            t = A.torch_module()
-            sel = None if self._dense else tuple(t.from_dlpack(x) for x in plan.selection())
-        else:
-            sel = None if self._dense else self._selection_buffers(table.batch, num_kv_heads, max_selected, dev)
+            # and concurrent streams need. It is sized for one KV dtype: kv_data_type here,
+            # else the first run's cache dtype (that run then allocates).
+            if kv_data_type is not None:
+                plan, sel = self._decode_plan(cfg, table, shape, A.normalize_dtype(kv_data_type, "kv_data_type"), dev)
+        elif not self._dense:
+            sel = self._selection_buffers(table.batch, num_kv_heads, max_selected, dev)
         self._cfg, self._table, self.max_selected, self._sel, self._device = cfg, table, max_selected, sel, dev
-        self._plan = plan
+        self._plan, self._use_plan = plan, use_plan
         self._shape = (int(num_qo_heads), int(num_kv_heads), int(head_dim), int(page_size))
         self._planned = True
+
+    def _decode_plan(self, cfg: dict, table: A.PageTable, shape: tuple, kv_dtype: str, dev: str):
+        hq, hkv, d, p = shape
+        plan = _core.DecodePlan()
+        with _device_guard(dev):
+            plan.plan(page_size=p, **cfg, batch=table.batch, num_qo_heads=hq, num_kv_heads=hkv,
+                      head_dim=d, max_pages_per_seq=table.max_pages, dtype=kv_dtype)
+        t = A.torch_module()
+        sel = None if self._dense else tuple(t.from_dlpack(x) for x in plan.selection())
+        return (plan, kv_dtype), sel
 
     def _selection_buffers(self, batch: int, heads: int, max_sel: int, dev: str):
         n_pages, n_counts = batch * heads * max_sel, batch * heads
@@ -175,9 +186,12 @@ class SparseDecodeWrapper:
         if lse is None and return_lse:
             lse = A.empty_like_lib(q, q.shape[:2], "float32", self._device)
         lse_arg = None if lse is None else A.float_arg(lse, "lse")
-        if self._plan is not None:
+        if self._use_plan:
+            if self._plan is None or self._plan[1] != cache.dtype:
+                self._plan, self._sel = self._decode_plan(self._cfg, self._table, self._shape, cache.dtype,
+                                                          self._device)
             with _device_guard(self._device):
-                self._plan.run(q=A.float_arg(q, "q"), **_kv_kwargs(cache, self._table),
+                self._plan[0].run(q=A.float_arg(q, "q"), **_kv_kwargs(cache, self._table),
                                out=A.float_arg(out, "out"), lse=lse_arg, stream=A.stream_of(self._device))
             return self._result(q, out, lse, return_lse, return_selection)
         sel = (None, None) if self._sel is None else (A.int_arg(self._sel[0], "pages"),
