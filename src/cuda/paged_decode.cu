@@ -20,7 +20,6 @@ namespace unique::cuda {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kGroup = 8;  // query heads per block at most
 
 struct DecodeParams {
   const void* k;
@@ -90,18 +89,21 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(const DecodeParams 
   }
 
   const int slots = end > begin ? (end - begin) * p.P : 0;
+  // Row offset of a token slot (-1: none). The page-table reads of the next iteration are
+  // issued one iteration ahead so their latency overlaps this iteration's K/V loads.
+  auto row_of = [&](int slot) -> int64_t {
+    if (slot >= slots) return -1;
+    const int i = begin + slot / p.P, r = slot % p.P;
+    const int j = p.sel_pages ? p.sel_pages[(int64_t(b) * p.Hk + hk) * p.max_selected + i] : i;
+    const int tokens = j == n - 1 ? last_len : p.P;
+    if (j < 0 || j >= n || r >= tokens) return -1;
+    const int64_t page = p.indices[seq0 + j];
+    return ((page * p.Hk + hk) * p.P + r) * D;
+  };
+  int64_t row_next = row_of(warp * 32 + lane);
   for (int base = warp * 32; base < slots; base += kWarps * 32) {
-    const int slot = base + lane;
-    int64_t row = -1;
-    if (slot < slots) {
-      const int i = begin + slot / p.P, r = slot % p.P;
-      const int j = p.sel_pages ? p.sel_pages[(int64_t(b) * p.Hk + hk) * p.max_selected + i] : i;
-      const int tokens = j == n - 1 ? last_len : p.P;
-      if (j >= 0 && j < n && r < tokens) {
-        const int64_t page = p.indices[seq0 + j];
-        row = ((page * p.Hk + hk) * p.P + r) * D;
-      }
-    }
+    const int64_t row = row_next;
+    row_next = row_of(base + kWarps * 32 + lane);
     float s[G];
 #pragma unroll
     for (int g = 0; g < G; ++g) s[g] = 0.0f;
@@ -232,23 +234,52 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(const DecodeParams 
   }
 }
 
-// One block per (sequence, query head): weights exp2(lse_c - max) over the chunks.
-__global__ void merge_kernel(const DecodeParams p, int D) {
+// One block per (sequence, query head): weights exp2(lse_c - max) over the chunks. The
+// chunks are spread over the warps (each lane D/32 channels) so hundreds of chunks merge
+// with independent loads in flight, not one dependent chain.
+constexpr int kMergeWarps = 8;
+__global__ void __launch_bounds__(kMergeWarps * 32) merge_kernel(const DecodeParams p, int D) {
+  __shared__ float red[kMergeWarps];
+  __shared__ float o_s[kMergeWarps][256];
+  __shared__ float l_s[kMergeWarps];
   const int bh = blockIdx.x, b = bh / p.Hq, hq = bh % p.Hq;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const float* lse = p.part_lse + int64_t(bh) * p.chunks;
   float M = -INFINITY;
-  for (int c = 0; c < p.chunks; ++c) M = fmaxf(M, lse[c]);
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float L = 0.0f, o = 0.0f;
-    if (M != -INFINITY) {
-      for (int c = 0; c < p.chunks; ++c) {
-        const float w = fast_exp2(lse[c] - M);
-        L += w;
-        o += w * p.part_o[(int64_t(bh) * p.chunks + c) * D + d];
-      }
+  for (int c = threadIdx.x; c < p.chunks; c += blockDim.x) M = fmaxf(M, lse[c]);
+  M = warp_max(M);
+  if (lane == 0) red[warp] = M;
+  __syncthreads();
+  M = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kMergeWarps; ++w) M = fmaxf(M, red[w]);
+  const int per = D / 32;  // 2, 4 or 8 channels per lane
+  float o[8] = {0, 0, 0, 0, 0, 0, 0, 0}, L = 0.0f;
+  if (M != -INFINITY) {
+#pragma unroll 4
+    for (int c = warp; c < p.chunks; c += kMergeWarps) {
+      const float w = fast_exp2(lse[c] - M);
+      L += w;
+      const float* src = p.part_o + (int64_t(bh) * p.chunks + c) * D + lane * per;
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        if (e < per) o[e] = fmaf(w, src[e], o[e]);
     }
-    store_any(p.out, p.out_dtype, b * p.os0 + hq * p.os1 + d * p.os2, L > 0.0f ? o / L : 0.0f);
-    if (d == 0 && p.lse) p.lse[b * p.ls0 + hq * p.ls1] = L > 0.0f ? (M + __log2f(L)) * kLn2 : -INFINITY;
+  }
+#pragma unroll
+  for (int e = 0; e < 8; ++e)
+    if (e < per) o_s[warp][lane * per + e] = o[e];
+  if (lane == 0) l_s[warp] = L;
+  __syncthreads();
+  float Lt = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kMergeWarps; ++w) Lt += l_s[w];
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float od = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kMergeWarps; ++w) od += o_s[w][d];
+    store_any(p.out, p.out_dtype, b * p.os0 + hq * p.os1 + d * p.os2, Lt > 0.0f ? od / Lt : 0.0f);
+    if (d == 0 && p.lse) p.lse[b * p.ls0 + hq * p.ls1] = Lt > 0.0f ? (M + __log2f(Lt)) * kLn2 : -INFINITY;
   }
 }
 
@@ -272,12 +303,11 @@ void launch_typed(const DecodeParams& p, dim3 grid, int group, cudaStream_t stre
 }  // namespace
 
 namespace {
-// Resident blocks per SM of the kernel a launch will use (cached per instantiation).
+// Resident blocks per SM of the decode kernel a launch will use (cached per instantiation).
 int blocks_per_sm(DType dtype, int D, int group) {
   static int cache[3][3][4] = {};
-  const int ti = int(dtype), di = D == 64 ? 0 : D == 128 ? 1 : 2;
-  const int hpb = heads_per_block(group), gi = hpb == 1 ? 0 : hpb == 2 ? 1 : hpb == 4 ? 2 : 3;
-  int& c = cache[ti][di][gi];
+  const int hpb = heads_per_block(group);
+  int& c = cache[int(dtype)][D == 64 ? 0 : D == 128 ? 1 : 2][hpb == 1 ? 0 : hpb == 2 ? 1 : hpb == 4 ? 2 : 3];
   if (c) return c;
   int n = 0;
   dispatch_dtype(dtype, [&](auto t) {
@@ -285,7 +315,7 @@ int blocks_per_sm(DType dtype, int D, int group) {
     auto q = [&](auto kernel) {
       UNIQUE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kWarps * 32, 0));
     };
-    auto byg = [&](auto dtag) {
+    auto by_group = [&](auto dtag) {
       constexpr int DD = decltype(dtag)::value;
       switch (hpb) {
         case 1: q(decode_kernel<T, DD, 1>); break;
@@ -294,9 +324,9 @@ int blocks_per_sm(DType dtype, int D, int group) {
         default: q(decode_kernel<T, DD, 8>); break;
       }
     };
-    if (D == 64) byg(std::integral_constant<int, 64>{});
-    else if (D == 128) byg(std::integral_constant<int, 128>{});
-    else byg(std::integral_constant<int, 256>{});
+    if (D == 64) by_group(std::integral_constant<int, 64>{});
+    else if (D == 128) by_group(std::integral_constant<int, 128>{});
+    else by_group(std::integral_constant<int, 256>{});
   });
   c = std::max(n, 1);
   return c;
@@ -311,24 +341,13 @@ int decode_chunks(int batch, int num_qo_heads, int num_kv_heads, int page_size, 
   const int group = num_qo_heads / num_kv_heads;
   const int sgs = (group + heads_per_block(group) - 1) / heads_per_block(group);
   const int rows = batch * num_kv_heads * sgs;
+  // Two full waves of blocks (resident blocks per SM from the occupancy calculator): the
+  // largest chunk count whose blocks fit in them, so no wave is partly filled; each chunk
+  // at least 64 tokens. (Many more chunks make the merge costly; fewer idle SMs.)
   const int slots = blocks_per_sm(dtype, head_dim, group) * num_sms();
-  // Each chunk at least 64 tokens; among 1..8 waves of blocks take the fewest chunks whose
-  // last wave is at least 90% full (a partly filled last wave idles SMs).
+  const int want = std::max(1, 2 * slots / rows);
   const int most = std::max(1, (max_list * page_size + 63) / 64);
-  int best = std::min(most, std::max(1, (slots + rows - 1) / rows));
-  double best_eff = 0;
-  for (int w = 1; w <= 8; ++w) {
-    const int c = std::min(most, std::max(1, (w * slots + rows - 1) / rows));
-    const long blocks = long(rows) * c;
-    const long waves = (blocks + slots - 1) / slots;
-    const double eff = double(blocks) / double(waves * slots);
-    if (eff > best_eff + 1e-9) {
-      best_eff = eff;
-      best = c;
-    }
-    if (eff >= 0.9 || c == most) break;
-  }
-  return best;
+  return std::min(want, most);
 }
 
 size_t decode_floats(int batch, int num_qo_heads, int head_dim, int chunks) {
@@ -395,7 +414,7 @@ void launch_decode(const AttentionConfig& cfg, const TensorView& q, const PagedK
     }
   });
   if (chunks > 1) {
-    merge_kernel<<<kv.batch * Hq, std::min(D, 128), 0, stream>>>(p, D);
+    merge_kernel<<<kv.batch * Hq, kMergeWarps * 32, 0, stream>>>(p, D);
     UNIQUE_CUDA_LAUNCH("merge_kernel");
   }
 }

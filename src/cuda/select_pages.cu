@@ -6,8 +6,8 @@
 // estimator is folded into one sum per head (unique/channel: q.mu + alpha*|q|.sigma), so one
 // shuffle reduction per head and page remains; GQA max is taken in registers.
 // select_kernel: one 1024-thread block per (sequence, KV head): GQA aggregations that need
-// every page (softmax sums, oracle masses), then an exact top-k by 4 passes of 8-bit radix
-// select over the non-forced pages [sink, n - recent) with the keys held in registers, then
+// every page (softmax sums, oracle masses), then an exact top-k by a bitwise threshold search
+// (32 block-wide counts) over the non-forced pages [sink, n - recent), keys in registers, then
 // one ordered compaction (block scans) that writes ascending page positions. Ties go to the
 // lower position, as in the reference.
 #include <cub/block/block_reduce.cuh>
@@ -96,8 +96,6 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
   } tmp;
   __shared__ float head_m[kMaxGroup], head_z[kMaxGroup];
   __shared__ float bcast;
-  __shared__ uint32_t hist[256];
-  __shared__ uint32_t s_prefix, s_remaining, s_eq_total;
 
   const int b = blockIdx.y, hk = blockIdx.x;
   const int tid = threadIdx.x;
@@ -162,83 +160,69 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
     const int j = tid * KPT + i;  // consecutive pages per thread: one scan orders the output
     keys[i] = (!all && j >= lo && j < hi) ? order_key(agg[j]) : 0u;
   }
-  if (tid == 0) {
-    s_prefix = 0;
-    s_remaining = p.topk;
-    s_eq_total = 0;
-  }
+  // Threshold T = the topk-th largest key, found bit by bit from the top: keep a bit when at
+  // least topk keys are >= the candidate. One block-wide count per bit (warp reductions,
+  // one shared atomic per warp, three rotating counters so one barrier per bit suffices).
+  __shared__ uint32_t s_cnt[3];
+  if (tid < 3) s_cnt[tid] = 0;
   __syncthreads();
+  auto block_count = [&](int it, uint32_t c) {
+    c = __reduce_add_sync(0xffffffffu, c);
+    if ((tid & 31) == 0 && c) atomicAdd(&s_cnt[it % 3], c);
+    __syncthreads();
+    const uint32_t total = s_cnt[it % 3];
+    if (tid == 0) s_cnt[(it + 2) % 3] = 0;  // read before this barrier by everyone
+    return total;
+  };
+  uint32_t T = 0, need_eq = 0, eq_total = 0;
   if (!all) {
-    uint32_t mask = 0;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-      if (tid < 256) hist[tid] = 0;
-      __syncthreads();
-      const uint32_t prefix = s_prefix;
+    const uint32_t k = uint32_t(p.topk);
+    int it = 0;
+    for (int bit = 31; bit >= 0; --bit, ++it) {
+      const uint32_t cand = T | (1u << bit);
+      uint32_t c = 0;
 #pragma unroll
-      for (int i = 0; i < KPT; ++i) {
-        const uint32_t key = keys[i];
-        const bool match = key != 0u && (key & mask) == prefix;
-        const uint32_t bin = match ? (key >> shift) & 255u : 256u;
-        const unsigned peers = __match_any_sync(0xffffffffu, bin);
-        if (match && (tid % 32) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
-      }
-      __syncthreads();
-      // Warp 0 finds the bin holding the remaining-th largest key: lane l takes bins
-      // 255-8l .. 248-8l (descending), a warp scan gives the counts above them.
-      if (tid < 32) {
-        uint32_t c[8], tot = 0;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) tot += (c[i] = hist[255 - 8 * tid - i]);
-        uint32_t incl = tot;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-          const uint32_t y = __shfl_up_sync(0xffffffffu, incl, o);
-          if (tid >= o) incl += y;
-        }
-        const uint32_t remaining = s_remaining;
-        uint32_t above = incl - tot;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          if (above < remaining && remaining <= above + c[i]) {
-            s_prefix = prefix | (uint32_t(255 - 8 * tid - i) << shift);
-            s_remaining = remaining - above;
-            s_eq_total = c[i];  // after the last pass: how many keys equal the threshold
-          }
-          above += c[i];
-        }
-      }
-      mask |= 255u << shift;
-      __syncthreads();
+      for (int i = 0; i < KPT; ++i) c += keys[i] >= cand ? 1u : 0u;
+      if (block_count(it, c) >= k) T = cand;
     }
+    uint32_t gt = 0, eq = 0;
+#pragma unroll
+    for (int i = 0; i < KPT; ++i) {
+      gt += keys[i] > T ? 1u : 0u;
+      eq += keys[i] == T ? 1u : 0u;
+    }
+    const uint32_t n_gt = block_count(it++, gt);
+    eq_total = block_count(it++, eq);
+    need_eq = k - n_gt;
   }
-  const uint32_t T = s_prefix, need_eq = s_remaining;
 
   int32_t* pages = p.sel_pages + (int64_t(b) * p.Hk + hk) * p.max_selected;
   // Keys equal to the threshold are taken by position only when not all of them fit.
   uint32_t eq_base = 0;
-  if (!all && need_eq < s_eq_total) {
+  if (!all && need_eq < eq_total) {
     uint32_t n_eq = 0;
 #pragma unroll
     for (int i = 0; i < KPT; ++i) n_eq += (keys[i] != 0u && keys[i] == T) ? 1u : 0u;
     Scan(tmp.scan).ExclusiveSum(n_eq, eq_base);
     __syncthreads();
   }
-  bool take[KPT];
-  uint32_t n_take = 0, eq_rank = eq_base;
-#pragma unroll
-  for (int i = 0; i < KPT; ++i) {
+  auto take_at = [&](int i, uint32_t& eq_rank) {
     const int j = tid * KPT + i;
     const uint32_t key = keys[i];
     const bool eq = key != 0u && key == T;
-    take[i] = j < n && (all || j < lo || j >= hi || key > T || (eq && eq_rank < need_eq));
+    const bool t = j < n && (all || j < lo || j >= hi || key > T || (eq && eq_rank < need_eq));
     eq_rank += eq ? 1u : 0u;
-    n_take += take[i] ? 1u : 0u;
-  }
+    return t;
+  };
+  uint32_t n_take = 0, eq_rank = eq_base;
+#pragma unroll
+  for (int i = 0; i < KPT; ++i) n_take += take_at(i, eq_rank) ? 1u : 0u;
   uint32_t pos, taken;
   Scan(tmp.scan).ExclusiveSum(n_take, pos, taken);
+  eq_rank = eq_base;
 #pragma unroll
   for (int i = 0; i < KPT; ++i)
-    if (take[i]) {
+    if (take_at(i, eq_rank)) {
       if (pos < uint32_t(p.max_selected)) pages[pos] = tid * KPT + i;
       ++pos;
     }
@@ -290,13 +274,22 @@ __global__ void __launch_bounds__(kThreads, 2) score_kernel(const ScoreParams p)
       for (int e = 0; e < SV; ++e) qr[g][nv * SV + e] = q_s[g][(nv * LPP + sub) * SV + e];
   const S* A = static_cast<const S*>(p.sa);
   const S* B = static_cast<const S*>(p.sb);
+  // Page ids one iteration ahead: their latency overlaps this iteration's statistics loads.
+  int32_t id_next[U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int j = begin + warp * PPW + u * NW * PPW + lane / LPP;
+    id_next[u] = j < end ? p.indices[seq0 + j] : -1;
+  }
   for (int base = begin + warp * PPW; base < end; base += NW * PPW * U) {
     int jj[U];
     int64_t off[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       jj[u] = base + u * NW * PPW + lane / LPP;
-      off[u] = jj[u] < end ? (int64_t(p.indices[seq0 + jj[u]]) * p.Hk + hk) * D : -1;
+      off[u] = id_next[u] >= 0 ? (int64_t(id_next[u]) * p.Hk + hk) * D : -1;
+      const int jn = jj[u] + NW * PPW * U;
+      id_next[u] = jn < end ? p.indices[seq0 + jn] : -1;
     }
     uint4 ra[U][NV], rb[U][NV];
 #pragma unroll
@@ -463,9 +456,10 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
   const int rows = kv.batch * Hk * (p.raw_mode ? p.subgroups : 1);
   int chunks = 1;
   if (per_page) {
-    // About one wave of blocks (two 256-thread blocks per SM), at least 64 pages each.
-    const int want = std::max(1, (2 * num_sms() + rows - 1) / rows);
-    chunks = std::min(want, std::max(1, (max_pages + 63) / 64));
+    // Up to 8 waves of blocks (two 256-thread blocks per SM), at least 256 pages each (a
+    // block's fixed costs, loading the queries, are worth it only over a few iterations).
+    const int want = std::max(1, (16 * num_sms() + rows - 1) / rows);
+    chunks = std::min(want, std::max(1, (max_pages + 255) / 256));
   }
   p.chunks = chunks;
   p.chunk_pages = (max_pages + chunks - 1) / chunks;

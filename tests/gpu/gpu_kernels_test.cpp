@@ -265,6 +265,59 @@ std::string param_name(const ::testing::TestParamInfo<SweepParam>& i) {
 }
 INSTANTIATE_TEST_SUITE_P(Sweep, GpuSweep, ::testing::ValuesIn(sweep()), param_name);
 
+// Long sequences (several thousand pages: the select kernel's larger register tiles) and
+// exact ties (every page given the same statistics: the lowest positions must win).
+TEST(GpuSelect, LongSequencesAndExactTiesMatchReference) {
+  SKIP_WITHOUT_GPU();
+  for (bool ties : {false, true}) {
+    CaseSpec spec;
+    spec.lens = {int64_t(16) * 9000 + 7, 16 * 2500, 300};
+    spec.num_kv_heads = 1;
+    spec.page_size = 16;
+    spec.head_dim = 64;
+    spec.dtype = DType::bf16;
+    spec.stats_dtype = DType::bf16;
+    spec.max_chunk = 4096;
+    CacheCase c = make_case(spec, 11);
+    PagedKV hkv = c.kv();
+    const size_t row = size_t(hkv.num_kv_heads) * hkv.head_dim;
+    if (ties)  // every page gets the statistics of physical page 0
+      for (int pg = 1; pg < hkv.num_pages; ++pg)
+        for (void* st : {hkv.mean, hkv.std})
+          std::memcpy(static_cast<char*>(st) + pg * row * 2, st, row * 2);
+    DevKV dkv(hkv);
+    const int B = c.batch(), H = 1, D = 64, group = 4, Hq = group;
+    Buf q = make_queries(c, group, DType::f32, 5, 0.3f);
+    Dev dq(q.data(), q.bytes.size());
+    for (int budget : {16 * 64, 16 * 3000}) {
+      AttentionConfig cfg;
+      cfg.budget_tokens = budget;
+      cfg.sink_pages = 2;
+      cfg.recent_pages = 3;
+      SCOPED_TRACE(std::string(ties ? "ties" : "random") + " budget=" + std::to_string(budget));
+      const int max_pages = max_seq_pages(hkv), M = cfg.max_selected(max_pages);
+      SelBuf ref_sel(B, H, M);
+      ref::select_pages(cfg, q.view({B, Hq, D}), hkv, ref_sel.sel);
+      std::vector<float> ref_scores(size_t(B) * H * max_pages);
+      ref::score_pages(cfg, q.view({B, Hq, D}), hkv, make_view(ref_scores.data(), DType::f32, {B, H, max_pages}));
+      Dev dp(size_t(B) * H * M * 4), dc(size_t(B) * H * 4);
+      dp.poison();
+      dc.poison();
+      Selection dsel{dp.as<int32_t>(), dc.as<int32_t>(), B, H, M, Device::cuda};
+      select_pages(cfg, dview(dq, DType::f32, {B, Hq, D}), dkv.kv, dsel);
+      std::vector<int32_t> gp(size_t(B) * H * M), gc(size_t(B) * H);
+      dp.down(gp.data(), gp.size() * 4);
+      dc.down(gc.data(), gc.size() * 4);
+      if (ties) {
+        EXPECT_EQ(gp, ref_sel.pages);
+        EXPECT_EQ(gc, ref_sel.counts);
+      } else {
+        expect_same_selection(ref_sel, gp, gc, ref_scores, max_pages, B, H, 1e-4f);
+      }
+    }
+  }
+}
+
 // ---- append ------------------------------------------------------------------------------
 
 TEST(GpuAppend, MatchesCpuAppendAndRecomputation) {
