@@ -115,10 +115,14 @@ void expect_same_selection(const SelBuf& ref, const std::vector<int32_t>& pages,
       float kth = INFINITY;
       for (int j : w) kth = std::min(kth, s[j]);
       for (int j : a) {
-        if (!w.count(j)) EXPECT_NEAR(s[j], kth, tol * (1 + std::abs(kth))) << "extra page " << j << " b=" << b << " h=" << h;
+        if (!w.count(j)) {
+          EXPECT_NEAR(s[j], kth, tol * (1 + std::abs(kth))) << "extra page " << j << " b=" << b << " h=" << h;
+        }
       }
       for (int j : w) {
-        if (!a.count(j)) EXPECT_NEAR(s[j], kth, tol * (1 + std::abs(kth))) << "missing page " << j << " b=" << b << " h=" << h;
+        if (!a.count(j)) {
+          EXPECT_NEAR(s[j], kth, tol * (1 + std::abs(kth))) << "missing page " << j << " b=" << b << " h=" << h;
+        }
       }
     }
 }
