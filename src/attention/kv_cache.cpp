@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <numeric>
+#include <utility>
 
 #include "attention/host_buffer.h"
 #include "unique/error.h"
@@ -89,6 +90,12 @@ void KVCache::append(const std::vector<int>& seqs, const std::vector<int>& count
   }
   expect_shape(k_new, "k_new", {append_indptr.back(), opt_.num_kv_heads, opt_.head_dim});
   expect_shape(v_new, "v_new", {append_indptr.back(), opt_.num_kv_heads, opt_.head_dim});
+  // Everything append_kv would refuse is refused here, before lengths and pages change.
+  for (const auto& [t, name] : {std::pair{&k_new, "k_new"}, std::pair{&v_new, "v_new"}}) {
+    expect_contiguous(*t, name);
+    expect_device(*t, name, opt_.device);
+    expect_not_null(*t, name);
+  }
   UNIQUE_CHECK_ARG(pages_needed <= free_pages(), "KV cache pool",
             detail::concat(pages_needed, " free pages for this append"), free_pages());
   for (size_t i = 0; i < seqs.size(); ++i) {
