@@ -45,7 +45,8 @@ class DecodeSweep : public ::testing::TestWithParam<SweepParam> {};
 
 TEST_P(DecodeSweep, FastMatchesReference) {
   const SweepParam sp = GetParam();
-  const uint64_t idx = uint64_t(sp.P) * 1000 + sp.D * 10 + sp.group + 7 * int(sp.dt);
+  // Distinct for every (P, D, group, dtype): each case draws its own data.
+  const uint64_t idx = ((uint64_t(sp.P) * 1000 + sp.D) * 100 + sp.group) * 10 + int(sp.dt);
   const uint64_t seed = case_seed(51, idx);
   Rng r(seed);
   CaseSpec s;
@@ -68,11 +69,16 @@ TEST_P(DecodeSweep, FastMatchesReference) {
     cfg.page_size = sp.P;
     cfg.budget_tokens = 2 * sp.P;
     cfg.sm_scale = int(qt) == 1 ? 0.05f : 0.0f;  // default 1/sqrt(D) and an explicit one
-    // Sparse selection from the reference selector; dense as nullptr.
+    // Sparse selections from the reference selector (a 2-page budget, and a budget above
+    // every sequence's length: all pages); dense as nullptr.
     SelBuf sel(B, H, cfg.max_selected(max_seq_pages(kv)));
     ref::select_pages(cfg, qv, kv, sel.sel);
-    for (const Selection* sp_sel : std::vector<const Selection*>{nullptr, &sel.sel}) {
-      SCOPED_TRACE(sp_sel ? "sparse" : "dense");
+    AttentionConfig all_cfg = cfg;
+    all_cfg.budget_tokens = (max_seq_pages(kv) + 1) * sp.P;
+    SelBuf all(B, H, all_cfg.max_selected(max_seq_pages(kv)));
+    ref::select_pages(all_cfg, qv, kv, all.sel);
+    for (const Selection* sp_sel : std::vector<const Selection*>{nullptr, &sel.sel, &all.sel}) {
+      SCOPED_TRACE(!sp_sel ? "dense" : sp_sel == &sel.sel ? "sparse" : "sparse, budget >= context");
       Buf fo(ot, size_t(B) * Hq * D), ro(ot, fo.size());
       Buf fl(DType::f32, size_t(B) * Hq), rl(DType::f32, fl.size());
       fo.poison(); ro.poison(); fl.poison(); rl.poison();

@@ -10,20 +10,23 @@ add_test(NAME cli_generate_batch_sampled COMMAND unique generate --model ${_tiny
 add_test(NAME cli_generate_ids_dump COMMAND unique generate --model ${_tiny} --prompt-ids "1,2,3" --prompt-ids "4"
          --max-new-tokens 4 --attention dense --dump-logits ${CMAKE_CURRENT_BINARY_DIR}/tiny_logits.json --quiet)
 set_tests_properties(cli_generate_ids_dump PROPERTIES FIXTURES_REQUIRED tiny_model LABELS cli)
-add_test(NAME cli_tokenize_bad_decode COMMAND unique tokenize --model ${_tiny} --decode "1,x")
-set_tests_properties(cli_tokenize_bad_decode PROPERTIES WILL_FAIL TRUE FIXTURES_REQUIRED tiny_model LABELS cli)
 add_test(NAME cli_tokenize COMMAND unique tokenize --model ${_tiny} --text "hello")
 set_tests_properties(cli_tokenize PROPERTIES PASS_REGULAR_EXPRESSION "^\\[[0-9]+,")
-add_test(NAME cli_generate_empty_prompt COMMAND unique generate --model ${_tiny} --prompt "")
-add_test(NAME cli_generate_too_long COMMAND unique generate --model ${_tiny} --prompt "x" --max-new-tokens 10 --max-context 4)
-add_test(NAME cli_generate_bad_attention COMMAND unique generate --model ${_tiny} --prompt "x" --attention nope)
-add_test(NAME cli_generate_cuda_device COMMAND unique generate --model ${_tiny} --prompt "x" --device cuda)
-add_test(NAME cli_generate_missing_model COMMAND unique generate --model ${_tiny}_does_not_exist --prompt "x")
-set_tests_properties(cli_generate_empty_prompt cli_generate_too_long cli_generate_bad_attention
-                     cli_generate_cuda_device cli_generate_missing_model PROPERTIES WILL_FAIL TRUE)
-set_tests_properties(cli_generate_tiny cli_generate_batch_sampled cli_tokenize cli_generate_empty_prompt
-                     cli_generate_too_long cli_generate_bad_attention cli_generate_cuda_device
-                     PROPERTIES FIXTURES_REQUIRED tiny_model)
+unique_add_error_test(cli_tokenize_bad_decode "error: --decode: expected comma-separated ids in 0\\.\\.[0-9]+, got x"
+                      $<TARGET_FILE:unique> tokenize --model ${_tiny} --decode "1,x")
+unique_add_error_test(cli_generate_empty_prompt "error: prompt 0: expected a non-empty text"
+                      $<TARGET_FILE:unique> generate --model ${_tiny} --prompt-file /dev/null)
+unique_add_error_test(cli_generate_too_long "error: prompt 0 length \\+ max_new_tokens: expected <= max_context \\(4 tokens"
+                      $<TARGET_FILE:unique> generate --model ${_tiny} --prompt "x" --max-new-tokens 10 --max-context 4)
+unique_add_error_test(cli_generate_bad_attention "error: estimator: expected one of .*got nope"
+                      $<TARGET_FILE:unique> generate --model ${_tiny} --prompt "x" --attention nope)
+unique_add_error_test(cli_generate_cuda_device "error: --device: expected cpu"
+                      $<TARGET_FILE:unique> generate --model ${_tiny} --prompt "x" --device cuda)
+unique_add_error_test(cli_generate_missing_model "error: model config .*_does_not_exist/config.json: cannot open"
+                      $<TARGET_FILE:unique> generate --model ${_tiny}_does_not_exist --prompt "x")
+set_tests_properties(cli_generate_tiny cli_generate_batch_sampled cli_tokenize cli_tokenize_bad_decode
+                     cli_generate_empty_prompt cli_generate_too_long cli_generate_bad_attention
+                     cli_generate_cuda_device PROPERTIES FIXTURES_REQUIRED tiny_model)
 add_test(NAME cli_bench_decode_tiny COMMAND unique bench-decode --shape tiny --context 512 --batch 2 --steps 2
          --bandwidth-gbps 10 --attention dense,unique,quest,mean,oracle)
 set_tests_properties(cli_bench_decode_tiny PROPERTIES PASS_REGULAR_EXPRESSION "unique +512")

@@ -257,9 +257,11 @@ TEST(Errors, SelectionShapeAndContents) {
   SelBuf sel(f.B, f.H, 4);
   select_pages(cfg, f.qv(), f.kv, sel.sel);
   Buf out(DType::f32, size_t(f.B) * f.Hq * f.D);
-  for (int impl = 0; impl < 2; ++impl) {
+  // The fast and reference decode and the recall metric all refuse them.
+  for (int impl = 0; impl < 3; ++impl) {
     auto dec = [&](const Selection& s) {
-      if (impl) ref::paged_decode(cfg, f.qv(), f.kv, &s, out.view({f.B, f.Hq, f.D}), TensorView{});
+      if (impl == 2) attention_recall(cfg, f.qv(), f.kv, s);
+      else if (impl) ref::paged_decode(cfg, f.qv(), f.kv, &s, out.view({f.B, f.Hq, f.D}), TensorView{});
       else paged_decode(cfg, f.qv(), f.kv, &s, out.view({f.B, f.Hq, f.D}), TensorView{});
     };
     SelBuf s = sel;

@@ -4,14 +4,19 @@
 #include <cmath>
 #include <vector>
 
+#include "attention/validate.h"
 #include "unique/error.h"
 
 namespace unique {
 
 double attention_recall(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
                         const Selection& sel) {
-  UNIQUE_CHECK_ARG(kv.device == Device::cpu && q.device == Device::cpu && sel.device == Device::cpu,
-            "attention_recall inputs", "host tensors", "a device tensor");
+  UNIQUE_CHECK_ARG(kv.device == Device::cpu, "kv.device", "cpu (attention_recall runs on the host)",
+                   to_string(kv.device));
+  validate_paged_kv(kv, false);
+  detail::validate_query(q, kv);
+  validate_selection(sel, kv, cfg);
+  detail::validate_host_selection(sel, kv);
   const int H = kv.num_kv_heads, D = kv.head_dim, Hq = static_cast<int>(q.shape[1]);
   const int group = Hq / H;
   const double scale = cfg.scale_for(D);

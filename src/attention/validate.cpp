@@ -30,4 +30,19 @@ void validate_scoring(const AttentionConfig& cfg, const TensorView& q, const Pag
               concat("set for estimator ", to_string(cfg.estimator)), "null");
 }
 
+void validate_host_selection(const Selection& sel, const PagedKV& kv) {
+  for (int b = 0; b < kv.batch; ++b) {
+    const int n = seq_pages(kv, b);
+    for (int h = 0; h < kv.num_kv_heads; ++h) {
+      const int c = sel.counts[b * kv.num_kv_heads + h];
+      UNIQUE_CHECK_ARG(c >= 1 && c <= sel.max_selected, concat("selection.counts[", b, ", ", h, "]"),
+                       concat("1..", sel.max_selected), c);
+      const int32_t* p = sel.pages + (int64_t(b) * kv.num_kv_heads + h) * sel.max_selected;
+      for (int i = 0; i < c; ++i)
+        UNIQUE_CHECK_ARG(p[i] >= 0 && p[i] < n, concat("selection.pages[", b, ", ", h, ", ", i, "]"),
+                         concat("a page position in [0, ", n, ")"), p[i]);
+    }
+  }
+}
+
 }  // namespace unique::detail

@@ -2,6 +2,7 @@
 #pragma once
 #include "unique/config.h"
 #include "unique/paged_kv.h"
+#include "unique/selection.h"
 #include "unique/tensor.h"
 
 namespace unique::detail {
@@ -13,5 +14,8 @@ void validate_query(const TensorView& q, const PagedKV& kv);
 
 // Everything score_pages/select_pages need: cfg/kv/q valid and the estimator's stats set.
 void validate_scoring(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv);
+
+// The contents of a host selection: counts in 1..max_selected, page positions in range.
+void validate_host_selection(const Selection& sel, const PagedKV& kv);
 
 }  // namespace unique::detail

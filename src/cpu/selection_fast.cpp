@@ -49,9 +49,11 @@ void oracle_mass(const AttentionConfig& cfg, const PagedKV& kv, int b, int h, in
 
 // Scores of pages[0..n) for G query heads from the page statistics (stats type S), into
 // s[i*n + j]. One pass over the stats rows: each chunk is widened once for all G heads.
+// aq = alpha*|q| (channel offset form), so q.mu + alpha*|q|.sigma is one sum per head:
+// half the horizontal reductions, which bound this loop once the rows stream from DRAM.
 template <class S, int G>
 void stats_scores(const AttentionConfig& cfg, const PagedKV& kv, const int32_t* pages, int n,
-                  int h, const float* q, const float* qnorm, float* s) {
+                  int h, const float* q, const float* aq, const float* qnorm, float* s) {
   const int D = kv.head_dim;
   const S* mean = static_cast<const S*>(kv.mean);
   const S* sdev = static_cast<const S*>(kv.std);
@@ -59,16 +61,17 @@ void stats_scores(const AttentionConfig& cfg, const PagedKV& kv, const int32_t* 
   const S* hi = static_cast<const S*>(kv.kmax);
   const Estimator e = cfg.estimator;
   const bool channel = cfg.offset == OffsetForm::channel;
+  constexpr int kAhead = 8;  // pages: a row is ~30 ns of streaming, DRAM latency ~100+ ns
   for (int j = 0; j < n; ++j) {
     const int64_t so = kv.stats_offset(pages[j], h);
-    if (j + 4 < n) {  // stats rows of one head are strided across pages: prefetch ahead
-      const int64_t ahead = kv.stats_offset(pages[j + 4], h);
+    if (j + kAhead < n) {  // stats rows of one head are strided across pages: prefetch ahead
+      const int64_t ahead = kv.stats_offset(pages[j + kAhead], h);
       const void* a = e == Estimator::quest ? static_cast<const void*>(lo + ahead) : mean + ahead;
       const void* b = e == Estimator::quest ? static_cast<const void*>(hi + ahead) : sdev + ahead;
       prefetch_bytes(a, D * sizeof(S));
       if (e != Estimator::mean) prefetch_bytes(b, D * sizeof(S));
     }
-    VecF dotv[G] = {}, offv[G] = {}, sd2{};
+    VecF dotv[G] = {}, sd2{};
     for (int d0 = 0; d0 < D; d0 += kW) {
       if (e == Estimator::quest) {
         const VecF l = load_widen(lo + so + d0), u = load_widen(hi + so + d0);
@@ -83,7 +86,7 @@ void stats_scores(const AttentionConfig& cfg, const PagedKV& kv, const int32_t* 
       if (e != Estimator::unique) continue;
       const VecF sd = load_widen(sdev + so + d0);
       if (channel) {
-        for (int i = 0; i < G; ++i) offv[i] += vabs(load(q + i * D + d0)) * sd;
+        for (int i = 0; i < G; ++i) dotv[i] += load(aq + i * D + d0) * sd;
       } else {
         sd2 += sd * sd;
       }
@@ -91,14 +94,14 @@ void stats_scores(const AttentionConfig& cfg, const PagedKV& kv, const int32_t* 
     const float sd_norm = e == Estimator::unique && !channel ? std::sqrt(hsum(sd2)) : 0.0f;
     for (int i = 0; i < G; ++i) {
       float v = hsum(dotv[i]);
-      if (e == Estimator::unique) v += cfg.alpha * (channel ? hsum(offv[i]) : qnorm[i] * sd_norm);
+      if (e == Estimator::unique && !channel) v += cfg.alpha * qnorm[i] * sd_norm;
       s[i * n + j] = v;
     }
   }
 }
 
 struct Scratch {
-  std::vector<float> q, qnorm, per_head, agg, logits;
+  std::vector<float> q, aq, qnorm, per_head, agg, logits;
   std::vector<int> rest, chosen;
 };
 
@@ -113,6 +116,8 @@ void score_one(const AttentionConfig& cfg, const TensorView& q, const PagedKV& k
   sc.agg.assign(n, 0.0f);
   load_query_group(q, b, h, group, D, sc.q.data());
   for (int i = 0; i < group; ++i) sc.qnorm[i] = std::sqrt(dot(&sc.q[i * D], &sc.q[i * D], D));
+  sc.aq.resize(sc.q.size());
+  for (size_t i = 0; i < sc.q.size(); ++i) sc.aq[i] = cfg.alpha * std::fabs(sc.q[i]);
   const int32_t* pages = kv.page_indices + kv.page_indptr[b];
   float* s = sc.per_head.data();
 
@@ -131,8 +136,8 @@ void score_one(const AttentionConfig& cfg, const TensorView& q, const PagedKV& k
     default:
       dispatch_dtype(kv.stats_dtype, [&](auto st) {
         for_head_blocks(group, [&](auto g, int i0) {
-          stats_scores<decltype(st), g()>(cfg, kv, pages, n, h, &sc.q[i0 * D], sc.qnorm.data() + i0,
-                                          s + i0 * n);
+          stats_scores<decltype(st), g()>(cfg, kv, pages, n, h, &sc.q[i0 * D], &sc.aq[i0 * D],
+                                          sc.qnorm.data() + i0, s + i0 * n);
         });
       });
   }

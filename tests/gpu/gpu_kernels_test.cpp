@@ -264,8 +264,7 @@ TEST_P(GpuSweep, ScoresSelectionDecodeMatchReference) {
 }
 
 std::string param_name(const ::testing::TestParamInfo<SweepParam>& i) {
-  return "P" + std::to_string(i.param.P) + "_D" + std::to_string(i.param.D) + "_g" +
-         std::to_string(i.param.group) + "_" + to_string(i.param.dtype);
+  return detail::concat("P", i.param.P, "_D", i.param.D, "_g", i.param.group, "_", to_string(i.param.dtype));
 }
 INSTANTIATE_TEST_SUITE_P(Sweep, GpuSweep, ::testing::ValuesIn(sweep()), param_name);
 
