@@ -16,6 +16,9 @@ enum class GqaAggregation : uint8_t { max, softmax_sum };
 //   channel: alpha * sum_d |q_d| * std_d        (default; per-channel bound)
 //   norm:    alpha * ||q|| * ||std||
 enum class OffsetForm : uint8_t { channel, norm };
+// Prefill attention: dense causal, or UniSparse (composite tokens + top-p block selection,
+// then block-sparse causal attention). See include/unique/prefill.h.
+enum class PrefillMode : uint8_t { dense, unisparse };
 
 struct AttentionConfig {
   int page_size = 16;         // tokens per KV page (16, 32 or 64)
@@ -28,6 +31,11 @@ struct AttentionConfig {
   float alpha = 1.0f;         // scale of the UNIQUE offset term
   float sm_scale = 0.0f;      // softmax scale; 0 means 1/sqrt(head_dim)
   uint64_t seed = 0;          // for the random estimator
+  // Sparse prefill (UniSparse, arXiv 2512.14082).
+  PrefillMode prefill = PrefillMode::dense;
+  int prefill_block = 64;     // query/key block of the block-sparse prefill, in tokens
+  int pool = 8;               // composite-token pooling factor (cq = ck), divides prefill_block
+  float top_p = 0.95f;        // compressed attention mass kept per query block; >= 1 keeps all
 
   int topk_pages() const { return budget_tokens / page_size; }
   // Upper bound on pages selected per (sequence, KV head) for a sequence of num_pages.
@@ -43,5 +51,7 @@ const char* to_string(OffsetForm o);
 Estimator parse_estimator(std::string_view s);
 GqaAggregation parse_gqa(std::string_view s);
 OffsetForm parse_offset(std::string_view s);
+const char* to_string(PrefillMode m);
+PrefillMode parse_prefill(std::string_view s);
 
 }  // namespace unique

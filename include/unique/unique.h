@@ -8,6 +8,7 @@
 #include "unique/metrics.h"
 #include "unique/page_stats.h"
 #include "unique/paged_kv.h"
+#include "unique/prefill.h"
 #include "unique/selection.h"
 #include "unique/tensor.h"
 #include "unique/version.h"

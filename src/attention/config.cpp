@@ -30,6 +30,11 @@ void AttentionConfig::validate() const {
   UNIQUE_CHECK_ARG(std::isfinite(alpha), "alpha", "a finite number", alpha);
   UNIQUE_CHECK_ARG(sm_scale >= 0.0f && std::isfinite(sm_scale), "sm_scale", ">= 0 (0 = 1/sqrt(head_dim))",
             sm_scale);
+  UNIQUE_CHECK_ARG(prefill_block >= 16 && prefill_block <= 256 && prefill_block % 16 == 0, "prefill_block",
+                   "a multiple of 16 in 16..256", prefill_block);
+  UNIQUE_CHECK_ARG(pool >= 1 && pool <= prefill_block && prefill_block % pool == 0, "pool",
+                   detail::concat("a divisor of prefill_block (", prefill_block, ")"), pool);
+  UNIQUE_CHECK_ARG(top_p > 0.0f && top_p <= 1.0f, "top_p", "in (0, 1]", top_p);
 }
 
 const char* to_string(Estimator e) {
@@ -44,6 +49,7 @@ const char* to_string(Estimator e) {
 }
 const char* to_string(GqaAggregation g) { return g == GqaAggregation::max ? "max" : "softmax_sum"; }
 const char* to_string(OffsetForm o) { return o == OffsetForm::channel ? "channel" : "norm"; }
+const char* to_string(PrefillMode m) { return m == PrefillMode::dense ? "dense" : "unisparse"; }
 
 Estimator parse_estimator(std::string_view s) {
   for (Estimator e : {Estimator::unique, Estimator::quest, Estimator::mean, Estimator::oracle,
@@ -60,6 +66,12 @@ OffsetForm parse_offset(std::string_view s) {
   if (s == "channel") return OffsetForm::channel;
   if (s == "norm") return OffsetForm::norm;
   throw_arg("offset", "one of channel, norm", std::string(s));
+}
+
+PrefillMode parse_prefill(std::string_view s) {
+  if (s == "dense") return PrefillMode::dense;
+  if (s == "unisparse") return PrefillMode::unisparse;
+  throw_arg("prefill", "one of dense, unisparse", std::string(s));
 }
 
 }  // namespace unique

@@ -8,6 +8,7 @@
 
 #include "unique/config.h"
 #include "unique/paged_kv.h"
+#include "unique/prefill.h"
 #include "unique/selection.h"
 #include "unique/tensor.h"
 
@@ -23,5 +24,12 @@ void select_pages(const AttentionConfig& cfg, const TensorView& q, const PagedKV
 void paged_decode(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
                   const Selection* sel, const TensorView& out, const TensorView& lse,
                   int max_pages, void* stream);
+
+// Prefill of one sequence's chunk (include/unique/prefill.h); kv_len host-known.
+void select_prefill_blocks(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, int seq,
+                           int64_t kv_len, const BlockSelection& out, void* stream);
+void sparse_prefill(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, int seq,
+                    int64_t kv_len, const BlockSelection* sel, const TensorView& out,
+                    const TensorView& lse, void* stream);
 
 }  // namespace unique::cuda_backend

@@ -24,5 +24,13 @@ void paged_decode(const AttentionConfig&, const TensorView&, const PagedKV&, con
                   const TensorView&, const TensorView&, int, void*) {
   no_cuda();
 }
+void select_prefill_blocks(const AttentionConfig&, const TensorView&, const PagedKV&, int, int64_t,
+                           const BlockSelection&, void*) {
+  no_cuda();
+}
+void sparse_prefill(const AttentionConfig&, const TensorView&, const PagedKV&, int, int64_t,
+                    const BlockSelection*, const TensorView&, const TensorView&, void*) {
+  no_cuda();
+}
 }  // namespace unique::cuda_backend
 #endif

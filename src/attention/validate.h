@@ -2,6 +2,7 @@
 #pragma once
 #include "unique/config.h"
 #include "unique/paged_kv.h"
+#include "unique/prefill.h"
 #include "unique/selection.h"
 #include "unique/tensor.h"
 
@@ -17,5 +18,11 @@ void validate_scoring(const AttentionConfig& cfg, const TensorView& q, const Pag
 
 // The contents of a host selection: counts in 1..max_selected, page positions in range.
 void validate_host_selection(const Selection& sel, const PagedKV& kv);
+
+// Everything select_prefill_blocks (out == nullptr) or sparse_prefill needs: arguments,
+// selection shape, and on the CPU the contents of a selection the attention reads.
+void validate_prefill_call(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, int seq,
+                           int64_t kv_len, const BlockSelection* sel, const TensorView* out,
+                           const TensorView* lse);
 
 }  // namespace unique::detail

@@ -6,6 +6,7 @@
 
 #include "unique/config.h"
 #include "unique/paged_kv.h"
+#include "unique/prefill.h"
 #include "unique/selection.h"
 #include "unique/tensor.h"
 
@@ -21,6 +22,11 @@ void select_pages(const AttentionConfig& cfg, const TensorView& q, const PagedKV
                   const Selection& out);
 void paged_decode(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
                   const Selection* sel, const TensorView& out, const TensorView& lse);
+
+void select_prefill_blocks(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, int seq,
+                           int64_t kv_len, const BlockSelection& out);
+void sparse_prefill(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, int seq,
+                    int64_t kv_len, const BlockSelection* sel, const TensorView& out, const TensorView& lse);
 
 // Strict total order used by every selection: higher score first, NaN as -inf, ties to
 // the lower page position.
