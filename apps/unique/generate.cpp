@@ -135,10 +135,18 @@ int run(const GenOptions& o) {
   const bool stream = prompts.size() == 1 && !o.quiet;
   std::string pending;
   bool echoed = false;
+  // A prompt given inline is echoed before its continuation; a prompt file (long contexts)
+  // is named instead of printed.
+  auto prompt_header = [&](size_t b) {
+    if (b < o.prompts.size()) return texts[b];
+    if (b < texts.size())
+      return detail::concat("[", o.prompt_files[b - o.prompts.size()], ": ", prompts[b].size(), " tokens] ... ");
+    return std::string();
+  };
   auto echo_prompt = [&] {
     if (echoed) return;
     echoed = true;
-    if (!texts.empty()) std::fputs(texts[0].c_str(), stdout);
+    std::fputs(prompt_header(0).c_str(), stdout);
     std::fflush(stdout);
   };
   auto on_token = [&](int b, int t) {
@@ -155,7 +163,7 @@ int run(const GenOptions& o) {
   } else if (!o.quiet) {
     for (size_t b = 0; b < prompts.size(); ++b) {
       std::printf("=== prompt %zu (%zu tokens) ===\n", b, prompts[b].size());
-      if (b < texts.size()) std::fputs(texts[b].c_str(), stdout);
+      std::fputs(prompt_header(b).c_str(), stdout);
       std::string out;
       for (int t : r.tokens[b])
         if (!tok->is_special(t) && t < tok->vocab_size()) out += tok->token_bytes(t);
@@ -190,7 +198,8 @@ Runner add_generate(CLI::App& app) {
   auto o = std::make_shared<GenOptions>();
   app.add_option("--model", o->model, "Hugging Face model directory (config.json, *.safetensors, tokenizer.json)")->required();
   app.add_option("--prompt", o->prompts, "Prompt text (repeat for a batch of prompts)");
-  app.add_option("--prompt-file", o->prompt_files, "File whose whole content is one prompt (repeatable)");
+  app.add_option("--prompt-file", o->prompt_files,
+                 "File whose whole content is one prompt (repeatable; named, not echoed, in the output)");
   app.add_option("--prompt-ids", o->prompt_ids, "Comma-separated token ids, bypassing the tokenizer (repeatable)");
   app.add_option("--max-new-tokens", o->max_new_tokens, "Tokens to generate per prompt")->capture_default_str();
   app.add_option("--attention", o->attention, "Decode attention: dense | unique | quest | mean | oracle | random")

@@ -1,16 +1,46 @@
-// CUDA prefill (include/unique/prefill.h). Placeholder until the kernels land.
+// unique::cuda_backend prefill entry points: the selection's composite-token scratch comes
+// from a grow-only buffer of this file (like the decode entry points' cached workspace).
+#include <mutex>
+
 #include "attention/cuda_backend.h"
-#include "unique/error.h"
+#include "cuda/common.cuh"
+#include "cuda/prefill_kernels.h"
 
 namespace unique::cuda_backend {
 
-void select_prefill_blocks(const AttentionConfig&, const TensorView&, const PagedKV&, int, int64_t,
-                           const BlockSelection&, void*) {
-  throw Error("kv.device: expected cpu (the CUDA prefill kernels are not built yet), got cuda");
+namespace {
+struct Scratch {
+  std::mutex mu;
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  void* get(size_t need) {
+    if (need <= bytes) return ptr;
+    if (ptr) UNIQUE_CUDA_CHECK(cudaFree(ptr));
+    ptr = nullptr;
+    bytes = 0;
+    UNIQUE_CUDA_CHECK(cudaMalloc(&ptr, need));
+    bytes = need;
+    return ptr;
+  }
+};
+Scratch& scratch() {
+  static Scratch* s = new Scratch;  // never freed: outlives static destruction order
+  return *s;
 }
-void sparse_prefill(const AttentionConfig&, const TensorView&, const PagedKV&, int, int64_t,
-                    const BlockSelection*, const TensorView&, const TensorView&, void*) {
-  throw Error("kv.device: expected cpu (the CUDA prefill kernels are not built yet), got cuda");
+}  // namespace
+
+void select_prefill_blocks(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, int seq,
+                           int64_t kv_len, const BlockSelection& out, void* stream) {
+  Scratch& s = scratch();
+  std::lock_guard<std::mutex> lock(s.mu);
+  void* ws = s.get(cuda::prefill_select_workspace_bytes(cfg, q, kv, kv_len));
+  cuda::launch_prefill_select(cfg, q, kv, seq, kv_len, out, ws, static_cast<cudaStream_t>(stream));
+}
+
+void sparse_prefill(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, int seq,
+                    int64_t kv_len, const BlockSelection* sel, const TensorView& out, const TensorView& lse,
+                    void* stream) {
+  cuda::launch_prefill_attention(cfg, q, kv, seq, kv_len, sel, out, lse, static_cast<cudaStream_t>(stream));
 }
 
 }  // namespace unique::cuda_backend

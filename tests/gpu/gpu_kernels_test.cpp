@@ -12,6 +12,7 @@
 #include <set>
 #include <vector>
 
+#include "gpu/gpu_test_util.h"
 #include "test_util.h"
 #include "unique/decode_plan.h"
 #include "unique/stream.h"
@@ -19,79 +20,6 @@
 
 namespace unique::test {
 namespace {
-
-#define CUDA_OK(x) ASSERT_EQ((x), cudaSuccess) << #x
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
-
-// Device buffer, freed on scope exit.
-struct Dev {
-  void* p = nullptr;
-  size_t n = 0;
-  Dev() = default;
-  explicit Dev(size_t bytes) : n(bytes) {
-    if (cudaMalloc(&p, std::max<size_t>(bytes, 16)) != cudaSuccess) throw std::runtime_error("cudaMalloc");
-  }
-  Dev(const void* host, size_t bytes) : Dev(bytes) { up(host, bytes); }
-  Dev(Dev&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr; }
-  Dev& operator=(Dev&& o) noexcept {
-    std::swap(p, o.p);
-    std::swap(n, o.n);
-    return *this;
-  }
-  ~Dev() {
-    if (p) cudaFree(p);
-  }
-  void up(const void* host, size_t bytes) {
-    if (cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice) != cudaSuccess) throw std::runtime_error("H2D");
-  }
-  void down(void* host, size_t bytes) const {
-    if (cudaMemcpy(host, p, bytes, cudaMemcpyDeviceToHost) != cudaSuccess) throw std::runtime_error("D2H");
-  }
-  void poison() { cudaMemset(p, 0xff, n); }  // NaN for floats, -1 for ints
-  template <class T> T* as() const { return static_cast<T*>(p); }
-};
-
-// A device mirror of a host PagedKV (pool, stats, page table).
-struct DevKV {
-  Dev k, v, mean, std, kmin, kmax, indptr, indices, last;
-  PagedKV kv;
-  DevKV(const PagedKV& h) {
-    const size_t e = size_t(h.num_pages) * h.num_kv_heads * h.page_size * h.head_dim;
-    const size_t s = size_t(h.num_pages) * h.num_kv_heads * h.head_dim;
-    const size_t es = dtype_size(h.dtype), ss = dtype_size(h.stats_dtype);
-    kv = h;
-    kv.device = Device::cuda;
-    k = Dev(h.k, e * es);
-    v = Dev(h.v, e * es);
-    kv.k = k.p;
-    kv.v = v.p;
-    if (h.mean) {
-      mean = Dev(h.mean, s * ss);
-      std = Dev(h.std, s * ss);
-      kv.mean = mean.p;
-      kv.std = std.p;
-    }
-    if (h.kmin) {
-      kmin = Dev(h.kmin, s * ss);
-      kmax = Dev(h.kmax, s * ss);
-      kv.kmin = kmin.p;
-      kv.kmax = kmax.p;
-    }
-    indptr = Dev(h.page_indptr, (h.batch + 1) * 4);
-    const int nnz = h.page_indptr[h.batch];
-    indices = Dev(h.page_indices, std::max(nnz, 1) * 4);
-    last = Dev(h.last_page_len, h.batch * 4);
-    kv.page_indptr = indptr.as<int32_t>();
-    kv.page_indices = indices.as<int32_t>();
-    kv.last_page_len = last.as<int32_t>();
-    kv.max_pages_per_seq = max_seq_pages(h);
-  }
-};
-
-TensorView dview(const Dev& d, DType t, std::initializer_list<int64_t> shape) {
-  return make_view(d.p, t, shape, Device::cuda);
-}
 
 float tol_for(DType t) { return t == DType::f32 ? 2e-4f : t == DType::f16 ? 2e-3f : 1.6e-2f; }
 

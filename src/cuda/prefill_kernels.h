@@ -1,0 +1,51 @@
+// Internal: launchers of the CUDA prefill kernels (include/unique/prefill.h on the GPU).
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "unique/config.h"
+#include "unique/paged_kv.h"
+#include "unique/prefill.h"
+#include "unique/tensor.h"
+
+namespace unique::cuda {
+
+// Everything the attention kernel reads, by value (one sequence's chunk).
+struct PrefillAttentionArgs {
+  const void* q = nullptr;
+  DType q_dtype = DType::bf16;
+  int64_t q_s0 = 0, q_s1 = 0, q_s2 = 0;
+  void* out = nullptr;
+  DType o_dtype = DType::bf16;
+  int64_t o_s0 = 0, o_s1 = 0, o_s2 = 0;
+  float* lse = nullptr;
+  int64_t l_s0 = 0, l_s1 = 0;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const int32_t* page_indptr = nullptr;
+  const int32_t* page_indices = nullptr;
+  int seq = 0;
+  int num_kv_heads = 0, page_size = 0, group = 1;
+  int64_t kv_len = 0, q0 = 0;
+  float scale_log2 = 0.0f;
+  int block = 64, first_q_block = 0, last_q_tile = 0;
+  const int32_t* sel_blocks = nullptr;  // null: dense causal
+  const int32_t* sel_counts = nullptr;
+  int sel_num_q_blocks = 0, sel_max_kv_blocks = 0;
+};
+
+// bf16/fp16 K/V, head_dim 64/128, prefill_block a multiple of 64.
+void launch_prefill_attention(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, int seq,
+                              int64_t kv_len, const BlockSelection* sel, const TensorView& out,
+                              const TensorView& lse, cudaStream_t stream);
+
+// Composite-token scratch of the selection: pooled queries [q groups, Hq, D] and keys
+// [k groups, Hkv, D] in the KV dtype.
+size_t prefill_select_workspace_bytes(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
+                                      int64_t kv_len);
+void launch_prefill_select(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, int seq,
+                           int64_t kv_len, const BlockSelection& out, void* workspace, cudaStream_t stream);
+
+}  // namespace unique::cuda
