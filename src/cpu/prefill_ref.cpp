@@ -68,6 +68,9 @@ Mass composite_mass(const Chunk& c) {
   Mass mass(size_t(c.Hq) * c.pb.num_q_blocks * nkb, 0.0);
   std::vector<int> groups_in_block(c.pb.num_q_blocks, 0);
   for (int64_t g = c.q0 / c_pool; g * c_pool < c.kv_len; ++g) ++groups_in_block[c.block(g * c_pool) - c.pb.first_q_block];
+  // Heads in parallel (each writes its own rows): the loops stay plain, the GPU tests'
+  // long-sequence cases stay affordable.
+#pragma omp parallel for schedule(dynamic)
   for (int hq = 0; hq < c.Hq; ++hq) {
     const int h = hq / c.group;
     for (int64_t g = c.q0 / c_pool; g * c_pool < c.kv_len; ++g) {
@@ -95,6 +98,7 @@ Mass exact_mass(const Chunk& c) {
   Mass mass(size_t(c.Hq) * c.pb.num_q_blocks * nkb, 0.0);
   std::vector<int> tokens_in_block(c.pb.num_q_blocks, 0);
   for (int64_t t = c.q0; t < c.kv_len; ++t) ++tokens_in_block[c.block(t) - c.pb.first_q_block];
+#pragma omp parallel for schedule(dynamic)
   for (int hq = 0; hq < c.Hq; ++hq) {
     const int h = hq / c.group;
     for (int64_t t = c.q0; t < c.kv_len; ++t) {
@@ -172,6 +176,7 @@ void sparse_prefill(const AttentionConfig& cfg, const TensorView& q, const Paged
   detail::validate_prefill_call(cfg, q, kv, seq, kv_len, sel, &out, &lse);
   UNIQUE_CHECK_ARG(kv.device == Device::cpu, "kv.device", "cpu (reference)", to_string(kv.device));
   const Chunk c(cfg, q, kv, seq, kv_len);
+#pragma omp parallel for schedule(dynamic)
   for (int hq = 0; hq < c.Hq; ++hq) {
     const int h = hq / c.group;
     for (int64_t t = c.q0; t < c.kv_len; ++t) {

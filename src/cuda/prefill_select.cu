@@ -1,13 +1,16 @@
 // UniSparse block selection on the GPU (include/unique/prefill.h): composite tokens pooled
-// by two small kernels, then one 128-thread block per (query block, query head) that
-//   1. computes the compressed attention of the block's composite queries (<= 16 rows: one
-//      m16 tile, fragments straight from the pooled tensors, which stay in L2) against the
-//      composite keys it may see, on tensor cores; pass 1 finds each row's softmax max and
-//      sum, pass 2 adds the normalised probabilities into per-key-block bins in shared
-//      memory (no [heads, blocks, blocks] mass tensor in device memory);
-//   2. sorts the optional blocks by (mass desc, block asc) with a bitonic sort, counts how
-//      many the top-p rule keeps from a block-wide exclusive scan, and writes the kept
-//      blocks ascending.
+// by two small kernels, then one 128-thread block per (query head, 64 composite queries =
+// the 4 or 8 query blocks they form), laid out like the prefill attention kernel:
+//   1. the composite queries sit in registers (a warp's 16 rows: one or two query blocks);
+//      tiles of 64 composite keys stream through shared memory (cp.async, two stages) and
+//      the compressed scores come from tensor cores. Pass 1 finds each row's softmax max and
+//      sum; pass 2 adds the normalised probabilities, reduced across the warp, into
+//      per-(query block, key block) bins in shared memory. A block's rows belong to one warp,
+//      so the bins need no atomics, and no [heads, blocks, blocks] mass tensor exists in
+//      device memory.
+//   2. per query block: the optional key blocks sorted by (mass desc, block asc) with a
+//      bitonic sort, a block-wide exclusive scan of the sorted masses counts how many the
+//      top-p rule keeps, and the kept blocks are written ascending.
 #include <algorithm>
 
 #include "cuda/common.cuh"
@@ -19,7 +22,8 @@ namespace unique::cuda {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kWarps = kThreads / 32;
+constexpr int kRows = 64;  // composite query rows per thread block: 4 warps x 16
+constexpr int kKeys = 64;  // composite keys per shared-memory tile
 
 struct SelectArgs {
   const void* cq = nullptr;  // [n_cq, Hq, D] T
@@ -27,6 +31,7 @@ struct SelectArgs {
   int64_t g0 = 0;            // first composite query group of the chunk
   int64_t n_cq = 0, n_ck = 0;
   int Hq = 0, H = 0, group = 1, pool = 8, block = 64, first_q_block = 0;
+  int rows_per_block = 8, blocks_per_cta = 8;  // block / pool (8 or 16), kRows / rows_per_block
   float scale_log2 = 0.0f, top_p = 0.95f;
   int32_t* blocks = nullptr;
   int32_t* counts = nullptr;
@@ -61,207 +66,258 @@ __global__ void pool_keys_kernel(const T* k, const int32_t* page_indptr, const i
   }
 }
 
-__device__ __forceinline__ uint32_t ld32(const void* base, int64_t elem) {
-  return *reinterpret_cast<const uint32_t*>(static_cast<const uint16_t*>(base) + elem);
-}
-
 // Order-preserving map of a float onto uint32 (larger float, larger key).
 __device__ __forceinline__ uint32_t ordered(float x) {
   const uint32_t u = __float_as_uint(x);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+// Shared-memory layout of select_kernel (host and device agree on it).
+struct SelectLayout {
+  size_t q, k, bins, keys, scan, kept, total;
+  int npow;
+  __host__ __device__ SelectLayout(int D, int blocks_per_cta, int max_kv_blocks) {
+    npow = 1;
+    while (npow < (max_kv_blocks - 2 > 1 ? max_kv_blocks - 2 : 1)) npow <<= 1;
+    q = 0;
+    k = q + size_t(kRows) * D * 2;
+    bins = k + size_t(2) * kKeys * D * 2;
+    keys = bins + (size_t(blocks_per_cta) * max_kv_blocks * 4 + 15) / 16 * 16;
+    scan = keys + size_t(npow) * 8;
+    kept = scan + kThreads * 4;
+    total = kept + (size_t(max_kv_blocks) + 15) / 16 * 16;
+  }
+};
+
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
-  extern __shared__ uint64_t smem_u64[];
-  const int i = blockIdx.x, hq = blockIdx.y, h = hq / a.group;
-  const int qb = a.first_q_block + i;
-  const int nkb = qb + 1;
+  constexpr int CH = D / 8;
+  extern __shared__ uint4 smem_raw[];
+  const int rpb = a.rows_per_block, bpc = a.blocks_per_cta, nkb_max = a.max_kv_blocks;
+  const SelectLayout lay(D, bpc, nkb_max);
+  char* base = reinterpret_cast<char*>(smem_raw);
+  T* sQ = reinterpret_cast<T*>(base + lay.q);
+  T* sK = reinterpret_cast<T*>(base + lay.k);
+  float* bins = reinterpret_cast<float*>(base + lay.bins);  // [bpc][nkb_max]
+  uint64_t* keys = reinterpret_cast<uint64_t*>(base + lay.keys);
+  float* scan = reinterpret_cast<float*>(base + lay.scan);
+  uint8_t* kept = reinterpret_cast<uint8_t*>(base + lay.kept);
+  __shared__ int count_s;
+  __shared__ float inv_rows_s[kRows];
+
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
-  int32_t* out_blocks = a.blocks + (int64_t(hq) * a.num_q_blocks + i) * a.max_kv_blocks;
-  int32_t* out_count = a.counts + int64_t(hq) * a.num_q_blocks + i;
+  const int hq = blockIdx.y, h = hq / a.group;
+  const int cta_first = static_cast<int>(blockIdx.x) * bpc;  // first query block, chunk-relative
+  const int nblk = min(bpc, a.num_q_blocks - cta_first);
+  const int qb0 = a.first_q_block + cta_first;
 
   if (a.top_p >= 1.0f) {  // every block 0..qb
-    for (int j = tid; j < a.max_kv_blocks; j += kThreads) out_blocks[j] = j < nkb ? j : -1;
-    if (tid == 0) *out_count = nkb;
+    for (int j = 0; j < nblk; ++j) {
+      const int nkb = qb0 + j + 1;
+      int32_t* out = a.blocks + (int64_t(hq) * a.num_q_blocks + cta_first + j) * nkb_max;
+      for (int x = tid; x < nkb_max; x += kThreads) out[x] = x < nkb ? x : -1;
+      if (tid == 0) a.counts[int64_t(hq) * a.num_q_blocks + cta_first + j] = nkb;
+    }
     return;
   }
 
-  int npow = 1;
-  while (npow < std::max(nkb - 2, 1)) npow <<= 1;
-  uint64_t* keys = smem_u64;                                  // [npow]
-  float* bins = reinterpret_cast<float*>(keys + npow);        // [nkb]
-  float* scan = bins + nkb;                                   // [kThreads]
-  float* wm = scan + kThreads;                                // [kWarps][16]
-  float* wl = wm + kWarps * 16;                               // [kWarps][16]
-  uint8_t* kept = reinterpret_cast<uint8_t*>(wl + kWarps * 16);  // [nkb]
-  __shared__ int count_s;
-
-  for (int j = tid; j < nkb; j += kThreads) {
-    bins[j] = 0.0f;
-    kept[j] = 0;
+  // Row r of the tile: local query block r / rpb, composite group (qb0 + r / rpb) * rpb + r % rpb.
+  auto row_group = [&](int r) { return int64_t(qb0 + r / rpb) * rpb + r % rpb; };
+  auto row_valid = [&](int r) {
+    const int64_t gr = row_group(r);
+    return r / rpb < nblk && gr >= a.g0 && gr < a.g0 + a.n_cq;
+  };
+  for (int x = tid; x < bpc * nkb_max; x += kThreads) bins[x] = 0.0f;
+  if (tid < bpc) {
+    int n = 0;
+    for (int r = tid * rpb; r < (tid + 1) * rpb; ++r) n += row_valid(r);
+    for (int r = tid * rpb; r < (tid + 1) * rpb; ++r) inv_rows_s[r] = n ? 1.0f / float(n) : 0.0f;
   }
+  const int64_t g_hi = min(int64_t(qb0 + nblk) * rpb, a.g0 + a.n_cq) - 1;
+  const int n_tiles = static_cast<int>(g_hi / kKeys) + 1;
 
-  // Composite query rows of this block within the chunk.
-  const int rows_per_block = a.block / a.pool;
-  const int64_t gr0 = std::max<int64_t>(int64_t(qb) * rows_per_block, a.g0);
-  const int64_t gr1 = std::min<int64_t>(int64_t(qb + 1) * rows_per_block, a.g0 + a.n_cq);  // exclusive
-  const int nr = static_cast<int>(gr1 - gr0);
-  const int64_t g_hi = gr1 - 1;  // the last row sees composite keys 0..g_hi
-
-  uint32_t qa[D / 16][4];
+  const T* cq = static_cast<const T*>(a.cq);
+  const T* ck = static_cast<const T*>(a.ck);
+  for (int x = tid; x < kRows * CH; x += kThreads) {
+    const int r = x / CH, c = x % CH;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (row_valid(r)) v = *reinterpret_cast<const uint4*>(cq + ((row_group(r) - a.g0) * a.Hq + hq) * D + c * 8);
+    *reinterpret_cast<uint4*>(sQ + swz(r, c, CH) * 8) = v;
+  }
+  auto load_tile = [&](int tile, int stage) {
+    T* dk = sK + stage * kKeys * D;
+    for (int x = tid; x < kKeys * CH; x += kThreads) {
+      const int r = x / CH, c = x % CH;
+      const int64_t key = int64_t(tile) * kKeys + r;
+      const bool in = key < a.n_ck;
+      cp_async16(dk + swz(r, c, CH) * 8, in ? ck + (key * a.H + h) * D + c * 8 : ck, in ? 16 : 0);
+    }
+    cp_async_commit();
+  };
+  __syncthreads();
+  uint32_t qf[D / 16][4];
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int r = g + (e & 1) * 8;
-      const int d = kk * 16 + 2 * t4 + (e / 2) * 8;
-      qa[kk][e] = r < nr ? ld32(a.cq, ((gr0 + r - a.g0) * a.Hq + hq) * D + d) : 0u;
-    }
+    ldmatrix_x4(qf[kk], sQ + swz(warp * 16 + lane % 16, kk * 2 + lane / 16, CH) * 8);
+  const int rA = warp * 16 + g, rB = rA + 8;
+  const bool valid[2] = {row_valid(rA), row_valid(rB)};
+  const int64_t lim[2] = {row_group(rA), row_group(rB)};  // a row sees composite keys <= its group
+  int64_t warp_hi = -1;  // the last composite key any row of this warp sees
+  for (int r = warp * 16; r < warp * 16 + 16; ++r)
+    if (row_valid(r)) warp_hi = max(warp_hi, row_group(r));
+  const int jA = rA / rpb, jB = rB / rpb;  // the same for every lane: rpb >= 8
 
-  // Scores of composite keys [key0, key0 + 8) for this thread's rows g, g + 8 (log2 units,
-  // -inf where the key is not visible).
-  auto tile_scores = [&](int64_t key0, float* c) {
-    c[0] = c[1] = c[2] = c[3] = 0.0f;
-    const int64_t key = key0 + g;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t b[2] = {0u, 0u};
-      if (key < a.n_ck) {
-        b[0] = ld32(a.ck, (key * a.H + h) * D + kk * 16 + 2 * t4);
-        b[1] = ld32(a.ck, (key * a.H + h) * D + kk * 16 + 2 * t4 + 8);
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, inv_l[2] = {0.0f, 0.0f};
+  for (int pass = 0; pass < 2; ++pass) {
+    load_tile(0, 0);
+    for (int t = 0; t < n_tiles; ++t) {
+      if (t + 1 < n_tiles) {
+        load_tile(t + 1, (t + 1) & 1);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
       }
-      mma16816<T>(c, qa[kk], b);
-    }
+      __syncthreads();
+      if (int64_t(t) * kKeys <= warp_hi) {
+        const T* k_s = sK + (t & 1) * kKeys * D;
+        float s[kKeys / 8][4] = {};
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int r = g + (e / 2) * 8;
-      const int64_t j = key0 + 2 * t4 + (e & 1);
-      c[e] = (r < nr && j <= gr0 + r) ? c[e] * a.scale_log2 : -INFINITY;
-    }
-  };
-
-  // Pass 1: per-row max and sum of 2^score.
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  for (int64_t key0 = int64_t(warp) * 8; key0 <= g_hi; key0 += kWarps * 8) {
-    float c[4];
-    tile_scores(key0, c);
+        for (int kk = 0; kk < D / 16; ++kk)
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float mx = fmaxf(m[r], fmaxf(c[2 * r], c[2 * r + 1]));
-      if (mx == -INFINITY) continue;
-      l[r] = l[r] * fast_exp2(m[r] - mx) + fast_exp2(c[2 * r] - mx) + fast_exp2(c[2 * r + 1] - mx);
-      m[r] = mx;
-    }
-  }
-  auto combine = [](float& m1, float& l1, float m2, float l2) {
-    const float mx = fmaxf(m1, m2);
-    if (mx == -INFINITY) return;
-    l1 = l1 * fast_exp2(m1 - mx) + l2 * fast_exp2(m2 - mx);
-    m1 = mx;
-  };
+          for (int n2 = 0; n2 < kKeys / 16; ++n2) {
+            uint32_t b[4];
+            const int m8 = lane / 8;
+            ldmatrix_x4(b, k_s + swz(n2 * 16 + (m8 / 2) * 8 + lane % 8, kk * 2 + m8 % 2, CH) * 8);
+            mma16816<T>(s[2 * n2], qf[kk], b);
+            mma16816<T>(s[2 * n2 + 1], qf[kk], b + 2);
+          }
 #pragma unroll
-  for (int r = 0; r < 2; ++r)
+        for (int nt = 0; nt < kKeys / 8; ++nt) {
+          float v[2] = {0.0f, 0.0f};
 #pragma unroll
-    for (int o = 1; o <= 2; o <<= 1)
-      combine(m[r], l[r], __shfl_xor_sync(0xffffffffu, m[r], o), __shfl_xor_sync(0xffffffffu, l[r], o));
-  if (t4 == 0) {
-    wm[warp * 16 + g] = m[0];
-    wl[warp * 16 + g] = l[0];
-    wm[warp * 16 + g + 8] = m[1];
-    wl[warp * 16 + g + 8] = l[1];
-  }
-  __syncthreads();
+          for (int e = 0; e < 4; ++e) {
+            const int r = e / 2;
+            const int64_t key = int64_t(t) * kKeys + nt * 8 + 2 * t4 + (e & 1);
+            const bool on = valid[r] && key <= lim[r];
+            const float x = on ? s[nt][e] * a.scale_log2 : -INFINITY;
+            if (pass == 0) {
+              if (on) {
+                const float mx = fmaxf(m[r], x);
+                l[r] = l[r] * fast_exp2(m[r] - mx) + fast_exp2(x - mx);
+                m[r] = mx;
+              }
+            } else if (on) {
+              v[r] += fast_exp2(x - m[r]) * inv_l[r];
+            }
+          }
+          if (pass == 1) {
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    m[r] = -INFINITY;
-    l[r] = 0.0f;
-    for (int w = 0; w < kWarps; ++w) combine(m[r], l[r], wm[w * 16 + g + 8 * r], wl[w * 16 + g + 8 * r]);
-  }
-
-  // Pass 2: normalised probabilities into key-block bins, averaged over the rows.
-  const float inv_rows = 1.0f / float(nr);
-  for (int64_t key0 = int64_t(warp) * 8; key0 <= g_hi; key0 += kWarps * 8) {
-    float c[4];
-    tile_scores(key0, c);
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int r = e / 2;
-      if (c[e] == -INFINITY) continue;
-      const int64_t j = key0 + 2 * t4 + (e & 1);
-      atomicAdd(&bins[(j * a.pool) / a.block], fast_exp2(c[e] - m[r]) / l[r] * inv_rows);
-    }
-  }
-  __syncthreads();
-
-  // Top-p over the optional blocks 1..qb-1 (block 0 and the diagonal are always kept).
-  const float forced = bins[0] + (qb > 0 ? bins[qb] : 0.0f);
-  const int n_opt = std::max(qb - 1, 0);
-  for (int j = tid; j < npow; j += kThreads)
-    keys[j] = j < n_opt ? (uint64_t(~ordered(bins[1 + j])) << 32) | uint32_t(1 + j) : ~uint64_t(0);
-  __syncthreads();
-  for (int k = 2; k <= npow; k <<= 1)
-    for (int jj = k >> 1; jj > 0; jj >>= 1) {
-      for (int x = tid; x < npow; x += kThreads) {
-        const int y = x ^ jj;
-        if (y > x) {
-          const uint64_t kx = keys[x], ky = keys[y];
-          if ((kx > ky) == ((x & k) == 0)) {
-            keys[x] = ky;
-            keys[y] = kx;
+            for (int o = 16; o > 0; o >>= 1) {
+              v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
+              v[1] += __shfl_xor_sync(0xffffffffu, v[1], o);
+            }
+            // Eight consecutive composite keys lie in one key block (rpb >= 8), and the
+            // block's rows belong to this warp alone: no atomics.
+            if (lane == 0) {
+              const int kb = static_cast<int>((int64_t(t) * kKeys + nt * 8) / rpb);
+              bins[jA * nkb_max + kb] += v[0] * inv_rows_s[rA];
+              bins[jB * nkb_max + kb] += v[1] * inv_rows_s[rB];
+            }
           }
         }
       }
-      __syncthreads();
+      __syncthreads();  // the next prefetch overwrites this stage
     }
-  // Exclusive prefix of the sorted masses: each thread a contiguous segment.
-  const int seg = (n_opt + kThreads - 1) / kThreads;
-  const int b0 = std::min(tid * seg, n_opt), b1 = std::min(b0 + seg, n_opt);
-  float part = 0.0f;
-  for (int x = b0; x < b1; ++x) part += bins[uint32_t(keys[x])];
-  scan[tid] = part;
-  __syncthreads();
-  float before = forced;
-  for (int w = 0; w < tid; ++w) before += scan[w];
-  int mine = 0;
-  for (int x = b0; x < b1; ++x) {
-    if (before < a.top_p) ++mine;
-    before += bins[uint32_t(keys[x])];
-  }
-  if (tid == 0) count_s = 0;
-  __syncthreads();
-  atomicAdd(&count_s, mine);
-  __syncthreads();
-  const int keep = count_s;
-  for (int x = tid; x < keep; x += kThreads) kept[uint32_t(keys[x])] = 1;
-  if (tid == 0) {
-    kept[0] = 1;
-    kept[qb] = 1;
-  }
-  __syncthreads();
-  // Ascending compaction by warp 0.
-  if (warp == 0) {
-    int n = 0;
-    for (int base = 0; base < nkb; base += 32) {
-      const int j = base + lane;
-      const bool on = j < nkb && kept[j];
-      const uint32_t mask = __ballot_sync(0xffffffffu, on);
-      if (on) out_blocks[n + __popc(mask & ((1u << lane) - 1))] = j;
-      n += __popc(mask);
-    }
-    if (lane == 0) {
-      *out_count = n;
-      count_s = n;
+    if (pass == 0) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+#pragma unroll
+        for (int o = 1; o <= 2; o <<= 1) {
+          const float m2 = __shfl_xor_sync(0xffffffffu, m[r], o), l2 = __shfl_xor_sync(0xffffffffu, l[r], o);
+          const float mx = fmaxf(m[r], m2);
+          if (mx != -INFINITY) {
+            l[r] = l[r] * fast_exp2(m[r] - mx) + l2 * fast_exp2(m2 - mx);
+            m[r] = mx;
+          }
+        }
+        inv_l[r] = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+      }
     }
   }
   __syncthreads();
-  for (int j = count_s + tid; j < a.max_kv_blocks; j += kThreads) out_blocks[j] = -1;
-}
 
-size_t select_smem(int max_nkb) {
-  int npow = 1;
-  while (npow < std::max(max_nkb - 2, 1)) npow <<= 1;
-  return size_t(npow) * 8 + size_t(max_nkb) * 4 + kThreads * 4 + 2 * kWarps * 16 * 4 + size_t(max_nkb) + 16;
+  // Top-p per query block: the optional blocks 1..qb-1 sorted by (mass desc, block asc)
+  // with a bitonic sort; a block-wide exclusive scan of the sorted masses counts how many
+  // the rule keeps; block 0 and the diagonal are always kept.
+  for (int j = 0; j < nblk; ++j) {
+    const int qb = qb0 + j, nkb = qb + 1;
+    const float* bj = bins + j * nkb_max;
+    int32_t* out_blocks = a.blocks + (int64_t(hq) * a.num_q_blocks + cta_first + j) * nkb_max;
+    int32_t* out_count = a.counts + int64_t(hq) * a.num_q_blocks + cta_first + j;
+    const float forced = bj[0] + (qb > 0 ? bj[qb] : 0.0f);
+    const int n_opt = max(qb - 1, 0);
+    int npow = 1;
+    while (npow < max(n_opt, 1)) npow <<= 1;
+    for (int x = tid; x < npow; x += kThreads)
+      keys[x] = x < n_opt ? (uint64_t(~ordered(bj[1 + x])) << 32) | uint32_t(1 + x) : ~uint64_t(0);
+    for (int x = tid; x < nkb; x += kThreads) kept[x] = 0;
+    __syncthreads();
+    for (int k = 2; k <= npow; k <<= 1)
+      for (int jj = k >> 1; jj > 0; jj >>= 1) {
+        for (int x = tid; x < npow; x += kThreads) {
+          const int y = x ^ jj;
+          if (y > x) {
+            const uint64_t kx = keys[x], ky = keys[y];
+            if ((kx > ky) == ((x & k) == 0)) {
+              keys[x] = ky;
+              keys[y] = kx;
+            }
+          }
+        }
+        __syncthreads();
+      }
+    const int seg = (n_opt + kThreads - 1) / kThreads;
+    const int b0 = min(tid * seg, n_opt), b1 = min(b0 + seg, n_opt);
+    float part = 0.0f;
+    for (int x = b0; x < b1; ++x) part += bj[uint32_t(keys[x])];
+    scan[tid] = part;
+    if (tid == 0) count_s = 0;
+    __syncthreads();
+    float before = forced;
+    for (int w = 0; w < tid; ++w) before += scan[w];
+    int mine = 0;
+    for (int x = b0; x < b1; ++x) {
+      if (before < a.top_p) ++mine;
+      before += bj[uint32_t(keys[x])];
+    }
+    atomicAdd(&count_s, mine);
+    __syncthreads();
+    const int keep = count_s;
+    for (int x = tid; x < keep; x += kThreads) kept[uint32_t(keys[x])] = 1;
+    __syncthreads();
+    if (warp == 0) {
+      if (lane == 0) {
+        kept[0] = 1;
+        kept[qb] = 1;
+      }
+      __syncwarp();
+      int n = 0;
+      for (int base0 = 0; base0 < nkb; base0 += 32) {
+        const int x = base0 + lane;
+        const bool on = x < nkb && kept[x];
+        const uint32_t mask = __ballot_sync(0xffffffffu, on);
+        if (on) out_blocks[n + __popc(mask & ((1u << lane) - 1))] = x;
+        n += __popc(mask);
+      }
+      if (lane == 0) {
+        *out_count = n;
+        count_s = n;
+      }
+    }
+    __syncthreads();
+    for (int x = count_s + tid; x < nkb_max; x += kThreads) out_blocks[x] = -1;
+    __syncthreads();  // keys/kept/count_s are reused by the next block
+  }
 }
 
 struct PoolSizes {
@@ -311,10 +367,20 @@ void launch_typed(const AttentionConfig& cfg, const TensorView& q, const PagedKV
         static_cast<const T*>(kv.k), kv.page_indptr, kv.page_indices, seq, H, kv.page_size, D, kv_len, cfg.pool, ck);
     UNIQUE_CUDA_LAUNCH("pool_keys_kernel");
   }
-  const size_t smem = select_smem(pb.num_kv_blocks);
+  a.rows_per_block = cfg.prefill_block / cfg.pool;
+  a.blocks_per_cta = kRows / a.rows_per_block;
+  const size_t smem = SelectLayout(D, a.blocks_per_cta, pb.num_kv_blocks).total;
+  int dev = 0, max_smem = 0;
+  UNIQUE_CUDA_CHECK(cudaGetDevice(&dev));
+  UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  UNIQUE_CHECK_ARG(smem <= size_t(max_smem), "kv_len",
+                   detail::concat("a context whose ", pb.num_kv_blocks, " key blocks fit the CUDA selection's shared memory (",
+                                  max_smem, " bytes; use a larger prefill_block)"),
+                   kv_len);
   auto kernel = select_kernel<T, D>;
   UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<dim3(pb.num_q_blocks, hq), kThreads, smem, stream>>>(a);
+  const int ctas = (pb.num_q_blocks + a.blocks_per_cta - 1) / a.blocks_per_cta;
+  kernel<<<dim3(ctas, hq), kThreads, smem, stream>>>(a);
   UNIQUE_CUDA_LAUNCH("prefill select_kernel");
 }
 
@@ -332,9 +398,11 @@ void launch_prefill_select(const AttentionConfig& cfg, const TensorView& q, cons
                    "bf16 or fp16 (the CUDA prefill runs on tensor cores)", to_string(kv.dtype));
   UNIQUE_CHECK_ARG(kv.head_dim == 64 || kv.head_dim == 128, "kv.head_dim", "64 or 128 (CUDA prefill)",
                    kv.head_dim);
-  UNIQUE_CHECK_ARG(cfg.prefill_block / cfg.pool <= 16, "pool",
-                   detail::concat(">= prefill_block / 16 (", cfg.prefill_block / 16,
-                                  "): the CUDA selection takes <= 16 composite queries per block"),
+  // A tile of 8 composite keys must lie in one key block, and a block's composite queries
+  // in one warp's 16 rows.
+  UNIQUE_CHECK_ARG(cfg.prefill_block / cfg.pool == 8 || cfg.prefill_block / cfg.pool == 16, "pool",
+                   detail::concat("prefill_block / 8 or prefill_block / 16 (", cfg.prefill_block / 8, " or ",
+                                  cfg.prefill_block / 16, ") for the CUDA selection"),
                    cfg.pool);
   if (kv.dtype == DType::bf16) {
     if (kv.head_dim == 64) launch_typed<bf16, 64>(cfg, q, kv, seq, kv_len, out, workspace, stream);
