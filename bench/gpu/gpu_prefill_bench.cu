@@ -53,7 +53,7 @@ __device__ float hash_normal(uint64_t i, uint32_t seed) {
 
 // Keys: topic of the token's segment (per KV head) + noise; the first 16 tokens carry a
 // shared "sink" direction. Queries: their segment's topic + the sink direction + noise.
-__global__ void fill_keys(uint16_t* k, uint16_t* v, int64_t L) {
+__global__ void fill_keys(uint16_t* k, uint16_t* v, int64_t L, float topic_w) {
   const int64_t n = L * kH * kD;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t d = i % kD, h = (i / kD) % kH, s = i / (kD * kH);
@@ -61,18 +61,18 @@ __global__ void fill_keys(uint16_t* k, uint16_t* v, int64_t L) {
     const int64_t at = ((s / kP) * kH + h) * kP * kD + (s % kP) * kD + d;
     const float topic = hash_normal((s / kSegment) * 4096 + h * kD + d, 11);
     const float sink = s < 16 ? 3.0f * hash_normal(h * kD + d, 13) : 0.0f;
-    k[at] = float_to_bf16_bits(0.6f * topic + sink + hash_normal(i, 17));
+    k[at] = float_to_bf16_bits(topic_w * topic + sink + hash_normal(i, 17));
     v[at] = float_to_bf16_bits(hash_normal(i, 19));
   }
 }
-__global__ void fill_queries(uint16_t* q, int64_t L) {
+__global__ void fill_queries(uint16_t* q, int64_t L, float topic_w) {
   const int64_t n = L * kHq * kD;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t d = i % kD, hq = (i / kD) % kHq, t = i / (kD * kHq);
     const int64_t h = hq / (kHq / kH);
     const float topic = hash_normal((t / kSegment) * 4096 + h * kD + d, 11);
     const float sink = hash_normal(h * kD + d, 13);
-    q[i] = float_to_bf16_bits(0.6f * topic + 0.5f * sink + hash_normal(i, 23));
+    q[i] = float_to_bf16_bits(topic_w * topic + 0.5f * sink + hash_normal(i, 23));
   }
 }
 
@@ -111,15 +111,19 @@ std::vector<double> parse_list(const char* s) {
 int main(int argc, char** argv) {
   std::vector<double> contexts = {32768, 65536, 131072}, top_ps = {0.9, 0.95};
   int reps = 5;
+  float topic_w = 0.6f;  // how strongly a segment's queries and keys share a direction
   std::string json;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--contexts") && i + 1 < argc) contexts = parse_list(argv[++i]);
     else if (!std::strcmp(argv[i], "--top-p") && i + 1 < argc) top_ps = parse_list(argv[++i]);
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
+    else if (!std::strcmp(argv[i], "--topic") && i + 1 < argc) topic_w = float(std::atof(argv[++i]));
     else {
       std::fprintf(stderr,
-                   "usage: %s [--contexts 32768,65536,131072] [--top-p 0.9,0.95] [--reps N] [--json FILE]\n",
+                   "usage: %s [--contexts 32768,65536,131072] [--top-p 0.9,0.95] [--topic W] [--reps N] [--json FILE]\n"
+                   "  --topic W  weight of the segment topic in keys and queries (default 0.6; smaller = flatter\n"
+                   "             attention, more blocks kept)\n",
                    argv[0]);
       return 2;
     }
@@ -131,8 +135,8 @@ int main(int argc, char** argv) {
   FILE* js = json.empty() ? nullptr : std::fopen(json.c_str(), "w");
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s | heads %d/%d, head dim %d, page %d, bf16, one sequence prefilled in one chunk\n", prop.name,
-              kHq, kH, kD, kP);
+  std::printf("device: %s | heads %d/%d, head dim %d, page %d, bf16, one sequence prefilled in one chunk, topic %.2f\n",
+              prop.name, kHq, kH, kD, kP, topic_w);
   std::printf("%8s %6s %9s %10s %10s %10s %8s %9s\n", "context", "top_p", "kept", "select ms", "attn ms", "total ms",
               "speedup", "TFLOP/s");
   for (double ctx : contexts) {
@@ -153,8 +157,8 @@ int main(int argc, char** argv) {
     CK(cudaMemcpy(indptr, h_indptr, 8, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(indices, h_indices.data(), pages * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(last, &h_last, 4, cudaMemcpyHostToDevice));
-    fill_keys<<<2048, 256>>>(static_cast<uint16_t*>(k), static_cast<uint16_t*>(v), L);
-    fill_queries<<<2048, 256>>>(static_cast<uint16_t*>(q), L);
+    fill_keys<<<2048, 256>>>(static_cast<uint16_t*>(k), static_cast<uint16_t*>(v), L, topic_w);
+    fill_queries<<<2048, 256>>>(static_cast<uint16_t*>(q), L, topic_w);
     CK(cudaGetLastError());
 
     PagedKV kv;
@@ -181,8 +185,8 @@ int main(int argc, char** argv) {
     std::printf("%8lld %6s %8.1f%% %10s %10.2f %10.2f %7.2fx %9.1f\n", (long long)L, "dense", 100.0, "-", dense_ms,
                 dense_ms, 1.0, flops / dense_ms * 1e-9);
     if (js)
-      std::fprintf(js, "{\"kind\":\"prefill\",\"context\":%lld,\"mode\":\"dense\",\"ms\":%.4f,\"tflops\":%.2f}\n",
-                   (long long)L, dense_ms, flops / dense_ms * 1e-9);
+      std::fprintf(js, "{\"kind\":\"prefill\",\"context\":%lld,\"topic\":%.3f,\"mode\":\"dense\",\"ms\":%.4f,\"tflops\":%.2f}\n",
+                   (long long)L, topic_w, dense_ms, flops / dense_ms * 1e-9);
     for (double tp : top_ps) {
       cfg.top_p = float(tp);
       const PrefillBlocks pb = prefill_blocks(cfg, L, L);
@@ -205,9 +209,9 @@ int main(int argc, char** argv) {
                   att_ms, total, dense_ms / total, "-");
       if (js)
         std::fprintf(js,
-                     "{\"kind\":\"prefill\",\"context\":%lld,\"mode\":\"unisparse\",\"top_p\":%.3f,\"kept\":%.4f,"
+                     "{\"kind\":\"prefill\",\"context\":%lld,\"topic\":%.3f,\"mode\":\"unisparse\",\"top_p\":%.3f,\"kept\":%.4f,"
                      "\"select_ms\":%.4f,\"attn_ms\":%.4f,\"ms\":%.4f,\"dense_ms\":%.4f}\n",
-                     (long long)L, tp, kept / all, sel_ms, att_ms, total, dense_ms);
+                     (long long)L, topic_w, tp, kept / all, sel_ms, att_ms, total, dense_ms);
       CK(cudaFree(blocks));
       CK(cudaFree(counts));
     }
