@@ -217,8 +217,10 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
               v[1] += __shfl_xor_sync(0xffffffffu, v[1], o);
             }
             // Eight consecutive composite keys lie in one key block (rpb >= 8), and the
-            // block's rows belong to this warp alone: no atomics.
-            if (lane == 0) {
+            // block's rows belong to this warp alone: no atomics. Key tiles run past the
+            // last visible key (and past the last key block): those add nothing and must
+            // not touch the bins (the index would alias the next query block's row).
+            if (lane == 0 && int64_t(t) * kKeys + nt * 8 <= warp_hi) {
               const int kb = static_cast<int>((int64_t(t) * kKeys + nt * 8) / rpb);
               bins[jA * nkb_max + kb] += v[0] * inv_rows_s[rA];
               bins[jB * nkb_max + kb] += v[1] * inv_rows_s[rB];
