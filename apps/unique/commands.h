@@ -9,6 +9,8 @@ namespace unique::cli {
 using Runner = std::function<int()>;
 // Registers `bench-attention`; the returned runner executes it with the parsed flags.
 Runner add_bench_attention(CLI::App& app);
+// `bench-prefill`: dense vs UniSparse block-sparse prefill on synthetic data (bench_prefill.cpp).
+Runner add_bench_prefill(CLI::App& app);
 // `generate`: text generation from a Hugging Face model directory (generate.cpp).
 Runner add_generate(CLI::App& app);
 // `bench-decode`: decode throughput of the whole model, dense vs sparse (bench_decode.cpp).

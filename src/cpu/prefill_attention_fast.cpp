@@ -67,7 +67,7 @@ void softmax_step(float* s, int lds, int R, int nk, int64_t t0, int64_t s0, bool
     for (; c < nk; ++c) row[c] = 0.0f;
     l[r] = l[r] * alpha + sum;
     m[r] = m_new;
-    if (alpha != 1.0f) {
+    if (alpha != 1.0f) {  // 1 exactly when the row max did not move
       float* orow = o + int64_t(r) * D;
       for (int d = 0; d < D; d += kW) store(orow + d, load(orow + d) * alpha);
     }
@@ -106,8 +106,7 @@ void attend_task(const AttentionConfig& cfg, const TensorView& q, const PagedKV&
       if (kept(j, sc.cursor[j]) != kb) continue;
       ++sc.cursor[j];
       float* o = sc.o.data() + int64_t(j) * R * D;
-      std::fill(sc.s.begin(), sc.s.begin() + int64_t(R) * ldk, 0.0f);
-      mm_acc(sc.q.data() + int64_t(j) * R * D, D, sc.kt.data(), ldk, sc.s.data(), ldk, R, ldk, D);
+      mm_set(sc.q.data() + int64_t(j) * R * D, D, sc.kt.data(), ldk, sc.s.data(), ldk, R, ldk, D);
       softmax_step(sc.s.data(), ldk, R, nk, ta, s0, kb == qb, sc.m.data() + j * R, sc.l.data() + j * R, o, D);
       mm_acc(sc.s.data(), ldk, sc.v.data(), D, o, D, R, D, nk);
     }

@@ -96,8 +96,7 @@ void block_mass(const AttentionConfig& cfg, const TensorView& q, const ChunkGeom
   const float* panel = ckt + int64_t(h) * D * ldc;
   for (int r0 = 0; r0 < rows; r0 += pass) {
     const int nr = std::min(pass, rows - r0);
-    std::fill(sc.logits.begin(), sc.logits.begin() + int64_t(nr) * ldl, 0.0f);
-    mm_acc(sc.cq.data() + int64_t(r0) * D, D, panel, ldc, sc.logits.data(), ldl, nr, ldl, D);
+    mm_set(sc.cq.data() + int64_t(r0) * D, D, panel, ldc, sc.logits.data(), ldl, nr, ldl, D);
     for (int r = 0; r < nr; ++r) {
       const int j = (r0 + r) / ng, k = (r0 + r) % ng;
       const int valid = static_cast<int>(gA + k + 1);  // composite causality: key groups <= g

@@ -13,20 +13,30 @@
 
 namespace unique::cpu {
 
+// x in every lane. (splat() is 0 + x, which the compiler may not fold: -0 + 0 = +0.)
+inline VecF bcast(float x) { return VecF{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+
 // C[RT x NV*kW] += A[RT x depth] * B[depth x NV*kW]. B rows are contiguous vectors and A
 // entries are broadcast, so no horizontal sums: RT*NV accumulators stay in registers
-// (4x4 = 16 of AVX-512's 32) and every B load feeds RT FMAs.
-template <int RT, int NV>
-inline void mm_tile(const float* __restrict A, int64_t lda, const float* __restrict B, int64_t ldb,
-                    float* __restrict C, int64_t ldc, int depth) {
+// (4x4 = 16 of AVX-512's 32) and every B load feeds RT FMAs. Not inlined: inlined into
+// a large caller, the compiler spilled b[] to the stack inside the k loop (-40%).
+// ACC = false overwrites C instead (no zero fill of C first).
+template <int RT, int NV, bool ACC>
+__attribute__((noinline)) void mm_tile(const float* __restrict A, int64_t lda, const float* __restrict B, int64_t ldb,
+                                       float* __restrict C, int64_t ldc, int depth) {
   VecF acc[RT][NV];
   for (int r = 0; r < RT; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = load(C + r * ldc + v * kW);
+    for (int v = 0; v < NV; ++v) acc[r][v] = ACC ? load(C + r * ldc + v * kW) : VecF{};
   for (int k = 0; k < depth; ++k) {
     VecF b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = load(B + k * ldb + v * kW);
+    for (int v = 0; v < NV; ++v) {
+      b[v] = load(B + k * ldb + v * kW);
+      // Keep b in registers: folded into every FMA as a memory operand it is loaded RT
+      // times, and the loads, not the FMAs, then bound the loop.
+      __asm__("" : "+v"(b[v]));
+    }
     for (int r = 0; r < RT; ++r) {
-      const VecF a = splat(A[r * lda + k]);
+      const VecF a = bcast(A[r * lda + k]);
       for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
     }
   }
@@ -34,31 +44,40 @@ inline void mm_tile(const float* __restrict A, int64_t lda, const float* __restr
     for (int v = 0; v < NV; ++v) store(C + r * ldc + v * kW, acc[r][v]);
 }
 
-template <int RT>
+template <int RT, bool ACC>
 inline void mm_cols(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int depth,
                     int nv) {
   switch (nv) {
-    case 1: mm_tile<RT, 1>(A, lda, B, ldb, C, ldc, depth); break;
-    case 2: mm_tile<RT, 2>(A, lda, B, ldb, C, ldc, depth); break;
-    case 3: mm_tile<RT, 3>(A, lda, B, ldb, C, ldc, depth); break;
-    default: mm_tile<RT, 4>(A, lda, B, ldb, C, ldc, depth); break;
+    case 1: mm_tile<RT, 1, ACC>(A, lda, B, ldb, C, ldc, depth); break;
+    case 2: mm_tile<RT, 2, ACC>(A, lda, B, ldb, C, ldc, depth); break;
+    case 3: mm_tile<RT, 3, ACC>(A, lda, B, ldb, C, ldc, depth); break;
+    default: mm_tile<RT, 4, ACC>(A, lda, B, ldb, C, ldc, depth); break;
   }
 }
 
-// C[rows x cols] += A[rows x depth] * B[depth x cols], row-major, cols a multiple of kW.
-// Column panels outside, row tiles inside: the B panel (depth x 64 floats) is reused by
-// every row tile while it is in L1/L2.
-inline void mm_acc(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int rows,
-                   int cols, int depth) {
+// C[rows x cols] (+)= A[rows x depth] * B[depth x cols], row-major, cols a multiple of kW;
+// accumulate = false overwrites C. Column panels outside, row tiles inside: the B panel
+// (depth x 64 floats) is reused by every row tile while it is in L1/L2.
+template <bool ACC>
+inline void mm(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int rows, int cols,
+               int depth) {
   const int nv = cols / kW;
   for (int v0 = 0; v0 < nv; v0 += 4) {
     const int w = std::min(4, nv - v0);
     const float* Bp = B + v0 * kW;
     float* Cp = C + v0 * kW;
     int r = 0;
-    for (; r + 4 <= rows; r += 4) mm_cols<4>(A + r * lda, lda, Bp, ldb, Cp + r * ldc, ldc, depth, w);
-    for (; r < rows; ++r) mm_cols<1>(A + r * lda, lda, Bp, ldb, Cp + r * ldc, ldc, depth, w);
+    for (; r + 4 <= rows; r += 4) mm_cols<4, ACC>(A + r * lda, lda, Bp, ldb, Cp + r * ldc, ldc, depth, w);
+    for (; r < rows; ++r) mm_cols<1, ACC>(A + r * lda, lda, Bp, ldb, Cp + r * ldc, ldc, depth, w);
   }
+}
+inline void mm_set(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int rows,
+                   int cols, int depth) {
+  mm<false>(A, lda, B, ldb, C, ldc, rows, cols, depth);
+}
+inline void mm_acc(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int rows,
+                   int cols, int depth) {
+  mm<true>(A, lda, B, ldb, C, ldc, rows, cols, depth);
 }
 
 inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
