@@ -323,10 +323,11 @@ TEST(PrefillFast, LargeBlockAndSingleQuery) {
   }
 }
 
-// Work is split differently with 1 and 3 threads (3 > the tasks of this case splits the
-// GQA group); every head's arithmetic is the same, so are the results, bit for bit.
+// Work is split differently with 1 and 7 threads (7 > the tasks of this case splits the
+// GQA group); every head's arithmetic is the same, so are the results, bit for bit. The
+// case is large enough for both kernels to start a team.
 TEST(PrefillFast, ResultsDoNotDependOnThreadCount) {
-  PrefillCase pc = make_prefill(16, 64, 1, 6, 150, 70, DType::bf16, DType::bf16, false, case_seed(79, 0));
+  PrefillCase pc = make_prefill(16, 64, 1, 6, 600, 130, DType::bf16, DType::bf16, false, case_seed(79, 0));
   AttentionConfig cfg;
   cfg.page_size = 16;
   cfg.prefill_block = 64;
@@ -335,7 +336,7 @@ TEST(PrefillFast, ResultsDoNotDependOnThreadCount) {
   const PrefillBlocks pb = prefill_blocks(cfg, pc.q_len, pc.L);
   const int saved = omp_get_max_threads();
   std::vector<std::vector<unsigned char>> results;
-  for (int threads : {1, 3}) {
+  for (int threads : {1, 7}) {
     omp_set_num_threads(threads);
     SelBuf s(pc.Hq, pb);
     select_prefill_blocks(cfg, pc.qv(), pc.kv(), 0, pc.L, s.sel);

@@ -28,7 +28,7 @@ struct Options {
   int reps = 1, threads = 0;
   int64_t rank_context = 4096;
   uint64_t seed = 0;
-  bool json = false;
+  bool json = false, compare_ref = false;
 };
 
 template <class T>
@@ -177,7 +177,7 @@ int run(const Options& o) {
                "median of %d\n",
                o.qo_heads, o.kv_heads, o.head_dim, o.page_size, to_string(dt), o.prefill_block, o.pool,
                omp_get_max_threads(), o.reps);
-  nlohmann::json rows = nlohmann::json::array();
+  nlohmann::json rows = nlohmann::json::array(), ref_rows = nlohmann::json::array();
   if (!o.json)
     std::printf("%8s %6s %7s %10s %12s %10s %9s %9s %10s\n", "context", "top_p", "kept", "select ms", "attention ms",
                 "total ms", "vs dense", "out err", "rank corr");
@@ -223,6 +223,7 @@ int run(const Options& o) {
       std::fflush(stdout);
     };
     emit("dense", 1.0, 1.0, 0.0, dense_ms, 0.0);
+    double first_sel_ms = 0;
     for (float top_p : top_ps) {
       AttentionConfig cfg = base;
       cfg.top_p = top_p;
@@ -230,9 +231,25 @@ int run(const Options& o) {
       const BlockSelection sel{blocks.data(), counts.data(), Hq, pb.num_q_blocks, pb.num_kv_blocks};
       const double sel_ms = median_ms(o.reps, [&] { select_prefill_blocks(cfg, qv, kv, 0, L, sel); });
       const double att_ms = median_ms(o.reps, [&] { sparse_prefill(cfg, qv, kv, 0, L, &sel, ov, {}); });
+      if (top_p == top_ps[0]) first_sel_ms = sel_ms;
       int64_t kept = 0;
       for (int32_t c : counts) kept += c;
       emit("", top_p, double(kept) / double(dense_blocks), sel_ms, att_ms, relative_l2(ov, dv));
+    }
+    if (o.compare_ref) {  // the reference twins, once each (plain loops in double: slow)
+      AttentionConfig cfg = base;
+      cfg.top_p = top_ps[0];
+      std::vector<int32_t> blocks(size_t(Hq) * pb.num_q_blocks * pb.num_kv_blocks), counts(size_t(Hq) * pb.num_q_blocks);
+      const BlockSelection sel{blocks.data(), counts.data(), Hq, pb.num_q_blocks, pb.num_kv_blocks};
+      const double ref_sel = median_ms(1, [&] { ref::select_prefill_blocks(cfg, qv, kv, 0, L, sel); });
+      const double ref_dense = median_ms(1, [&] { ref::sparse_prefill(cfg, qv, kv, 0, L, nullptr, ov, {}); });
+      if (o.json)
+        ref_rows.push_back({{"context", L}, {"top_p", cfg.top_p}, {"ref_select_ms", ref_sel}, {"ref_dense_ms", ref_dense},
+                            {"select_ms", first_sel_ms}, {"dense_ms", dense_ms}});
+      else
+        std::printf("%8lld reference: select (top_p %.2f) %.1f ms = %.0fx the fast one, dense %.1f ms = %.0fx\n",
+                    static_cast<long long>(L), cfg.top_p, ref_sel, ref_sel / first_sel_ms, ref_dense,
+                    ref_dense / dense_ms);
     }
   }
   if (o.json)
@@ -244,7 +261,8 @@ int run(const Options& o) {
                                        {"rank_corr_sample",
                                         "last 2 query blocks, first query head of each GQA group, context <= " +
                                             std::to_string(o.rank_context)},
-                                       {"rows", rows}}
+                                       {"rows", rows},
+                                       {"reference", ref_rows}}
                             .dump(1)
                             .c_str());
   else
@@ -279,6 +297,8 @@ Runner add_bench_prefill(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--threads", o->threads, "OpenMP threads (0 = all cores)");
   app.add_option("--seed", o->seed, "Workload seed")->capture_default_str();
+  app.add_flag("--compare-ref", o->compare_ref,
+               "Also time the reference twins (double precision, plain loops; minutes past a few thousand tokens)");
   app.add_flag("--json", o->json, "Print one JSON document instead of the table");
   return [o] { return run(*o); };
 }

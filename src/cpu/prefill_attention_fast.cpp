@@ -134,7 +134,9 @@ void sparse_prefill(const AttentionConfig& cfg, const TensorView& q, const Paged
   const int hpt = g.heads_per_task(omp_get_max_threads());
   const int splits = (g.group + hpt - 1) / hpt;
   const int64_t per_block = int64_t(g.H) * splits, tasks = per_block * g.pb.num_q_blocks;
-#pragma omp parallel
+  // Multiply-adds of the dense causal case: below ~4M a team costs more than it saves.
+  const double work = 2.0 * double(q.shape[0]) * double(kv_len) * double(q.shape[1]) * g.D;
+#pragma omp parallel if (work >= double(1 << 22))
   {
     Scratch sc;
     sc.q.resize(size_t(hpt) * g.B * g.D);

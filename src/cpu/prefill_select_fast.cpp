@@ -28,13 +28,13 @@ void write_row(const BlockSelection& out, int hq, int i, const std::vector<int>&
 }
 
 // Composite keys ck_j (mean of key rows [j*pool, min((j+1)*pool, kv_len))) as
-// ckt[(h*D + d)*ldc + j], zero for j >= nck.
+// ckt[(h*D + d)*ldc + j], zero for j >= nck. Called by every thread of a parallel region
+// (the work-shared loop ends in a barrier).
 template <class T>
 void composite_keys(const PagedKV& kv, int seq, const ChunkGeom& g, int64_t nck, int64_t ldc, float* ckt) {
   const int D = g.D, P = kv.page_size;
   const T* K = static_cast<const T*>(kv.k);
   const int32_t* table = kv.page_indices + kv.page_indptr[seq];
-#pragma omp parallel
   {
     std::vector<float> acc(D);
 #pragma omp for collapse(2) schedule(static)
@@ -166,12 +166,17 @@ void select_prefill_blocks(const AttentionConfig& cfg, const TensorView& q, cons
   }
   const int64_t nck = (kv_len + g.pool - 1) / g.pool, ldc = round_up(static_cast<int>(nck), kW);
   std::vector<float> ckt(size_t(g.H) * g.D * ldc);
-  dispatch_dtype(kv.dtype, [&](auto tag) { composite_keys<decltype(tag)>(kv, seq, g, nck, ldc, ckt.data()); });
   const int hpt = g.heads_per_task(omp_get_max_threads());
   const int splits = (g.group + hpt - 1) / hpt;
   const int64_t per_block = int64_t(g.H) * splits, tasks = per_block * nqb;
-#pragma omp parallel
+  // Composite logits (plus pooling) in multiply-adds: below ~1M (plus exps) a team costs
+  // more than it saves (each parallel region is a barrier, slow when a core is busy
+  // elsewhere).
+  const double work = double(q.shape[0]) * double(kv_len) / (double(g.pool) * g.pool) * Hq * g.D +
+                      double(kv_len) * g.H * g.D;
+#pragma omp parallel if (work >= double(1 << 20))
   {
+    dispatch_dtype(kv.dtype, [&](auto tag) { composite_keys<decltype(tag)>(kv, seq, g, nck, ldc, ckt.data()); });
     Scratch sc;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
