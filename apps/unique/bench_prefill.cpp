@@ -27,6 +27,7 @@ struct Options {
   int qo_heads = 32, kv_heads = 8, head_dim = 128, page_size = 16, prefill_block = 64, pool = 8;
   int reps = 1, threads = 0;
   int64_t rank_context = 4096;
+  float focus = 1.0f;
   uint64_t seed = 0;
   bool json = false, compare_ref = false;
 };
@@ -63,10 +64,10 @@ double median_ms(int reps, F&& f) {
 
 // Prefill queries for every position: q_t = a_i (k_t - mean key) + 0.3 q_dec + noise, with
 // q_dec the workload's decode query (it points at the needle pages and the sink) and a_i
-// rising over the heads of a group. Keys drift in topic every 4 pages, so a query attends
+// rising over the heads of a group, times `focus` (larger: peakier attention). Keys drift in topic every 4 pages, so a query attends
 // mostly to keys of its own topic (nearby), to the sink and the needles: a local-plus-
 // retrieval pattern. How sparse real models are differs; this only fixes one pattern.
-std::vector<float> make_queries(const SyntheticWorkload& w, const SyntheticSpec& s, int64_t L) {
+std::vector<float> make_queries(const SyntheticWorkload& w, const SyntheticSpec& s, int64_t L, float focus) {
   const PagedKV kv = w.kv();
   const int H = s.num_kv_heads, D = s.head_dim, Hq = s.num_qo_heads, group = Hq / H, P = s.page_size;
   std::vector<float> q(size_t(L) * Hq * D), mean(size_t(H) * D, 0.0f), key(D);
@@ -89,7 +90,7 @@ std::vector<float> make_queries(const SyntheticWorkload& w, const SyntheticSpec&
       key_row(t, h);
       for (int i = 0; i < group; ++i) {
         const int hq = h * group + i;
-        const float a = 0.1f + 0.3f * float(i + 1) / float(group);
+        const float a = focus * (0.1f + 0.3f * float(i + 1) / float(group));
         float* row = q.data() + (size_t(t) * Hq + hq) * D;
         for (int d = 0; d < D; ++d) row[d] = a * (key[d] - mean[h * D + d]) + 0.3f * w.q[size_t(hq) * D + d] + noise();
       }
@@ -173,9 +174,9 @@ int run(const Options& o) {
   for (int64_t L : contexts) UNIQUE_CHECK_ARG(L >= 1 && L <= (int64_t(1) << 22), "--context", "1..4194304", L);
   const DType dt = parse_dtype(o.dtype);
   std::fprintf(stderr,
-               "bench-prefill: heads %d/%d, head dim %d, page %d, KV %s, prefill block %d, pool %d, %d threads, "
-               "median of %d\n",
-               o.qo_heads, o.kv_heads, o.head_dim, o.page_size, to_string(dt), o.prefill_block, o.pool,
+               "bench-prefill: heads %d/%d, head dim %d, page %d, KV %s, prefill block %d, pool %d, focus %.2f, "
+               "%d threads, median of %d\n",
+               o.qo_heads, o.kv_heads, o.head_dim, o.page_size, to_string(dt), o.prefill_block, o.pool, o.focus,
                omp_get_max_threads(), o.reps);
   nlohmann::json rows = nlohmann::json::array(), ref_rows = nlohmann::json::array();
   if (!o.json)
@@ -194,7 +195,7 @@ int run(const Options& o) {
     s.seed = o.seed;
     const SyntheticWorkload w = make_synthetic_workload(s);
     const PagedKV kv = w.kv();
-    const std::vector<float> q = make_queries(w, s, L);
+    const std::vector<float> q = make_queries(w, s, L, o.focus);
     const int Hq = o.qo_heads, D = o.head_dim;
     const TensorView qv = make_view(q.data(), DType::f32, {L, Hq, D});
     std::vector<float> dense(size_t(L) * Hq * D), out(dense.size());
@@ -255,7 +256,8 @@ int run(const Options& o) {
   if (o.json)
     std::printf("%s\n", nlohmann::json{{"workload",
                                         {{"qo_heads", o.qo_heads}, {"kv_heads", o.kv_heads}, {"head_dim", o.head_dim},
-                                         {"page_size", o.page_size}, {"dtype", to_string(dt)}, {"seed", o.seed}}},
+                                         {"page_size", o.page_size}, {"dtype", to_string(dt)}, {"seed", o.seed},
+                                         {"focus", o.focus}}},
                                        {"config", {{"prefill_block", o.prefill_block}, {"pool", o.pool}}},
                                        {"threads", omp_get_max_threads()},
                                        {"rank_corr_sample",
@@ -297,6 +299,9 @@ Runner add_bench_prefill(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--threads", o->threads, "OpenMP threads (0 = all cores)");
   app.add_option("--seed", o->seed, "Workload seed")->capture_default_str();
+  app.add_option("--focus", o->focus,
+                 "Weight of a query's own (local) key direction: larger gives peakier, more local attention")
+      ->capture_default_str();
   app.add_flag("--compare-ref", o->compare_ref,
                "Also time the reference twins (double precision, plain loops; minutes past a few thousand tokens)");
   app.add_flag("--json", o->json, "Print one JSON document instead of the table");
