@@ -31,9 +31,12 @@ __attribute__((noinline)) void mm_tile(const float* __restrict A, int64_t lda, c
     VecF b[NV];
     for (int v = 0; v < NV; ++v) {
       b[v] = load(B + k * ldb + v * kW);
+#if defined(__AVX512F__)
       // Keep b in registers: folded into every FMA as a memory operand it is loaded RT
-      // times, and the loads, not the FMAs, then bound the loop.
+      // times, and the loads, not the FMAs, then bound the loop. (Only where one register
+      // holds a VecF; elsewhere the constraint is impossible.)
       __asm__("" : "+v"(b[v]));
+#endif
     }
     for (int r = 0; r < RT; ++r) {
       const VecF a = bcast(A[r * lda + k]);
