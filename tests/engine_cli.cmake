@@ -33,3 +33,31 @@ set_tests_properties(cli_bench_decode_tiny PROPERTIES PASS_REGULAR_EXPRESSION "u
 set_tests_properties(cli_make_tiny_model cli_generate_tiny cli_generate_batch_sampled cli_tokenize
                      cli_generate_empty_prompt cli_generate_too_long cli_generate_bad_attention
                      cli_generate_cuda_device cli_generate_missing_model cli_bench_decode_tiny PROPERTIES LABELS cli)
+
+# UniSparse prefill flags: a prompt of ~300 tokens (19 blocks of 16) really drops blocks.
+string(REPEAT "The page statistics of the key blocks. " 20 _long_prompt)
+add_test(NAME cli_generate_unisparse COMMAND unique generate --model ${_tiny} --prompt "${_long_prompt}"
+         --max-new-tokens 4 --quiet --prefill unisparse --prefill-top-p 0.8 --prefill-block 16 --pool 4)
+set_tests_properties(cli_generate_unisparse PROPERTIES PASS_REGULAR_EXPRESSION
+                     "prefill unisparse \\(top-p 0\\.80, block 16, pool 4\\).*key blocks kept [0-9]+\\.[0-9]%")
+add_test(NAME cli_bench_decode_prefill_fill COMMAND unique bench-decode --shape tiny --context 300 --steps 1
+         --bandwidth-gbps 10 --attention dense,unique --fill prefill --prefill unisparse --prefill-top-p 0.8
+         --prefill-block 32 --pool 8)
+set_tests_properties(cli_bench_decode_prefill_fill PROPERTIES PASS_REGULAR_EXPRESSION
+                     "unisparse prefill of random tokens \\(top-p 0\\.80, block 32, pool 8: key blocks kept")
+unique_add_error_test(cli_generate_bad_prefill "error: prefill: expected one of dense, unisparse, got sparse"
+                      $<TARGET_FILE:unique> generate --model ${_tiny} --prompt "x" --prefill sparse)
+unique_add_error_test(cli_generate_bad_pool "error: pool: expected a divisor of prefill_block \\(64\\), got 7"
+                      $<TARGET_FILE:unique> generate --model ${_tiny} --prompt "x" --prefill unisparse --pool 7)
+unique_add_error_test(cli_generate_bad_prefill_top_p "error: top_p: expected in \\(0, 1\\], got 1.5"
+                      $<TARGET_FILE:unique> generate --model ${_tiny} --prompt "x" --prefill-top-p 1.5)
+unique_add_error_test(cli_generate_bad_prefill_block "error: prefill_block: expected a multiple of 16 in 16..256, got 40"
+                      $<TARGET_FILE:unique> generate --model ${_tiny} --prompt "x" --prefill-block 40)
+unique_add_error_test(cli_bench_decode_prefill_needs_fill
+                      "error: --prefill: expected dense with --fill synthetic .*got unisparse"
+                      $<TARGET_FILE:unique> bench-decode --shape tiny --context 64 --prefill unisparse)
+unique_add_error_test(cli_bench_decode_bad_fill "error: --fill: expected synthetic or prefill, got model"
+                      $<TARGET_FILE:unique> bench-decode --shape tiny --context 64 --fill model)
+set_tests_properties(cli_generate_unisparse cli_generate_bad_prefill cli_generate_bad_pool
+                     cli_generate_bad_prefill_top_p cli_generate_bad_prefill_block PROPERTIES FIXTURES_REQUIRED tiny_model)
+set_tests_properties(cli_generate_unisparse cli_bench_decode_prefill_fill PROPERTIES LABELS cli)

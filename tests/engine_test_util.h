@@ -56,6 +56,7 @@ struct TinySpec {
   std::string arch = "LlamaForCausalLM";
   int hidden = 64, inter = 96, layers = 2, heads = 4, kv_heads = 2, head_dim = 16, vocab = 50;
   bool tie = false, llama3_rope = false, bias = false, qk_norm = false;
+  double qk_scale = 0.3;  // std of q/k projection entries times sqrt(hidden): larger = peakier attention
   std::string dtype = "F32";  // F32 | BF16 | F16
   uint64_t seed = 1;
 };
@@ -119,8 +120,8 @@ inline RefModel write_tiny(const std::string& dir, const TinySpec& s) {
     RefLayer L;
     L.attn_norm = make(p + "input_layernorm.weight", {H}, 0.1, 1.0);
     L.mlp_norm = make(p + "post_attention_layernorm.weight", {H}, 0.1, 1.0);
-    L.q = make(p + "self_attn.q_proj.weight", {qd, H}, 0.3 / std::sqrt(double(H)));
-    L.k = make(p + "self_attn.k_proj.weight", {kd, H}, 0.3 / std::sqrt(double(H)));
+    L.q = make(p + "self_attn.q_proj.weight", {qd, H}, s.qk_scale / std::sqrt(double(H)));
+    L.k = make(p + "self_attn.k_proj.weight", {kd, H}, s.qk_scale / std::sqrt(double(H)));
     L.v = make(p + "self_attn.v_proj.weight", {kd, H}, 1.0 / std::sqrt(double(H)));
     L.o = make(p + "self_attn.o_proj.weight", {H, qd}, 1.0 / std::sqrt(double(qd)));
     if (s.bias) {

@@ -30,6 +30,9 @@ struct BenchOptions {
       threads = 0;
   double bandwidth_gbps = 0;
   bool json = false;
+  std::string fill = "synthetic", prefill = "dense";
+  float prefill_top_p = AttentionConfig{}.top_p;
+  int prefill_block = AttentionConfig{}.prefill_block, pool = AttentionConfig{}.pool, prefill_chunk = 256;
 };
 
 engine::ModelConfig shape_config(const std::string& s) {
@@ -93,6 +96,9 @@ int run(const BenchOptions& o) {
   UNIQUE_CHECK_ARG(o.context >= 1, "--context", ">= 1", o.context);
   UNIQUE_CHECK_ARG(o.batch >= 1, "--batch", ">= 1", o.batch);
   UNIQUE_CHECK_ARG(o.steps >= 1, "--steps", ">= 1", o.steps);
+  UNIQUE_CHECK_ARG(o.fill == "synthetic" || o.fill == "prefill", "--fill", "synthetic or prefill", o.fill);
+  UNIQUE_CHECK_ARG(o.fill == "prefill" || parse_prefill(o.prefill) == PrefillMode::dense, "--prefill",
+                   "dense with --fill synthetic (it runs no prefill; add --fill prefill)", o.prefill);
   std::unique_ptr<engine::Model> model;
   if (!o.model.empty()) {
     engine::LoadOptions lo;
@@ -121,6 +127,11 @@ int run(const BenchOptions& o) {
   eo.attention.gqa = parse_gqa(o.gqa);
   eo.attention.offset = parse_offset(o.offset);
   eo.attention.alpha = o.alpha;
+  eo.attention.prefill = parse_prefill(o.prefill);
+  eo.attention.top_p = o.prefill_top_p;
+  eo.attention.prefill_block = o.prefill_block;
+  eo.attention.pool = o.pool;
+  eo.prefill_chunk = o.prefill_chunk;
   eo.dense_layers = o.dense_layers;
   eo.kv_dtype = parse_dtype(o.kv_dtype);
   eo.stats_dtype = o.stats_dtype == "auto" ? eo.kv_dtype : parse_dtype(o.stats_dtype);
@@ -133,16 +144,38 @@ int run(const BenchOptions& o) {
   const auto f0 = std::chrono::steady_clock::now();
   for (int b = 0; b < o.batch; ++b) {
     seqs.push_back(eng.add_sequence());
-    eng.fill_synthetic(seqs.back(), o.context, static_cast<uint64_t>(b));
+    if (o.fill == "synthetic") {
+      eng.fill_synthetic(seqs.back(), o.context, static_cast<uint64_t>(b));
+      continue;
+    }
+    std::vector<int> prompt(o.context);
+    uint64_t x = 0x9e3779b97f4a7c15ull * (b + 1);
+    for (int& t : prompt) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      t = static_cast<int>(x % uint64_t(mc.vocab_size));
+    }
+    eng.prefill(seqs.back(), prompt, nullptr);
   }
   const double fill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
+  std::string filled = "filled with synthetic keys";
+  if (o.fill == "prefill") {
+    char b[160];
+    const engine::Engine::PrefillStats& ps = eng.prefill_stats();
+    if (eo.attention.prefill == PrefillMode::unisparse)
+      std::snprintf(b, sizeof b, "filled by a unisparse prefill of random tokens (top-p %.2f, block %d, pool %d: key blocks kept %.1f%%)",
+                    eo.attention.top_p, eo.attention.prefill_block, eo.attention.pool,
+                    100.0 * ps.blocks_kept / std::max<int64_t>(ps.blocks_dense, 1));
+    else
+      std::snprintf(b, sizeof b, "filled by a dense prefill of random tokens");
+    filled = b;
+  }
   const double bw = o.bandwidth_gbps > 0 ? o.bandwidth_gbps : measure_host_read_gbps();
   std::fprintf(stderr,
                "bench-decode: %s, %d layers, hidden %d, heads %d/%d, head dim %d, vocab %d; weights %.2f GB read per step; "
-               "KV %s (stats %s) filled with synthetic keys (%lld tokens x %d sequences, %.1f s); %d threads; read bandwidth %.1f GB/s%s\n",
+               "KV %s (stats %s) %s (%lld tokens x %d sequences, %.1f s); %d threads; read bandwidth %.1f GB/s%s\n",
                o.model.empty() ? o.shape.c_str() : o.model.c_str(), mc.num_layers, mc.hidden_size, mc.num_heads,
                mc.num_kv_heads, mc.head_dim, mc.vocab_size, model->decode_weight_bytes() / 1e9, to_string(eo.kv_dtype), to_string(eo.stats_dtype),
-               static_cast<long long>(o.context), o.batch, fill_s, omp_get_max_threads(), bw,
+               filled.c_str(), static_cast<long long>(o.context), o.batch, fill_s, omp_get_max_threads(), bw,
                o.bandwidth_gbps > 0 ? " (given)" : " (measured)");
   std::vector<float> logits(size_t(mc.vocab_size) * o.batch);
   std::vector<int> toks(o.batch, 1);
@@ -185,7 +218,8 @@ int run(const BenchOptions& o) {
     }
   }
   if (o.json)
-    std::printf("%s\n", nlohmann::json{{"speed_only_random_weights", o.model.empty()}, {"bandwidth_gbps", bw}, {"rows", rows}}
+    std::printf("%s\n", nlohmann::json{{"speed_only_random_weights", o.model.empty()}, {"bandwidth_gbps", bw},
+                                       {"fill", filled}, {"rows", rows}}
                             .dump(2)
                             .c_str());
   return 0;
@@ -216,6 +250,13 @@ Runner add_bench_decode(CLI::App& app) {
   app.add_option("--weights-dtype", o->weights_dtype, "Random weights dtype (--shape)")->capture_default_str();
   app.add_option("--bandwidth-gbps", o->bandwidth_gbps, "Memory read bandwidth for the bytes-limit (0 = measure)");
   app.add_option("--threads", o->threads, "OpenMP threads (0 = default)");
+  app.add_option("--fill", o->fill,
+                 "How the KV cache is filled: synthetic (keys/values drawn directly, no model) | prefill (the "
+                 "model's prefill over random token ids, with the --prefill attention)")
+      ->capture_default_str();
+  app.add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per prefill forward (--fill prefill)")
+      ->capture_default_str();
+  add_prefill_flags(app, o->prefill, o->prefill_top_p, o->prefill_block, o->pool);
   app.add_flag("--json", o->json, "Print JSON");
   return [o] { return run(*o); };
 }

@@ -9,10 +9,15 @@ namespace unique::cli {
 using Runner = std::function<int()>;
 // Registers `bench-attention`; the returned runner executes it with the parsed flags.
 Runner add_bench_attention(CLI::App& app);
+// `bench-prefill`: dense vs UniSparse block-sparse prefill on synthetic data (bench_prefill.cpp).
+Runner add_bench_prefill(CLI::App& app);
 // `generate`: text generation from a Hugging Face model directory (generate.cpp).
 Runner add_generate(CLI::App& app);
 // `bench-decode`: decode throughput of the whole model, dense vs sparse (bench_decode.cpp).
 Runner add_bench_decode(CLI::App& app);
+// The prompt-attention flags shared by generate and bench-decode: --prefill, --prefill-top-p,
+// --prefill-block, --pool (AttentionConfig prefill, top_p, prefill_block, pool).
+void add_prefill_flags(CLI::App& app, std::string& mode, float& top_p, int& block, int& pool);
 // `make-tiny-model`: writes a small random model directory (model_tools.cpp).
 Runner add_make_tiny_model(CLI::App& app);
 // `tokenize`: token ids of a text with a model's tokenizer.json (model_tools.cpp).

@@ -23,6 +23,9 @@ struct GenOptions {
               stats_dtype = "auto";
   std::vector<std::string> prompts, prompt_files, prompt_ids;
   std::string dump_logits;
+  std::string prefill = "dense";
+  float prefill_top_p = AttentionConfig{}.top_p;
+  int prefill_block = AttentionConfig{}.prefill_block, pool = AttentionConfig{}.pool;
   int max_new_tokens = 64, budget = 2048, page_size = 16, sink = 1, recent = 1, dense_layers = 0;
   int top_k = 0, threads = 0, prefill_chunk = 256;
   int64_t max_context = 0;
@@ -110,6 +113,10 @@ int run(const GenOptions& o) {
   eo.attention.offset = parse_offset(o.offset);
   eo.attention.alpha = o.alpha;
   eo.attention.seed = o.seed;
+  eo.attention.prefill = parse_prefill(o.prefill);
+  eo.attention.prefill_block = o.prefill_block;
+  eo.attention.pool = o.pool;
+  eo.attention.top_p = o.prefill_top_p;
   eo.dense_layers = o.dense_layers;
   eo.max_batch = static_cast<int>(prompts.size());
   eo.prefill_chunk = o.prefill_chunk;
@@ -182,12 +189,22 @@ int run(const GenOptions& o) {
   }
   const double pf = r.prefill_seconds > 0 ? r.prefill_tokens / r.prefill_seconds : 0;
   const double dc = r.decode_seconds > 0 ? r.decode_tokens / r.decode_seconds : 0;
-  std::printf("[%s %s, %d layers, weights %s, KV %s, stats %s | attention %s, page %d, budget %d, sink %d, recent %d, dense layers %d | cpu, %d threads | load %.2f s]\n",
+  const AttentionConfig& ac = eo.attention;
+  char prefill_mode[96];
+  if (ac.prefill == PrefillMode::unisparse)
+    std::snprintf(prefill_mode, sizeof prefill_mode, "unisparse (top-p %.2f, block %d, pool %d)", ac.top_p,
+                  ac.prefill_block, ac.pool);
+  else
+    std::snprintf(prefill_mode, sizeof prefill_mode, "%s", to_string(ac.prefill));
+  std::printf("[%s %s, %d layers, weights %s, KV %s, stats %s | attention %s, page %d, budget %d, sink %d, recent %d, dense layers %d | prefill %s | cpu, %d threads | load %.2f s]\n",
               engine::to_string(mc.arch), o.model.c_str(), mc.num_layers, to_string(wdt), to_string(eo.kv_dtype), to_string(eo.stats_dtype),
-              to_string(eo.attention.estimator), eo.attention.page_size, eo.attention.budget_tokens, eo.attention.sink_pages,
-              eo.attention.recent_pages, eo.dense_layers, omp_get_max_threads(), load_s);
-  std::printf("prefill: %lld tokens in %.3f s (%.1f tokens/s) | decode: %lld tokens in %.3f s (%.1f tokens/s)\n",
-              static_cast<long long>(r.prefill_tokens), r.prefill_seconds, pf, static_cast<long long>(r.decode_tokens),
+              to_string(ac.estimator), ac.page_size, ac.budget_tokens, ac.sink_pages, ac.recent_pages, eo.dense_layers,
+              prefill_mode, omp_get_max_threads(), load_s);
+  char kept[64] = "";
+  if (r.prefill_blocks_dense > 0)
+    std::snprintf(kept, sizeof kept, ", key blocks kept %.1f%%", 100.0 * r.prefill_blocks_kept / r.prefill_blocks_dense);
+  std::printf("prefill: %lld tokens in %.3f s (%.1f tokens/s%s) | decode: %lld tokens in %.3f s (%.1f tokens/s)\n",
+              static_cast<long long>(r.prefill_tokens), r.prefill_seconds, pf, kept, static_cast<long long>(r.decode_tokens),
               r.decode_seconds, dc);
   return 0;
 }
@@ -225,6 +242,7 @@ Runner add_generate(CLI::App& app) {
   app.add_option("--weights", o->weights, "auto (as stored, memory-mapped) | fp32 (convert at load)")->capture_default_str();
   app.add_option("--max-context", o->max_context, "KV pool per sequence in tokens (0 = longest prompt + max-new-tokens)");
   app.add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per prefill forward")->capture_default_str();
+  add_prefill_flags(app, o->prefill, o->prefill_top_p, o->prefill_block, o->pool);
   app.add_flag("--no-special", o->no_special, "Do not add the tokenizer's special tokens (BOS)");
   app.add_flag("--ignore-eos", o->ignore_eos, "Always generate max-new-tokens tokens");
   app.add_flag("--quiet", o->quiet, "Print only the speed lines");

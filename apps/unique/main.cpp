@@ -19,6 +19,11 @@ int main(int argc, char** argv) {
       "Synthetic decode workload (real-looking keys, planted needle pages): recall, output\n"
       "error, time per step, GB/s and speed-up over dense for every estimator (CPU).");
   runners[bench] = unique::cli::add_bench_attention(*bench);
+  auto* bpre = app.add_subcommand(
+      "bench-prefill",
+      "Synthetic prefill workload: dense causal vs UniSparse block-sparse prefill for each top_p\n"
+      "(kept key blocks, select/attention ms, speed-up, output error, mass rank correlation; CPU).");
+  runners[bpre] = unique::cli::add_bench_prefill(*bpre);
 #if defined(UNIQUE_WITH_ENGINE)
   auto* gen = app.add_subcommand(
       "generate", "Generate text with a Hugging Face model directory (Llama/Mistral/Qwen2/Qwen3),\n"

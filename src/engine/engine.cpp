@@ -11,6 +11,7 @@
 #include "engine/blas_util.h"
 #include "unique/decode.h"
 #include "unique/error.h"
+#include "unique/prefill.h"
 #include "unique/selection.h"
 
 namespace unique::engine {
@@ -27,7 +28,7 @@ void EngineOptions::validate() const {
 
 struct Engine::Scratch {
   std::vector<float> x, h, q, k, v, att, g, u, rows, sel_scores;
-  std::vector<int32_t> sel_pages, sel_counts;
+  std::vector<int32_t> sel_pages, sel_counts, pf_blocks, pf_counts;
   std::vector<float> kbuf, vbuf;  // prefill: one sequence's keys/values [Hkv, L, D] fp32
 };
 
@@ -192,6 +193,20 @@ void Engine::forward(const std::vector<int>& seqs, const std::vector<int>& count
         select_pages(cfg, qv, kv, sel);
         paged_decode(cfg, qv, kv, &sel, ov, TensorView{});
       }
+    } else if (cfg.prefill == PrefillMode::unisparse && l >= opt_.dense_layers) {
+      // Prefill of one sequence, UniSparse: key blocks chosen per (query head, query block)
+      // from composite tokens, then block-sparse causal attention over the paged cache.
+      const int64_t L = seq_len(kv, 0);
+      const PrefillBlocks pb = prefill_blocks(cfg, T, L);
+      s.pf_blocks.resize(size_t(Hq) * pb.num_q_blocks * pb.num_kv_blocks);
+      s.pf_counts.resize(size_t(Hq) * pb.num_q_blocks);
+      const BlockSelection sel{s.pf_blocks.data(), s.pf_counts.data(), Hq, pb.num_q_blocks, pb.num_kv_blocks,
+                               Device::cpu};
+      const TensorView qv = make_view(s.q.data(), DType::f32, {T, Hq, D});
+      select_prefill_blocks(cfg, qv, kv, 0, L, sel);
+      sparse_prefill(cfg, qv, kv, 0, L, &sel, make_view(s.att.data(), DType::f32, {T, Hq, D}), TensorView{});
+      for (int32_t n : s.pf_counts) prefill_stats_.blocks_kept += n;
+      for (int i = 0; i < pb.num_q_blocks; ++i) prefill_stats_.blocks_dense += int64_t(Hq) * (pb.first_q_block + i + 1);
     } else {
       // Prefill of one sequence: dense causal attention over its cached keys (earlier
       // chunks and this one), gathered to fp32 [Hk, L, D].
@@ -364,6 +379,7 @@ GenerateResult generate(Engine& engine, const std::vector<std::vector<int>>& pro
         static_cast<int>(res.tokens[b].size()) >= opt.max_new_tokens)
       live[b] = 0;
   };
+  const Engine::PrefillStats pf0 = engine.prefill_stats();
   auto t0 = std::chrono::steady_clock::now();
   for (int b = 0; b < B; ++b) {
     seq[b] = engine.add_sequence();
@@ -374,6 +390,8 @@ GenerateResult generate(Engine& engine, const std::vector<std::vector<int>>& pro
   }
   auto t1 = std::chrono::steady_clock::now();
   res.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
+  res.prefill_blocks_kept = engine.prefill_stats().blocks_kept - pf0.blocks_kept;
+  res.prefill_blocks_dense = engine.prefill_stats().blocks_dense - pf0.blocks_dense;
   for (;;) {
     std::vector<int> ids, toks, which;
     for (int b = 0; b < B; ++b)

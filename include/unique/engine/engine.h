@@ -1,7 +1,10 @@
 // The Llama-family forward on the CPU over a paged KV cache (one unique::KVCache per
 // layer, which keeps the page statistics), and the generation loop.
-//   prefill: chunks of one sequence's prompt; GEMMs through OpenBLAS; dense causal
-//            attention (OpenMP) over the sequence's cached keys; K/V appended to the cache.
+//   prefill: chunks of one sequence's prompt; GEMMs through OpenBLAS; K/V appended to the
+//            cache, then causal attention over the sequence's cached keys: dense (two
+//            sgemms per head), or with AttentionConfig::prefill == unisparse
+//            unique::select_prefill_blocks + unique::sparse_prefill (dense for the first
+//            dense_layers layers).
 //   decode:  one token for each sequence of a batch; unique::select_pages +
 //            unique::paged_decode with the estimator of EngineOptions::attention (dense
 //            for the first dense_layers layers or Estimator::dense).
@@ -20,7 +23,7 @@ namespace unique::engine {
 
 struct EngineOptions {
   AttentionConfig attention;     // page_size, budget, sink, recent, estimator, ...
-  int dense_layers = 0;          // first N layers always use dense decode attention
+  int dense_layers = 0;          // first N layers always use dense attention (decode and prefill)
   DType kv_dtype = DType::f32;   // KV cache storage
   DType stats_dtype = DType::f32;  // page statistics (bf16 halves the bytes selection reads)
   int max_batch = 1;             // sequences alive at once
@@ -58,12 +61,20 @@ class Engine {
   void fill_synthetic(int seq, int64_t tokens, uint64_t seed);
   const KVCache& cache(int layer) const { return *caches_[layer]; }
 
+  // Key blocks of the UniSparse prefill layers since construction: kept by the selection,
+  // and what dense causal attention would compute (query heads x visible blocks).
+  struct PrefillStats {
+    int64_t blocks_kept = 0, blocks_dense = 0;
+  };
+  const PrefillStats& prefill_stats() const { return prefill_stats_; }
+
  private:
   struct Scratch;
   const Model& model_;
   EngineOptions opt_;
   std::vector<std::unique_ptr<KVCache>> caches_;
   std::unique_ptr<Scratch> s_;
+  PrefillStats prefill_stats_;
 
   void check_append(int seq, int64_t n) const;
   // Runs all layers on rows x [T, hidden]; rows belong to `seqs` with `counts` tokens each
@@ -84,6 +95,9 @@ struct GenerateResult {
   std::vector<std::vector<std::vector<float>>> logits;  // [prompt][step][vocab] if keep_logits
   double prefill_seconds = 0, decode_seconds = 0;
   int64_t prefill_tokens = 0, decode_tokens = 0;
+  // UniSparse prefill (0 when dense): key blocks kept / dense causal key blocks, summed
+  // over the sparse layers, query heads and query blocks of every prompt.
+  int64_t prefill_blocks_kept = 0, prefill_blocks_dense = 0;
 };
 
 // Generates for a batch of prompts (different lengths allowed): prefill each, then decode
