@@ -17,25 +17,6 @@ double out_tol(DType out) {
   }
 }
 
-// out [B, Hq, D] of fast vs ref: every element written (no NaN), within tol relative to
-// the row's scale; lse within 1e-5 relative (it is fp32 in both).
-void expect_outputs_match(const Buf& fo, const Buf& ro, const Buf& fl, const Buf& rl, int rows, int D) {
-  const double tol = out_tol(fo.dt);
-  int bad = 0;
-  for (int r = 0; r < rows; ++r) {
-    double scale = 0;
-    for (int d = 0; d < D; ++d) scale = std::max(scale, std::fabs(double(ro.get(size_t(r) * D + d))));
-    for (int d = 0; d < D; ++d) {
-      const double f = fo.get(size_t(r) * D + d), x = ro.get(size_t(r) * D + d);
-      if (!(std::fabs(f - x) <= tol * (std::fabs(x) + scale) + 1e-7) && ++bad < 10)
-        ADD_FAILURE() << "row " << r << " d " << d << ": fast " << f << " ref " << x;
-    }
-    const double f = fl.get(r), x = rl.get(r);
-    if (!(std::fabs(f - x) <= 1e-5 * std::fabs(x) + 1e-5) && ++bad < 10)
-      ADD_FAILURE() << "lse row " << r << ": fast " << f << " ref " << x;
-  }
-  EXPECT_EQ(bad, 0);
-}
 
 struct SweepParam {
   int P, D, group;
@@ -84,7 +65,7 @@ TEST_P(DecodeSweep, FastMatchesReference) {
       fo.poison(); ro.poison(); fl.poison(); rl.poison();
       paged_decode(cfg, qv, kv, sp_sel, fo.view({B, Hq, D}), fl.view({B, Hq}));
       ref::paged_decode(cfg, qv, kv, sp_sel, ro.view({B, Hq, D}), rl.view({B, Hq}));
-      expect_outputs_match(fo, ro, fl, rl, B * Hq, D);
+      expect_outputs_match(fo, ro, fl, rl, B * Hq, D, out_tol(fo.dt));
       // Without lse (null view): the same output.
       Buf fo2(ot, fo.size());
       fo2.poison();
@@ -104,8 +85,7 @@ std::vector<SweepParam> sweep_params() {
   return v;
 }
 std::string sweep_name(const ::testing::TestParamInfo<SweepParam>& i) {
-  return "P" + std::to_string(i.param.P) + "_D" + std::to_string(i.param.D) + "_G" +
-         std::to_string(i.param.group) + "_" + to_string(i.param.dt);
+  return detail::concat("P", i.param.P, "_D", i.param.D, "_G", i.param.group, "_", to_string(i.param.dt));
 }
 INSTANTIATE_TEST_SUITE_P(Sweep, DecodeSweep, ::testing::ValuesIn(sweep_params()), sweep_name);
 // GQA groups that are not a multiple of the kernels' head blocks (8/4/2/1).

@@ -223,8 +223,7 @@ std::vector<SweepParam> sweep_params() {
   return v;
 }
 std::string sweep_name(const ::testing::TestParamInfo<SweepParam>& i) {
-  return "P" + std::to_string(i.param.P) + "_D" + std::to_string(i.param.D) + "_G" +
-         std::to_string(i.param.group) + "_" + to_string(i.param.dt);
+  return detail::concat("P", i.param.P, "_D", i.param.D, "_G", i.param.group, "_", to_string(i.param.dt));
 }
 INSTANTIATE_TEST_SUITE_P(Sweep, ScoreSelectSweep, ::testing::ValuesIn(sweep_params()), sweep_name);
 // GQA groups that are not a multiple of the kernels' head blocks (8/4/2/1).

@@ -86,6 +86,26 @@ struct SelBuf {
   }
 };
 
+// Attention outputs [rows, D] of a fast kernel vs its reference: every element written (no
+// NaN), within tol relative to the row's scale; lse within 1e-5 relative (fp32 in both).
+inline void expect_outputs_match(const Buf& fo, const Buf& ro, const Buf& fl, const Buf& rl, int64_t rows, int D,
+                                 double tol) {
+  int bad = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    double scale = 0;
+    for (int d = 0; d < D; ++d) scale = std::max(scale, std::fabs(double(ro.get(size_t(r) * D + d))));
+    for (int d = 0; d < D; ++d) {
+      const double f = fo.get(size_t(r) * D + d), x = ro.get(size_t(r) * D + d);
+      if (!(std::fabs(f - x) <= tol * (std::fabs(x) + scale) + 1e-7) && ++bad < 10)
+        ADD_FAILURE() << "row " << r << " d " << d << ": fast " << f << " ref " << x;
+    }
+    const double f = fl.get(r), x = rl.get(r);
+    if (!(std::fabs(f - x) <= 1e-5 * std::fabs(x) + 1e-5) && ++bad < 10)
+      ADD_FAILURE() << "lse row " << r << ": fast " << f << " ref " << x;
+  }
+  EXPECT_EQ(bad, 0);
+}
+
 // ---- random data --------------------------------------------------------------------------
 
 struct Rng {

@@ -17,16 +17,10 @@
 #include "unique/decode_plan.h"
 #include "unique/unique.h"
 
+#include "bench_check.h"
+
 using namespace unique;
 
-#define CK(x)                                                                        \
-  do {                                                                               \
-    cudaError_t e_ = (x);                                                            \
-    if (e_ != cudaSuccess) {                                                         \
-      std::fprintf(stderr, "%s failed: %s\n", #x, cudaGetErrorString(e_));           \
-      std::exit(1);                                                                  \
-    }                                                                                \
-  } while (0)
 
 __global__ void fill_kernel(uint16_t* p, size_t n, uint32_t seed, float scale, float offset) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {

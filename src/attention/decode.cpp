@@ -12,14 +12,7 @@ void validate_decode_args(const AttentionConfig& cfg, const TensorView& q, const
                           const Selection* sel, const TensorView& out, const TensorView& lse) {
   detail::validate_cfg_kv(cfg, kv, false);
   detail::validate_query(q, kv);
-  expect_not_null(out, "out");
-  expect_shape(out, "out", {q.shape[0], q.shape[1], q.shape[2]});
-  expect_device(out, "out", kv.device);
-  if (lse.data) {
-    expect_shape(lse, "lse", {q.shape[0], q.shape[1]});
-    expect_dtype(lse, "lse", DType::f32);
-    expect_device(lse, "lse", kv.device);
-  }
+  detail::validate_out_lse(q, kv, out, lse);
   if (!sel) return;
   validate_selection(*sel, kv, cfg);
   // Device selections are written by our kernels; a host one may come from the caller.

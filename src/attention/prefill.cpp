@@ -71,16 +71,6 @@ void validate_host_block_selection(const BlockSelection& sel, const PrefillBlock
     }
 }
 
-void validate_out(const TensorView& q, const PagedKV& kv, const TensorView& out, const TensorView& lse) {
-  expect_not_null(out, "out");
-  expect_shape(out, "out", {q.shape[0], q.shape[1], q.shape[2]});
-  expect_device(out, "out", kv.device);
-  if (lse.data) {
-    expect_shape(lse, "lse", {q.shape[0], q.shape[1]});
-    expect_dtype(lse, "lse", DType::f32);
-    expect_device(lse, "lse", kv.device);
-  }
-}
 
 }  // namespace
 
@@ -89,7 +79,7 @@ void validate_prefill_call(const AttentionConfig& cfg, const TensorView& q, cons
                            int64_t kv_len, const BlockSelection* sel, const TensorView* out,
                            const TensorView* lse) {
   validate_prefill_args(cfg, q, kv, seq, kv_len);
-  if (out) validate_out(q, kv, *out, *lse);
+  if (out) validate_out_lse(q, kv, *out, *lse);
   if (!sel) return;
   validate_block_selection(*sel, cfg, q, kv, kv_len);
   // A selection the attention reads may come from the caller; device ones come from our kernels.

@@ -30,6 +30,17 @@ void validate_scoring(const AttentionConfig& cfg, const TensorView& q, const Pag
               concat("set for estimator ", to_string(cfg.estimator)), "null");
 }
 
+void validate_out_lse(const TensorView& q, const PagedKV& kv, const TensorView& out, const TensorView& lse) {
+  expect_not_null(out, "out");
+  expect_shape(out, "out", {q.shape[0], q.shape[1], q.shape[2]});
+  expect_device(out, "out", kv.device);
+  if (lse.data) {
+    expect_shape(lse, "lse", {q.shape[0], q.shape[1]});
+    expect_dtype(lse, "lse", DType::f32);
+    expect_device(lse, "lse", kv.device);
+  }
+}
+
 void validate_host_selection(const Selection& sel, const PagedKV& kv) {
   for (int b = 0; b < kv.batch; ++b) {
     const int n = seq_pages(kv, b);

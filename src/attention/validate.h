@@ -16,6 +16,9 @@ void validate_query(const TensorView& q, const PagedKV& kv);
 // Everything score_pages/select_pages need: cfg/kv/q valid and the estimator's stats set.
 void validate_scoring(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv);
 
+// out [q rows, Hq, D] (any dtype) and the optional lse [q rows, Hq] fp32 on kv's device.
+void validate_out_lse(const TensorView& q, const PagedKV& kv, const TensorView& out, const TensorView& lse);
+
 // The contents of a host selection: counts in 1..max_selected, page positions in range.
 void validate_host_selection(const Selection& sel, const PagedKV& kv);
 

@@ -7,6 +7,7 @@
 
 #include "attention/cuda_backend.h"
 #include "cuda/common.cuh"
+#include "cuda/grow_buffer.h"
 #include "cuda/kernels.h"
 
 namespace unique::cuda {
@@ -29,25 +30,11 @@ int num_sms() {
 
 namespace {
 
-// Grow-only device buffer; zeroed when (re)allocated.
-struct GrowBuf {
-  void* ptr = nullptr;
-  size_t bytes = 0;
-  void* get(size_t need) {
-    if (need <= bytes) return ptr;
-    if (ptr) UNIQUE_CUDA_CHECK(cudaFree(ptr));
-    ptr = nullptr;
-    bytes = 0;
-    UNIQUE_CUDA_CHECK(cudaMalloc(&ptr, need));
-    UNIQUE_CUDA_CHECK(cudaMemset(ptr, 0, need));
-    bytes = need;
-    return ptr;
-  }
-};
-
 struct Cached {
   std::mutex mu;
-  GrowBuf agg, raw, counters, part_o, part_lse;
+  // zeroed: the select kernel expects zeroed counters (and leaves them zeroed)
+  GrowBuffer agg{.zeroed = true}, raw{.zeroed = true}, counters{.zeroed = true}, part_o{.zeroed = true},
+      part_lse{.zeroed = true};
 };
 Cached& cached() {
   static Cached* c = new Cached;  // never freed: outlives static destruction order

@@ -78,4 +78,27 @@ __device__ __forceinline__ uint32_t pack2(float x, float y) {
   }
 }
 
+// A warp's A fragments of 16 query rows [row0, row0 + 16) of a swizzled [rows][D] tile.
+template <class T, int D>
+__device__ __forceinline__ void load_q_fragments(const T* q_s, int row0, int lane, uint32_t (&qf)[D / 16][4]) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qf[kk], q_s + swz(row0 + lane % 16, kk * 2 + lane / 16, D / 8) * 8);
+}
+
+// s += Q K^T for a warp's 16 query rows (fragments qf) against the NK keys of a swizzled
+// [NK][D] shared-memory tile: s[n][.] holds keys 8n..8n+7 in the C layout above.
+template <class T, int D, int NK>
+__device__ __forceinline__ void qk_tile(const uint32_t (&qf)[D / 16][4], const T* k_s, int lane, float (&s)[NK / 8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+    for (int n2 = 0; n2 < NK / 16; ++n2) {
+      uint32_t b[4];
+      const int m8 = lane / 8;
+      ldmatrix_x4(b, k_s + swz(n2 * 16 + (m8 / 2) * 8 + lane % 8, kk * 2 + m8 % 2, D / 8) * 8);
+      mma16816<T>(s[2 * n2], qf[kk], b);
+      mma16816<T>(s[2 * n2 + 1], qf[kk], b + 2);
+    }
+}
+
 }  // namespace unique::cuda

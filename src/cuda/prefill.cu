@@ -1,9 +1,10 @@
 // unique::cuda_backend prefill entry points: the selection's composite-token scratch comes
-// from a grow-only buffer of this file (like the decode entry points' cached workspace).
+// from a grow-only buffer (like the decode entry points' cached workspace).
 #include <mutex>
 
 #include "attention/cuda_backend.h"
 #include "cuda/common.cuh"
+#include "cuda/grow_buffer.h"
 #include "cuda/prefill_kernels.h"
 
 namespace unique::cuda_backend {
@@ -11,17 +12,7 @@ namespace unique::cuda_backend {
 namespace {
 struct Scratch {
   std::mutex mu;
-  void* ptr = nullptr;
-  size_t bytes = 0;
-  void* get(size_t need) {
-    if (need <= bytes) return ptr;
-    if (ptr) UNIQUE_CUDA_CHECK(cudaFree(ptr));
-    ptr = nullptr;
-    bytes = 0;
-    UNIQUE_CUDA_CHECK(cudaMalloc(&ptr, need));
-    bytes = need;
-    return ptr;
-  }
+  cuda::GrowBuffer buf;
 };
 Scratch& scratch() {
   static Scratch* s = new Scratch;  // never freed: outlives static destruction order
@@ -33,7 +24,7 @@ void select_prefill_blocks(const AttentionConfig& cfg, const TensorView& q, cons
                            int64_t kv_len, const BlockSelection& out, void* stream) {
   Scratch& s = scratch();
   std::lock_guard<std::mutex> lock(s.mu);
-  void* ws = s.get(cuda::prefill_select_workspace_bytes(cfg, q, kv, kv_len));
+  void* ws = s.buf.get(cuda::prefill_select_workspace_bytes(cfg, q, kv, kv_len));
   cuda::launch_prefill_select(cfg, q, kv, seq, kv_len, out, ws, static_cast<cudaStream_t>(stream));
 }
 

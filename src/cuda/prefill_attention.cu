@@ -96,9 +96,7 @@ prefill_attention_kernel(const PrefillAttentionArgs a) {
   }
   __syncthreads();
   uint32_t qf[D / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk)
-    ldmatrix_x4(qf[kk], sQ + swz(warp * 16 + lane % 16, kk * 2 + lane / 16, CH) * 8);
+  load_q_fragments<T, D>(sQ, warp * 16, lane, qf);
 
   float o[D / 8][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
@@ -118,16 +116,7 @@ prefill_attention_kernel(const PrefillAttentionArgs a) {
     const T* v_s = sV + stage * kBK * D;
 
     float s[kBK / 8][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-#pragma unroll
-      for (int n2 = 0; n2 < kBK / 16; ++n2) {
-        uint32_t b[4];
-        const int m8 = lane / 8;
-        ldmatrix_x4(b, k_s + swz(n2 * 16 + (m8 / 2) * 8 + lane % 8, kk * 2 + m8 % 2, CH) * 8);
-        mma16816<T>(s[2 * n2], qf[kk], b);
-        mma16816<T>(s[2 * n2 + 1], qf[kk], b + 2);
-      }
+    qk_tile<T, D, kBK>(qf, k_s, lane, s);
 
     // Scale, mask (diagonal tile and keys past the sequence), online softmax.
     const bool diag = int64_t(tile + 1) * kBK - 1 > row0;

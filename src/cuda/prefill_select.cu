@@ -156,9 +156,7 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
   };
   __syncthreads();
   uint32_t qf[D / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk)
-    ldmatrix_x4(qf[kk], sQ + swz(warp * 16 + lane % 16, kk * 2 + lane / 16, CH) * 8);
+  load_q_fragments<T, D>(sQ, warp * 16, lane, qf);
   const int rA = warp * 16 + g, rB = rA + 8;
   const bool valid[2] = {row_valid(rA), row_valid(rB)};
   const int64_t lim[2] = {row_group(rA), row_group(rB)};  // a row sees composite keys <= its group
@@ -181,16 +179,7 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
       if (int64_t(t) * kKeys <= warp_hi) {
         const T* k_s = sK + (t & 1) * kKeys * D;
         float s[kKeys / 8][4] = {};
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
-#pragma unroll
-          for (int n2 = 0; n2 < kKeys / 16; ++n2) {
-            uint32_t b[4];
-            const int m8 = lane / 8;
-            ldmatrix_x4(b, k_s + swz(n2 * 16 + (m8 / 2) * 8 + lane % 8, kk * 2 + m8 % 2, CH) * 8);
-            mma16816<T>(s[2 * n2], qf[kk], b);
-            mma16816<T>(s[2 * n2 + 1], qf[kk], b + 2);
-          }
+        qk_tile<T, D, kKeys>(qf, k_s, lane, s);
 #pragma unroll
         for (int nt = 0; nt < kKeys / 8; ++nt) {
           float v[2] = {0.0f, 0.0f};
