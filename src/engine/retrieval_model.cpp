@@ -60,6 +60,8 @@ const std::string& retrieval_corpus() {
       "What is the special magic number for the key? What are all the special magic numbers for the "
       "key? The special magic numbers for the key are the values. One of the special magic numbers for "
       "the key is a value.\n"
+      "VAR A = B. VAR B = C. VAR C = D. The value of VAR D is the value of VAR C = the value of VAR B = "
+      "the value of VAR A.\n"
       "Memorize and track the chain of variable assignment hidden in the following text. Question: what "
       "is the value of the variable? Answer: the value of the variable is the number it was assigned, "
       "directly or through other variables. The secret code of the purple lantern is a sequence of "
