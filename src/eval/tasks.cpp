@@ -92,7 +92,7 @@ Sample assemble(const std::string& task, const Haystack& hay, const engine::Toke
   p = tok.prefix_ids();
   auto put = [&](int piece) { p.insert(p.end(), b.pieces[piece].begin(), b.pieces[piece].end()); };
   std::vector<std::pair<size_t, size_t>> spans;
-  for (int k = intro; k < (needles.empty() ? question_from : needles.front().first); ++k) put(k);
+  put(intro);
   size_t hpos = 0;
   for (size_t n = 0; n < needles.size(); ++n) {
     p.insert(p.end(), h.begin() + long(hpos), h.begin() + long(at[n]));

@@ -31,7 +31,8 @@ struct RetrievalModelOptions {
   double position_logit = 250;    // layer 0: logit of the wanted offset (before softmax)
   double match_logit = 50;        // layer 1: logit per matching token of the n-gram
   double sink_logit = 60;         // head 3: logit of the BOS token
-  double output_logit = 10;       // LM head: logit of a copied token (trigram head alone)
+  double output_logit = 4;        // LM head: logit of a copied token (trigram head alone);
+                                  // greedy answers do not depend on it, perplexity does (4: best of 2..10)
   uint64_t seed = 0;              // token codes
   void validate() const;
 };
