@@ -29,7 +29,8 @@ std::string row_key(const Row& r) {
   std::string k;
   for (const char* f : {"task", "variant", "model", "context", "depth", "seed", "estimator", "budget", "page_size",
                         "dense_layers", "layer", "head"})
-    k += (k.empty() ? "" : "|") + num(r, f);
+    if (!k.empty()) k += '|';
+    k += num(r, f);
   return k;
 }
 
@@ -140,10 +141,16 @@ std::string to_csv(const std::vector<Row>& rows) {
       if (std::find(cols.begin(), cols.end(), it.key()) == cols.end() && it.key() != "key") extra.insert(it.key());
   cols.insert(cols.end(), extra.begin(), extra.end());
   std::string out;
-  for (size_t i = 0; i < cols.size(); ++i) out += (i ? "," : "") + cols[i];
+  for (size_t i = 0; i < cols.size(); ++i) {
+    if (i) out += ',';
+    out += cols[i];
+  }
   out += "\n";
   for (auto& r : rows) {
-    for (size_t i = 0; i < cols.size(); ++i) out += (i ? "," : "") + cell(r, cols[i]);
+    for (size_t i = 0; i < cols.size(); ++i) {
+      if (i) out += ',';
+      out += cell(r, cols[i]);
+    }
     out += "\n";
   }
   return out;

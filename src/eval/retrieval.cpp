@@ -59,8 +59,9 @@ void run_retrieval(Run& r, const Sample& s, const SampleSpec& spec, int page, bo
       const double sc = score_hop(hop, text);
       if (all) score += sc / double(s.hops.size());  // hops resolved in a row
       all = all && sc == 1.0;
-      outputs += (h ? " | " : "") + text;
-      expected += (h ? " | " : "") + hop.expected;
+      if (h) outputs += " | ", expected += " | ";
+      outputs += text;
+      expected += hop.expected;
     }
     eng->free_sequence(seq);
     Row row = base_row(r, s.task, s.variant, spec, n, e, b, page, has_depth);

@@ -208,7 +208,10 @@ Sample make_kv(const Haystack& hay, const engine::Tokenizer& tok, const SampleSp
     out.variant = multivalue ? "multivalue" : "multikey";
     if (multivalue) {
       std::string all;
-      for (auto& v : values) all += (all.empty() ? "" : " ") + v;
+      for (auto& v : values) {
+        if (!all.empty()) all += ' ';
+        all += v;
+      }
       out.hops.push_back({{}, all, AnswerKind::all_numbers, n * answer_budget(tok, values[0])});
       out.copyable = false;  // four continuations of one context: no copier lists them all
     } else {
