@@ -28,9 +28,10 @@ std::string num(const Row& r, const char* f) {
 std::string row_key(const Row& r) {
   std::string k;
   for (const char* f : {"task", "variant", "model", "context", "depth", "seed", "estimator", "budget", "page_size",
-                        "dense_layers", "layer", "head"})
+                        "dense_layers", "layer", "head"}) {
     if (!k.empty()) k += '|';
     k += num(r, f);
+  }
   return k;
 }
 
