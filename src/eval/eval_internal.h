@@ -10,6 +10,7 @@
 #include "unique/engine/engine.h"
 #include "unique/engine/model.h"
 #include "unique/engine/tokenizer.h"
+#include "unique/error.h"
 #include "unique/eval/eval.h"
 #include "unique/eval/haystack.h"
 #include "unique/eval/tasks.h"
@@ -36,7 +37,7 @@ Row base_row(const Run& r, const std::string& task, const std::string& variant, 
 std::unique_ptr<engine::Engine> make_engine(const Run& r, int page, int64_t max_context);
 // " unique@512", " dense": a run in progress lines.
 inline std::string run_label(Estimator e, int budget) {
-  return e == Estimator::dense ? std::string(" dense") : " " + std::string(to_string(e)) + "@" + std::to_string(budget);
+  return e == Estimator::dense ? std::string(" dense") : unique::detail::concat(' ', to_string(e), '@', budget);
 }
 // Greedy id of logits.
 int argmax(const float* logits, int n);

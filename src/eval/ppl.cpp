@@ -50,7 +50,7 @@ void run_ppl(Run& r, const SampleSpec& spec, int page, const Haystack& hay) {
     row["prefill_s"] = prefill_s;
     r.out.append(row);
     ++r.sum.written;
-    line += run_label(e, b) + "=" + unique::detail::concat(std::round(row["ppl"].get<double>() * 100) / 100);
+    line += unique::detail::concat(run_label(e, b), "=", std::round(row["ppl"].get<double>() * 100) / 100);
   }
   if (r.progress)
     std::fprintf(r.progress, "[ppl ctx %lld seed %llu page %d] %lld tokens scored by decode |%s\n",

@@ -141,7 +141,7 @@ void run_recall(Run& r, const Sample& s, const SampleSpec& spec, int page) {
           ++r.sum.skipped;
         }
       }
-    line += run_label(e, b) + "=" + unique::detail::concat(std::round(mean * 1000) / 1000);
+    line += unique::detail::concat(run_label(e, b), "=", std::round(mean * 1000) / 1000);
   }
   if (r.progress)
     std::fprintf(r.progress, "[recall ctx %lld depth %g seed %llu page %d] %zu steps, mean recall |%s\n",

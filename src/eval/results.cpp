@@ -125,7 +125,10 @@ std::string cell(const Row& r, const std::string& f) {
       if (c == '"') o += "\"\"";
       else o.push_back(c);
     }
-    return quote ? "\"" + o + "\"" : o;
+    if (!quote) return o;
+    o.insert(o.begin(), '"');
+    o.push_back('"');
+    return o;
   }
   return r[f].dump();
 }
@@ -167,7 +170,8 @@ std::string to_markdown(const std::vector<Row>& rows) {
   std::map<std::pair<std::string, int64_t>, std::set<int64_t>> budgets, contexts;
   for (auto& r : rows) {
     std::string task = r["task"];
-    if (!r["variant"].get<std::string>().empty()) task += "/" + r["variant"].get<std::string>();
+    const std::string variant = r["variant"];
+    if (!variant.empty()) task.append("/").append(variant);
     const auto k = std::make_pair(task, r["page_size"].get<int64_t>());
     const int64_t b = r["budget"];
     double v = 0, v2 = 0;

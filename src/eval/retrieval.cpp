@@ -74,7 +74,7 @@ void run_retrieval(Run& r, const Sample& s, const SampleSpec& spec, int page, bo
     row["prefill_s"] = prefill_s;
     r.out.append(row);
     ++r.sum.written;
-    line += run_label(e, b) + "=" + unique::detail::concat(score);
+    line += unique::detail::concat(run_label(e, b), "=", score);
   }
   if (r.progress)
     std::fprintf(r.progress, "[%s%s%s ctx %lld%s seed %llu page %d] prefill %.1f s |%s\n", s.task.c_str(),
