@@ -263,3 +263,14 @@ TEST(RetrievalModel, RefusesAConstructionItCannotCheck) {
 }
 
 }  // namespace
+
+namespace unique::eval::detail {
+std::string utf8_or_marks(const std::string& s);
+}
+
+TEST(EvalText, GeneratedBytesBecomeValidUtf8) {
+  using unique::eval::detail::utf8_or_marks;
+  EXPECT_EQ(utf8_or_marks("caf\xc3\xa9 ok"), "caf\xc3\xa9 ok");
+  EXPECT_EQ(utf8_or_marks("a\xc3 b"), "a? b");     // a lead byte before a space
+  EXPECT_EQ(utf8_or_marks("\x80x\xe2\x82"), "?x??");  // stray continuation, cut sequence
+}

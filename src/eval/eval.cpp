@@ -105,6 +105,24 @@ std::unique_ptr<engine::Engine> make_engine(const Run& r, int page, int64_t max_
   return std::make_unique<engine::Engine>(r.model, eo);
 }
 
+std::string utf8_or_marks(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    const size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    bool ok = n > 0 && i + n <= s.size();
+    for (size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
+    if (ok) {
+      out.append(s, i, n);
+      i += n;
+    } else {
+      out.push_back('?');
+      ++i;
+    }
+  }
+  return out;
+}
+
 int argmax(const float* logits, int n) {
   int best = 0;
   for (int i = 1; i < n; ++i)

@@ -39,6 +39,9 @@ std::unique_ptr<engine::Engine> make_engine(const Run& r, int page, int64_t max_
 inline std::string run_label(Estimator e, int budget) {
   return e == Estimator::dense ? std::string(" dense") : unique::detail::concat(' ', to_string(e), '@', budget);
 }
+// Generated text as valid UTF-8 (JSON strings must be): a byte that does not start or
+// continue a well-formed sequence becomes '?'. A model may emit any byte token.
+std::string utf8_or_marks(const std::string& s);
 // Greedy id of logits.
 int argmax(const float* logits, int n);
 

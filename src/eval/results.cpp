@@ -107,7 +107,7 @@ void ResultsFile::append(Row r) {
   validate_row(r, path_ + " (new row)");
   std::ofstream f(path_, std::ios::app);
   if (!f) throw Error(concat("--out ", path_, ": cannot write"));
-  f << r.dump() << "\n";
+  f << r.dump(-1, ' ', false, Row::error_handler_t::replace) << "\n";
   f.flush();
   keys_.insert(r["key"].get<std::string>());
   rows_.push_back(std::move(r));

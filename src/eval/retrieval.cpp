@@ -55,7 +55,7 @@ void run_retrieval(Run& r, const Sample& s, const SampleSpec& spec, int page, bo
         gen.push_back(pending);
         if (std::find(eos.begin(), eos.end(), pending) != eos.end()) break;
       }
-      std::string text = r.tok.decode(gen, true);
+      const std::string text = utf8_or_marks(r.tok.decode(gen, true));
       const double sc = score_hop(hop, text);
       if (all) score += sc / double(s.hops.size());  // hops resolved in a row
       all = all && sc == 1.0;
