@@ -137,8 +137,8 @@ int run(const Flags& f) {
     char date[32];
     const std::time_t now = std::time(nullptr);
     std::strftime(date, sizeof date, "%Y-%m-%d", std::localtime(&now));
-    m << "\n### `unique eval` " << date << ": model " << o.model_dir << ", tasks " << f.tasks << ", results "
-      << f.out << "\n" << eval::to_markdown(out.rows());
+    m << "\n### `unique eval` " << date << ": all " << out.rows().size() << " rows of " << f.out << "\n"
+      << eval::to_markdown(out.rows());
     std::printf("eval: appended tables to %s\n", f.markdown.c_str());
   }
   if (!f.plot.empty()) {

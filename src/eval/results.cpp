@@ -6,6 +6,7 @@
 #include <fstream>
 #include <iomanip>
 #include <sstream>
+#include <tuple>
 
 #include "unique/error.h"
 
@@ -161,18 +162,19 @@ std::string to_csv(const std::vector<Row>& rows) {
 }
 
 std::string to_markdown(const std::vector<Row>& rows) {
-  // (task/variant, page) -> estimator -> budget -> (sum, n)
+  // (task/variant, page, context) -> estimator -> budget -> (sum, n)
   struct Acc {
     double sum = 0, sum2 = 0;
     int n = 0;
   };
-  std::map<std::pair<std::string, int64_t>, std::map<std::string, std::map<int64_t, Acc>>> t;
-  std::map<std::pair<std::string, int64_t>, std::set<int64_t>> budgets, contexts;
+  using Key = std::tuple<std::string, int64_t, int64_t>;
+  std::map<Key, std::map<std::string, std::map<int64_t, Acc>>> t;
+  std::map<Key, std::set<int64_t>> budgets;
   for (auto& r : rows) {
     std::string task = r["task"];
     const std::string variant = r["variant"];
     if (!variant.empty()) task.append("/").append(variant);
-    const auto k = std::make_pair(task, r["page_size"].get<int64_t>());
+    const Key k{task, r["page_size"].get<int64_t>(), r["context"].get<int64_t>()};
     const int64_t b = r["budget"];
     double v = 0, v2 = 0;
     if (task == "ppl") v = r["nll"];
@@ -183,15 +185,14 @@ std::string to_markdown(const std::vector<Row>& rows) {
     a.sum2 += v2;
     a.n += 1;
     budgets[k].insert(b);
-    contexts[k].insert(r["context"].get<int64_t>());
   }
   std::ostringstream os;
   os << std::fixed;
   for (auto& [k, ests] : t) {
-    const bool ppl = k.first == "ppl", rec = k.first == "recall";
-    os << "\n**" << k.first << "**, page " << k.second << ", contexts";
-    for (int64_t c : contexts[k]) os << " " << c;
-    os << (ppl ? " — perplexity (exp of the mean NLL)" : rec ? " — attention-mass recall / relative output error, mean over layers x heads x samples"
+    const std::string& task = std::get<0>(k);
+    const bool ppl = task == "ppl", rec = task == "recall";
+    os << "\n**" << task << "**, context " << std::get<2>(k) << ", page " << std::get<1>(k)
+       << (ppl ? " — perplexity (exp of the mean NLL)" : rec ? " — attention-mass recall / relative output error, mean over layers x heads x samples"
                                                                  : " — mean score (1 = exact answer)")
        << "\n\n| estimator |";
     std::vector<int64_t> bs(budgets[k].begin(), budgets[k].end());
