@@ -3,7 +3,7 @@
 
     python3 scripts/plot_eval.py eval_results.jsonl plots/
 
-Writes, per task (and kv variant): score (perplexity for ppl) vs budget, one line per
+Writes, per task (and kv variant) and context: score (perplexity for ppl) vs budget, one line per
 estimator, one panel per page size, dense as a dashed line; and for the recall task one
 heatmap (layer x head, mean attention-mass recall) per estimator, page size and budget.
 Needs matplotlib (Debian: python3-matplotlib, installed by scripts/install-deps).
@@ -53,7 +53,7 @@ def main():
     for r in rows:
         if r["task"] == "recall":
             continue
-        name = r["task"] + ("_" + r["variant"] if r.get("variant") else "")
+        name = r["task"] + ("_" + r["variant"] if r.get("variant") else "") + f"_{r['context']}"
         y = math.exp(r["nll"]) if r["task"] == "ppl" else r["score"]
         curves[name][(r["page_size"], r["estimator"], r["budget"])].append(y)
     for name, data in sorted(curves.items()):
@@ -75,8 +75,9 @@ def main():
                 ax.set_xticks(budgets)
                 ax.set_xticklabels([str(b) for b in budgets], fontsize=7)
             ax.set_xlabel("budget (tokens)")
-            ax.set_ylabel("perplexity" if name == "ppl" else "score")
-            if name == "ppl":
+            ppl = name.startswith("ppl_")
+            ax.set_ylabel("perplexity" if ppl else "score")
+            if ppl:
                 ax.set_yscale("log")
             else:
                 ax.set_ylim(-0.05, 1.05)
@@ -93,8 +94,8 @@ def main():
     rec = collections.defaultdict(lambda: collections.defaultdict(list))
     for r in rows:
         if r["task"] == "recall" and r["estimator"] != "dense":
-            rec[(r["page_size"], r["budget"])][(r["estimator"], r["layer"], r["head"])].append(r["recall"])
-    for (page, budget), data in sorted(rec.items()):
+            rec[(r["context"], r["page_size"], r["budget"])][(r["estimator"], r["layer"], r["head"])].append(r["recall"])
+    for (context, page, budget), data in sorted(rec.items()):
         ests = [e for e in order if any(k[0] == e for k in data)]
         layers = 1 + max(k[1] for k in data)
         heads = 1 + max(k[2] for k in data)
@@ -119,8 +120,8 @@ def main():
                             ax.text(h, l, f"{grid[l][h]:.2f}", ha="center", va="center", fontsize=6,
                                     color="white" if grid[l][h] < 0.6 else "black")
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="attention-mass recall")
-        fig.suptitle(f"recall, page {page}, budget {budget}", fontsize=10)
-        path = os.path.join(out, f"recall_p{page}_b{budget}.png")
+        fig.suptitle(f"attention-mass recall, context {context}, page {page}, budget {budget}", fontsize=10)
+        path = os.path.join(out, f"recall_{context}_p{page}_b{budget}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)

@@ -20,7 +20,7 @@ set_tests_properties(cli_eval_resume PROPERTIES FIXTURES_REQUIRED "retrieval_mod
                      PASS_REGULAR_EXPRESSION "eval: 0 rows written, 36 already")
 add_test(NAME cli_eval_plot COMMAND ${_smoke} --plot ${_ev}_plots)
 set_tests_properties(cli_eval_plot PROPERTIES FIXTURES_REQUIRED "retrieval_model;eval_rows" DEPENDS cli_eval_resume
-                     PASS_REGULAR_EXPRESSION "plot_eval: wrote 2 plots .*passkey.png, recall_p16_b256.png")
+                     PASS_REGULAR_EXPRESSION "plot_eval: wrote 2 plots .*passkey_1024.png, recall_1024_p16_b256.png")
 file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/eval_bad_results.jsonl "{\"task\": \"passkey\", \"estimator\": \"unique\"}\n")
 set(_bad unique eval --model ${_rm} --contexts 1024 --threads 1)
 unique_add_error_test(cli_eval_bad_task
