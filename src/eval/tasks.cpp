@@ -316,11 +316,4 @@ double score_hop(const Hop& hop, const std::string& output) {
   return 0.0;
 }
 
-int64_t min_context(const std::string& task, const engine::Tokenizer& tok) {
-  (void)tok;
-  // Instructions, needles and questions take < 200 tokens with any byte-level tokenizer
-  // (checked exactly when a prompt is built); leave room for some haystack.
-  return task == "ppl" ? 64 : 256;
-}
-
 }  // namespace unique::eval

@@ -50,7 +50,4 @@ Sample make_vartrack(const Haystack& hay, const engine::Tokenizer& tok, const Sa
 // the expected ones; all_numbers: fraction of the expected numbers among the digit runs.
 double score_hop(const Hop& hop, const std::string& output);
 
-// Fewest prompt tokens a task needs (instructions, needles, question) at this tokenizer.
-int64_t min_context(const std::string& task, const engine::Tokenizer& tok);
-
 }  // namespace unique::eval
