@@ -33,6 +33,8 @@ unique_add_error_test(cli_eval_bad_depth "error: --depths: expected percentages 
   $<TARGET_FILE:unique> eval --model ${_rm} --depths 50,120)
 unique_add_error_test(cli_eval_bad_context "error: --contexts: expected comma-separated non-negative integers, got 4k"
   $<TARGET_FILE:unique> eval --model ${_rm} --contexts 4k)
+unique_add_error_test(cli_eval_huge_budget "error: --budgets: expected comma-separated non-negative integers, got 1e30"
+  $<TARGET_FILE:unique> eval --model ${_rm} --budgets 256,1e30)
 unique_add_error_test(cli_eval_bad_page "error: --page-sizes: expected values among 16, 32, 64, got 8"
   $<TARGET_FILE:unique> eval --model ${_rm} --page-sizes 8 --budgets 256)
 unique_add_error_test(cli_eval_bad_estimator "error: estimator: expected one of .*got nope"
@@ -48,7 +50,7 @@ unique_add_error_test(cli_eval_corrupt_results
   $<TARGET_FILE:unique> eval --model ${_rm} --out ${CMAKE_CURRENT_BINARY_DIR}/eval_bad_results.jsonl)
 unique_add_error_test(cli_eval_missing_model "error: model config .*_does_not_exist/config.json: cannot open"
   $<TARGET_FILE:unique> eval --model ${_rm}_does_not_exist --tasks passkey --out ${_ev}_unused.jsonl)
-set_tests_properties(cli_eval_bad_task cli_eval_bad_budget cli_eval_bad_depth cli_eval_bad_context cli_eval_bad_page
+set_tests_properties(cli_eval_huge_budget cli_eval_bad_task cli_eval_bad_budget cli_eval_bad_depth cli_eval_bad_context cli_eval_bad_page
                      cli_eval_bad_estimator cli_eval_too_long cli_eval_missing_haystack cli_eval_corrupt_results
                      PROPERTIES FIXTURES_REQUIRED retrieval_model)
 set_tests_properties(cli_make_retrieval_model cli_eval_clean cli_eval_help cli_eval_smoke cli_eval_resume cli_eval_plot

@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
@@ -46,9 +48,11 @@ std::vector<T> numbers(const std::string& flag, const std::string& s) {
     try {
       size_t used = 0;
       const long double x = std::stold(t, &used);
-      if (used != t.size()) throw std::invalid_argument(t);
-      if (std::is_integral_v<T> && (x != static_cast<long double>(static_cast<long long>(x)) || x < 0))
+      // Range before any cast: a float-to-integer conversion out of range is undefined.
+      if (used != t.size() || !std::isfinite(x) || x < static_cast<long double>(std::numeric_limits<T>::lowest()) ||
+          x > static_cast<long double>(std::numeric_limits<T>::max()))
         throw std::invalid_argument(t);
+      if (std::is_integral_v<T> && (x < 0 || x != std::floor(x))) throw std::invalid_argument(t);
       v.push_back(static_cast<T>(x));
     } catch (const std::exception&) {
       throw_arg(flag, std::is_integral_v<T> ? "comma-separated non-negative integers" : "comma-separated numbers", t);
