@@ -55,7 +55,11 @@ void run_retrieval(Run& r, const Sample& s, const SampleSpec& spec, int page, bo
         gen.push_back(pending);
         if (std::find(eos.begin(), eos.end(), pending) != eos.end()) break;
       }
-      const std::string text = utf8_or_marks(r.tok.decode(gen, true));
+      // A config vocabulary may be padded past the tokenizer's: such ids have no text.
+      std::vector<int> known;
+      for (int id : gen)
+        if (id < r.tok.vocab_size()) known.push_back(id);
+      const std::string text = utf8_or_marks(r.tok.decode(known, true));
       const double sc = score_hop(hop, text);
       if (all) score += sc / double(s.hops.size());  // hops resolved in a row
       all = all && sc == 1.0;
