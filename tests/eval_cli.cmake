@@ -4,7 +4,8 @@ set(_ev ${CMAKE_CURRENT_BINARY_DIR}/eval_smoke)
 add_test(NAME cli_make_retrieval_model COMMAND unique make-retrieval-model --out ${_rm})
 set_tests_properties(cli_make_retrieval_model PROPERTIES FIXTURES_SETUP retrieval_model
                      PASS_REGULAR_EXPRESSION "wrote .*vocab [0-9]+, fp32.*positional gap 0\\.1[0-9]+")
-add_test(NAME cli_eval_clean COMMAND ${CMAKE_COMMAND} -E rm -rf ${_ev}.jsonl ${_ev}.csv ${_ev}.md ${_ev}_plots)
+add_test(NAME cli_eval_clean COMMAND ${CMAKE_COMMAND} -E rm -rf ${_ev}.jsonl ${_ev}.csv ${_ev}.md ${_ev}_plots
+         ${_ev}_tiny.jsonl)
 set_tests_properties(cli_eval_clean PROPERTIES FIXTURES_SETUP eval_clean)
 add_test(NAME cli_eval_help COMMAND unique eval --help)
 set_tests_properties(cli_eval_help PROPERTIES PASS_REGULAR_EXPRESSION
@@ -21,6 +22,13 @@ set_tests_properties(cli_eval_resume PROPERTIES FIXTURES_REQUIRED "retrieval_mod
 add_test(NAME cli_eval_plot COMMAND ${_smoke} --plot ${_ev}_plots)
 set_tests_properties(cli_eval_plot PROPERTIES FIXTURES_REQUIRED "retrieval_model;eval_rows" DEPENDS cli_eval_resume
                      PASS_REGULAR_EXPRESSION "plot_eval: wrote 2 plots .*passkey_1024.png, recall_1024_p16_b256.png")
+# Any model directory: the random GQA bf16 tiny model (8 query / 2 KV heads, 4 layers).
+add_test(NAME cli_eval_tiny_gqa COMMAND ${CMAKE_COMMAND} -E env UNIQUE_CACHE_DIR=${CMAKE_CURRENT_BINARY_DIR}/unused_cache
+         $<TARGET_FILE:unique> eval --model ${CMAKE_CURRENT_BINARY_DIR}/tiny_model --tasks passkey,ppl,recall
+         --contexts 512 --depths 50 --ppl-prefix 384 --estimators dense,unique,quest --budgets 64 --page-sizes 16,32 --threads 1
+         --out ${_ev}_tiny.jsonl --quiet)
+set_tests_properties(cli_eval_tiny_gqa PROPERTIES FIXTURES_REQUIRED "tiny_model;eval_clean" LABELS cli
+                     PASS_REGULAR_EXPRESSION "eval: 204 rows written, 0 already")
 file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/eval_bad_results.jsonl "{\"task\": \"passkey\", \"estimator\": \"unique\"}\n")
 set(_bad unique eval --model ${_rm} --contexts 1024 --threads 1)
 unique_add_error_test(cli_eval_bad_task
