@@ -87,6 +87,7 @@ Row base_row(const Run& r, const std::string& task, const std::string& variant, 
   row["dense_layers"] = r.opt.dense_layers;
   row["sink"] = r.opt.sink_pages;
   row["recent"] = r.opt.recent_pages;
+  row["kv_dtype"] = to_string(r.kv_dtype);
   return row;
 }
 

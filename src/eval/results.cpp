@@ -29,7 +29,7 @@ std::string num(const Row& r, const char* f) {
 std::string row_key(const Row& r) {
   std::string k;
   for (const char* f : {"task", "variant", "model", "context", "depth", "seed", "estimator", "budget", "page_size",
-                        "dense_layers", "layer", "head"}) {
+                        "dense_layers", "sink", "recent", "kv_dtype", "layer", "head"}) {
     if (!k.empty()) k += '|';
     k += num(r, f);
   }
@@ -62,6 +62,9 @@ void validate_row(const Row& r, const std::string& where) {
   need("budget", is_int("budget") && r["budget"].get<int64_t>() >= 0, "an integer >= 0 (0: dense)");
   need("page_size", is_int("page_size") && r["page_size"].get<int64_t>() >= 1, "an integer >= 1");
   need("dense_layers", is_int("dense_layers") && r["dense_layers"].get<int64_t>() >= 0, "an integer >= 0");
+  need("sink", is_int("sink") && r["sink"].get<int64_t>() >= 0, "an integer >= 0");
+  need("recent", is_int("recent") && r["recent"].get<int64_t>() >= 0, "an integer >= 0");
+  need("kv_dtype", r.contains("kv_dtype") && r["kv_dtype"].is_string(), "a string (fp32, bf16, fp16)");
   need("time_s", is_num("time_s") && r["time_s"].get<double>() >= 0, "a number >= 0");
   const std::string task = r["task"];
   if (task == "ppl") {

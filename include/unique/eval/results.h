@@ -12,7 +12,9 @@ namespace unique::eval {
 
 using Row = nlohmann::json;
 
-// The fields that identify a row (its "key" field is built from them).
+// The fields that identify a row (its "key" field is built from them): task, variant,
+// model, context, depth, seed, estimator, budget, page_size, dense_layers, sink, recent,
+// kv_dtype, layer, head.
 std::string row_key(const Row& r);
 
 // Checks one row against the schema: required fields with their JSON types, task-specific
