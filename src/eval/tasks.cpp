@@ -22,6 +22,8 @@ const std::vector<std::string> kNoun = {"lantern", "violin", "glacier", "pepper"
                                         "trumpet", "cactus", "harbor", "falcon", "pumpkin", "ladder", "meadow",
                                         "tractor", "biscuit", "dolphin"};
 
+// Seeded by task, context, depth, seed and attempt; std::hash of libstdc++ is stable,
+// another standard library draws other (equally valid) samples.
 struct Rng {
   std::mt19937_64 g;
   Rng(const std::string& task, const SampleSpec& s, int attempt)
