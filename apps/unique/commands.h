@@ -20,6 +20,10 @@ Runner add_bench_decode(CLI::App& app);
 void add_prefill_flags(CLI::App& app, std::string& mode, float& top_p, int& block, int& pool);
 // `make-tiny-model`: writes a small random model directory (model_tools.cpp).
 Runner add_make_tiny_model(CLI::App& app);
+// `make-retrieval-model`: writes the hand-set induction model (model_tools.cpp).
+Runner add_make_retrieval_model(CLI::App& app);
+// `eval`: accuracy harness over estimators x budgets x page sizes (eval.cpp).
+Runner add_eval(CLI::App& app);
 // `tokenize`: token ids of a text with a model's tokenizer.json (model_tools.cpp).
 Runner add_tokenize(CLI::App& app);
 

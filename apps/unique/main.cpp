@@ -36,6 +36,15 @@ int main(int argc, char** argv) {
   auto* tiny = app.add_subcommand("make-tiny-model",
                                   "Write a small random Llama-family model directory (no download).");
   runners[tiny] = unique::cli::add_make_tiny_model(*tiny);
+  auto* rmodel = app.add_subcommand(
+      "make-retrieval-model",
+      "Write a 2-layer Llama model whose weights are set by hand to retrieve by induction\n"
+      "(copies what followed an earlier occurrence of the last 3 tokens): the eval's default model.");
+  runners[rmodel] = unique::cli::add_make_retrieval_model(*rmodel);
+  auto* ev = app.add_subcommand(
+      "eval", "Accuracy of every estimator x budget x page size through sparse decode: passkey, needle,\n"
+              "RULER-style kv and variable tracking, perplexity, per-head attention-mass recall.");
+  runners[ev] = unique::cli::add_eval(*ev);
   auto* tok = app.add_subcommand("tokenize", "Token ids of a text with a model directory's tokenizer.json.");
   runners[tok] = unique::cli::add_tokenize(*tok);
 #endif

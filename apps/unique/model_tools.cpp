@@ -8,6 +8,7 @@
 #include <string>
 
 #include "commands.h"
+#include "unique/engine/retrieval_model.h"
 #include "unique/engine/tiny_model.h"
 #include "unique/engine/tokenizer.h"
 #include "unique/error.h"
@@ -38,6 +39,30 @@ Runner add_make_tiny_model(CLI::App& app) {
     std::printf("wrote %s: %s, hidden %d, %d layers, heads %d/%d, head dim %d, %s, %.1f MB (random weights)\n",
                 out->c_str(), o->arch.c_str(), o->hidden, o->layers, o->heads, o->kv_heads, o->head_dim,
                 dtype->c_str(), bytes / 1e6);
+    return 0;
+  };
+}
+
+Runner add_make_retrieval_model(CLI::App& app) {
+  auto o = std::make_shared<engine::RetrievalModelOptions>();
+  auto out = std::make_shared<std::string>();
+  app.add_option("--out", *out, "Output directory")->required();
+  app.add_option("--code-dim", o->code_dim, "Token code dimension d (hidden = 5d + 1 rounded up to 64)")
+      ->capture_default_str();
+  app.add_option("--head-dim", o->head_dim, "Head dimension (>= 3 x code dim)")->capture_default_str();
+  app.add_option("--rope-theta", o->rope_theta, "RoPE base")->capture_default_str();
+  app.add_option("--max-position", o->max_position, "Context the construction is checked for")->capture_default_str();
+  app.add_option("--merges", o->merges, "BPE merges learned from the built-in text")->capture_default_str();
+  app.add_option("--position-logit", o->position_logit, "Layer 0: logit of the wanted offset")->capture_default_str();
+  app.add_option("--match-logit", o->match_logit, "Layer 1: logit per matching n-gram token")->capture_default_str();
+  app.add_option("--output-logit", o->output_logit, "LM head: logit of a copied token")->capture_default_str();
+  app.add_option("--seed", o->seed, "Token codes seed")->capture_default_str();
+  return [o, out] {
+    const engine::RetrievalModelInfo i = engine::write_retrieval_model(*out, *o);
+    std::printf("wrote %s: llama, hidden %d, 2 layers, heads 4/4, head dim %d, vocab %d, fp32, %.1f MB "
+                "(hand-set induction weights; positional gap %.3f of the peak up to %lld tokens, content drift %.4f rad)\n",
+                out->c_str(), i.hidden, o->head_dim, i.vocab, i.bytes / 1e6, i.min_position_gap,
+                static_cast<long long>(o->max_position), i.max_content_drift);
     return 0;
   };
 }

@@ -81,6 +81,35 @@ void Engine::free_sequence(int seq) {
   for (auto& c : caches_) c->free_sequence(seq);
 }
 
+int Engine::fork_sequence(int seq) {
+  const int64_t len = length(seq);
+  const int P = opt_.attention.page_size;
+  const int64_t need = (len + P - 1) / P;
+  if (need > caches_[0]->free_pages())
+    throw_arg("KV cache pool", concat(need, " free pages to fork sequence ", seq), caches_[0]->free_pages());
+  const int id = add_sequence();
+  if (len == 0) return id;
+  const int64_t Hk = model_.config().num_kv_heads, D = model_.config().head_dim;
+  std::vector<float> k(static_cast<size_t>(len * Hk * D)), v(k.size());
+  for (auto& c : caches_) {
+    const PageTable table = c->page_table({seq});
+    const PagedKV kv = c->view(table);
+    for (int64_t j = 0; j < len; ++j)
+      for (int64_t h = 0; h < Hk; ++h) {
+        const int64_t src = kv.kv_offset(kv.page_indices[j / P], h) + (j % P) * D;
+        float* kd = k.data() + (j * Hk + h) * D;
+        float* vd = v.data() + (j * Hk + h) * D;
+        for (int64_t e = 0; e < D; ++e) {
+          kd[e] = load_as_float(kv.k, kv.dtype, src + e);
+          vd[e] = load_as_float(kv.v, kv.dtype, src + e);
+        }
+      }
+    c->append({id}, {static_cast<int>(len)}, make_view(k.data(), DType::f32, {len, Hk, D}),
+              make_view(v.data(), DType::f32, {len, Hk, D}));
+  }
+  return id;
+}
+
 int64_t Engine::length(int seq) const { return caches_[0]->length(seq); }
 
 void Engine::check_append(int seq, int64_t n) const {
@@ -193,6 +222,7 @@ void Engine::forward(const std::vector<int>& seqs, const std::vector<int>& count
         select_pages(cfg, qv, kv, sel);
         paged_decode(cfg, qv, kv, &sel, ov, TensorView{});
       }
+      if (observer_) observer_(l, qv, kv, ov);
     } else if (cfg.prefill == PrefillMode::unisparse && l >= opt_.dense_layers) {
       // Prefill of one sequence, UniSparse: key blocks chosen per (query head, query block)
       // from composite tokens, then block-sparse causal attention over the paged cache.

@@ -45,6 +45,10 @@ class Engine {
 
   int add_sequence();
   void free_sequence(int seq);
+  // A new sequence holding a copy of seq's keys and values in every layer (statistics
+  // recomputed from them): one prefill shared by several decode runs (the eval's sweeps).
+  // Throws unique::Error when the pool has too few free pages (nothing allocated then).
+  int fork_sequence(int seq);
   int64_t length(int seq) const;
 
   // Appends `tokens` to sequence seq (chunked forward); writes the logits of the last
@@ -68,6 +72,13 @@ class Engine {
   };
   const PrefillStats& prefill_stats() const { return prefill_stats_; }
 
+  // Called in every decode step for every layer after its attention: the queries
+  // [batch, num_heads, head_dim] (RoPE applied), the cache of the layer (this step's token
+  // included) and the attention output [batch, num_heads, head_dim]. Lets the eval measure
+  // selections on the model's real queries and keys. Empty function: none.
+  using DecodeObserver = std::function<void(int layer, const TensorView& q, const PagedKV& kv, const TensorView& out)>;
+  void set_decode_observer(DecodeObserver f) { observer_ = std::move(f); }
+
  private:
   struct Scratch;
   const Model& model_;
@@ -75,6 +86,7 @@ class Engine {
   std::vector<std::unique_ptr<KVCache>> caches_;
   std::unique_ptr<Scratch> s_;
   PrefillStats prefill_stats_;
+  DecodeObserver observer_;
 
   void check_append(int seq, int64_t n) const;
   // Runs all layers on rows x [T, hidden]; rows belong to `seqs` with `counts` tokens each

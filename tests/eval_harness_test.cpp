@@ -1,0 +1,276 @@
+// The eval harness on the hand-set retrieval model: it retrieves through our engine,
+// estimators rank as they must on its real KV cache, sparse decode with a budget >= the
+// context answers exactly as dense, and the results file is validated and resumed.
+// The haystack is the King James Bible of Debian's bible-kjv-text (scripts/install-deps).
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+
+#include "engine_test_util.h"
+#include "unique/engine/engine.h"
+#include "unique/engine/model.h"
+#include "unique/engine/retrieval_model.h"
+#include "unique/error.h"
+#include "unique/eval/eval.h"
+#include "unique/eval/haystack.h"
+#include "unique/eval/results.h"
+#include "unique/eval/tasks.h"
+
+using namespace unique;
+using namespace unique::eval;
+
+namespace {
+
+class EvalHarness : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(enginetest::temp_dir("retrieval_model"));
+    engine::write_retrieval_model(*dir_, engine::RetrievalModelOptions{});
+  }
+  static void TearDownTestSuite() { delete dir_; }
+  static const std::string& dir() { return *dir_; }
+
+  EvalOptions options(const std::string& tasks, int64_t context) const {
+    EvalOptions o;
+    o.model_dir = dir();
+    o.tasks = {tasks};
+    o.contexts = {context};
+    o.page_sizes = {16};
+    o.depths = {50};
+    o.seeds = {0};
+    return o;
+  }
+  std::string results_path(const std::string& name) const {
+    const std::string p = dir() + "/" + name + ".jsonl";
+    std::remove(p.c_str());
+    return p;
+  }
+
+ private:
+  static std::string* dir_;
+};
+std::string* EvalHarness::dir_ = nullptr;
+
+bool have_kjv() {
+  std::ifstream f(kKjvPath);
+  return static_cast<bool>(f);
+}
+#define REQUIRE_KJV() \
+  ASSERT_TRUE(have_kjv()) << kKjvPath << " missing: install Debian package bible-kjv-text (scripts/install-deps)"
+
+TEST_F(EvalHarness, DensePasskeyExactAtThreeDepthsOf2KTokens) {
+  REQUIRE_KJV();
+  EvalOptions o = options("passkey", 2048);
+  o.estimators = {Estimator::dense};
+  o.depths = {10, 50, 90};
+  ResultsFile out(results_path("dense_passkey"));
+  run_eval(o, out, nullptr);
+  ASSERT_EQ(out.rows().size(), 3u);
+  for (const Row& r : out.rows()) {
+    EXPECT_EQ(r["tokens"], 2048);
+    EXPECT_TRUE(r["copyable"].get<bool>());
+    EXPECT_TRUE(r["correct"].get<bool>()) << "depth " << r["depth"] << ": expected " << r["expected"] << ", got "
+                                          << r["output"];
+  }
+}
+
+TEST_F(EvalHarness, RecallOrderOracleUniqueRandom) {
+  REQUIRE_KJV();
+  EvalOptions o = options("recall", 2048);
+  o.estimators = {Estimator::oracle, Estimator::unique, Estimator::random};
+  o.budgets = {256};
+  ResultsFile out(results_path("recall"));
+  run_eval(o, out, nullptr);
+  std::map<std::string, double> mean;
+  std::map<std::string, int> n;
+  for (const Row& r : out.rows()) {
+    mean[r["estimator"]] += r["recall"].get<double>();
+    n[r["estimator"]] += 1;
+  }
+  ASSERT_EQ(n["oracle"], 8);  // 2 layers x 4 heads
+  for (auto& [e, m] : mean) m /= n[e];
+  EXPECT_GE(mean["oracle"], mean["unique"]);
+  EXPECT_GE(mean["unique"], mean["random"]);
+  // Not a tie: at 256 of 2048 tokens a random selection misses most of the needle mass.
+  EXPECT_GT(mean["unique"], mean["random"] + 0.05);
+}
+
+TEST_F(EvalHarness, BudgetAtLeastContextAnswersAsDense) {
+  REQUIRE_KJV();
+  for (const char* task : {"passkey", "vartrack"}) {
+    EvalOptions o = options(task, 1024);
+    o.budgets = {2048};
+    ResultsFile out(results_path(std::string("full_budget_") + task));
+    run_eval(o, out, nullptr);
+    ASSERT_EQ(out.rows().size(), 6u) << task;
+    std::string dense;
+    for (const Row& r : out.rows())
+      if (r["estimator"] == "dense") dense = r["output"];
+    ASSERT_FALSE(dense.empty());
+    for (const Row& r : out.rows()) {
+      EXPECT_EQ(r["output"], dense) << task << " " << r["estimator"];
+      EXPECT_TRUE(r["correct"].get<bool>()) << task << " " << r["estimator"];
+    }
+  }
+}
+
+TEST_F(EvalHarness, ResultsFileIsValidatedAndResumed) {
+  REQUIRE_KJV();
+  EvalOptions o = options("passkey", 512);
+  o.estimators = {Estimator::dense, Estimator::mean};
+  o.budgets = {256};
+  const std::string path = results_path("resume");
+  {
+    ResultsFile out(path);
+    const EvalSummary s = run_eval(o, out, nullptr);
+    EXPECT_EQ(s.written, 2);
+  }
+  ResultsFile again(path);  // re-read: every line passes the schema
+  ASSERT_EQ(again.rows().size(), 2u);
+  EXPECT_EQ(run_eval(o, again, nullptr).written, 0);
+  o.seeds = {0, 1};
+  EXPECT_EQ(run_eval(o, again, nullptr).written, 2);
+  EXPECT_NE(to_csv(again.rows()).find("task,variant,model,context"), std::string::npos);
+  EXPECT_NE(to_markdown(again.rows()).find("| mean |"), std::string::npos);
+
+  // A row missing a metric, a wrong type, a broken line: errors name file:line and field.
+  Row bad = again.rows()[0];
+  bad.erase("score");
+  enginetest::write_text(path, again.rows()[0].dump() + "\n" + bad.dump() + "\n");
+  try {
+    ResultsFile f(path);
+    FAIL() << "accepted a row without score";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(path + ":2: expected field \"score\""), std::string::npos) << e.what();
+  }
+  Row wrong = again.rows()[0];
+  wrong["budget"] = "many";
+  EXPECT_THROW(validate_row(wrong, "x"), Error);
+  enginetest::write_text(path, "{\"task\": \"passkey\"\n");
+  try {
+    ResultsFile f(path);
+    FAIL() << "accepted broken JSON";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(":1: expected one JSON object per line"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(EvalHarness, TasksBuildCopyablePromptsOfTheAskedLength) {
+  REQUIRE_KJV();
+  const engine::Tokenizer tok = engine::Tokenizer::from_file(dir() + "/tokenizer.json");
+  const Haystack hay(load_haystack_text("kjv"), tok);
+  const SampleSpec s{1024, 0.3, 7};
+  for (const Sample& x : {make_passkey(hay, tok, s), make_needle(hay, tok, s), make_kv(hay, tok, s, false),
+                          make_vartrack(hay, tok, s, 3)}) {
+    EXPECT_EQ(x.prompt.size(), 1024u) << x.task;
+    EXPECT_TRUE(x.copyable) << x.task;
+    EXPECT_FALSE(x.hops.empty());
+  }
+  EXPECT_EQ(make_vartrack(hay, tok, s, 3).hops.size(), 3u);
+  EXPECT_THROW(make_passkey(hay, tok, SampleSpec{40, 0.5, 0}), Error);
+}
+
+TEST(EvalScoring, Hops) {
+  Hop num{{}, "58213", AnswerKind::number, 8};
+  EXPECT_EQ(score_hop(num, " 58213. Remember"), 1.0);
+  EXPECT_EQ(score_hop(num, " 582130"), 0.0);
+  EXPECT_EQ(score_hop(num, " the 58213"), 1.0);  // the first number counts
+  EXPECT_EQ(score_hop(num, ""), 0.0);
+  Hop words{{}, "violin pepper kettle", AnswerKind::words, 8};
+  EXPECT_EQ(score_hop(words, " Violin pepper kettle."), 1.0);
+  EXPECT_EQ(score_hop(words, " violin pepper"), 0.0);
+  Hop all{{}, "111 222 333 444", AnswerKind::all_numbers, 8};
+  EXPECT_DOUBLE_EQ(score_hop(all, "222, 444 and 999"), 0.5);
+}
+
+TEST(EvalHaystack, CleanTextDropsReferencesAndDigits) {
+  EXPECT_EQ(clean_text("Ge1:1 In the beginning 12 God\nGe1:2 And  the earth.\n"),
+            "In the beginning God And the earth.");
+  EXPECT_EQ(clean_text("time: 10:30 is   late"), "time: : is late");
+}
+
+TEST(EvalHaystack, BibleDataReaderRejectsCorruptFiles) {
+  const std::string d = enginetest::temp_dir("bible");
+  auto expect_error = [&](const std::string& bytes, const std::string& what) {
+    enginetest::write_text(d + "/b.data", bytes);
+    try {
+      read_bible_data(d + "/b.data");
+      FAIL() << "accepted: " << what;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  expect_error("EC02", "expected a file starting with \"EC02\"");
+  std::string h = "EC02" + std::string(80, '\0');
+  auto be = [](uint32_t v) {
+    return std::string{char(v >> 24), char((v >> 16) & 255), char((v >> 8) & 255), char(v & 255)};
+  };
+  expect_error(h + be(65536) + be(1000000), "window count: expected a table that fits the file");
+  expect_error(h + be(0) + be(1) + be(0) + be(0), "window size: expected 64..16777216");
+  const std::string hdr = h + be(64) + be(1) + be(99) + be(200) + "\x1f\x9d\x90";
+  expect_error(hdr, "offsets: expected increasing and inside the file");
+  // Codes that refer past the table.
+  expect_error(h + be(64) + be(1) + be(103) + be(107) + "\x1f\x9d\x90" + std::string("\x41\xfe\x03\x00", 4),
+               "expected a code <=");
+  expect_error(h + be(64) + be(1) + be(96) + be(96), "expected a compress(1) header");
+  EXPECT_THROW(load_haystack_text(d + "/nope.txt"), Error);
+  if (have_kjv()) {
+    const std::string kjv = read_bible_data(kKjvPath);
+    EXPECT_EQ(kjv.size(), 4404475u);
+    EXPECT_EQ(kjv.rfind("Holy Bible, Authorized (King James) Version.", 0), 0u);
+    EXPECT_NE(kjv.find("Rev22:21 The grace of our Lord Jesus Christ be with you all. Amen."), std::string::npos);
+  }
+}
+
+TEST_F(EvalHarness, ForkedSequenceDecodesAsTheOriginal) {
+  auto model = engine::Model::load(dir());
+  engine::EngineOptions eo;
+  eo.attention.estimator = Estimator::unique;
+  eo.attention.budget_tokens = 32;
+  eo.kv_dtype = DType::f32;
+  eo.max_context = 200;
+  eo.max_batch = 2;
+  engine::Engine eng(*model, eo);
+  const int a = eng.add_sequence();
+  std::vector<int> toks;
+  for (int i = 0; i < 150; ++i) toks.push_back((i * 37 + 11) % 600);
+  eng.prefill(a, toks, nullptr);
+  const int b = eng.fork_sequence(a);
+  EXPECT_EQ(eng.length(b), 150);
+  const int V = model->config().vocab_size;
+  std::vector<float> la(V), lb(V);
+  for (int t : {5, 6, 7}) {
+    eng.decode({a}, {t}, la.data());
+    eng.decode({b}, {t}, lb.data());
+    EXPECT_EQ(la, lb);
+  }
+  EXPECT_THROW(eng.fork_sequence(a), Error);  // the pool holds two sequences of 200 tokens
+}
+
+TEST(RetrievalModel, RefusesAConstructionItCannotCheck) {
+  const std::string d = enginetest::temp_dir("bad_retrieval");
+  engine::RetrievalModelOptions o;
+  o.rope_theta = 1e4;  // content pairs rotate over the context
+  EXPECT_THROW(engine::write_retrieval_model(d, o), Error);
+  o = {};
+  o.position_logit = 50;  // 50 x 0.185 < 20 nats
+  EXPECT_THROW(engine::write_retrieval_model(d, o), Error);
+  o = {};
+  o.code_dim = 100;  // 3 x 100 > head_dim 256
+  EXPECT_THROW(engine::write_retrieval_model(d, o), Error);
+}
+
+}  // namespace
+
+namespace unique::eval::detail {
+std::string utf8_or_marks(const std::string& s);
+}
+
+TEST(EvalText, GeneratedBytesBecomeValidUtf8) {
+  using unique::eval::detail::utf8_or_marks;
+  EXPECT_EQ(utf8_or_marks("caf\xc3\xa9 ok"), "caf\xc3\xa9 ok");
+  EXPECT_EQ(utf8_or_marks("a\xc3 b"), "a? b");     // a lead byte before a space
+  EXPECT_EQ(utf8_or_marks("\x80x\xe2\x82"), "?x??");  // stray continuation, cut sequence
+}
