@@ -116,6 +116,10 @@ std::string read_bible_data(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw_arg(path, "a readable bible-kjv-text data file", "cannot open");
   const std::vector<uint8_t> b((std::istreambuf_iterator<char>(f)), {});
+  return decode_bible_data(b, path);
+}
+
+std::string decode_bible_data(const std::vector<uint8_t>& b, const std::string& path) {
   UNIQUE_CHECK_ARG(b.size() >= 92 && b[0] == 'E' && b[1] == 'C' && b[2] == '0' && b[3] == '2', path,
                    "a file starting with \"EC02\" (bible-kjv-text format 02)", "other bytes");
   const uint32_t wsize = be32(b, 84), wnum = be32(b, 88);

@@ -97,13 +97,17 @@ ResultsFile::ResultsFile(std::string path) : path_(std::move(path)) {
   std::string line;
   for (int n = 1; std::getline(f, line); ++n) {
     if (line.empty()) continue;
-    const std::string where = concat(path_, ":", n);
-    Row r = Row::parse(line, nullptr, false);
-    UNIQUE_CHECK_ARG(!r.is_discarded(), where, "one JSON object per line", "invalid JSON");
-    validate_row(r, where);
+    Row r = parse_row(line, concat(path_, ":", n));
     keys_.insert(row_key(r));
     rows_.push_back(std::move(r));
   }
+}
+
+Row parse_row(const std::string& line, const std::string& where) {
+  Row r = Row::parse(line, nullptr, false);
+  UNIQUE_CHECK_ARG(!r.is_discarded(), where, "one JSON object per line", "invalid JSON");
+  validate_row(r, where);
+  return r;
 }
 
 void ResultsFile::append(Row r) {

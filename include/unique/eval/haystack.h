@@ -16,6 +16,8 @@ inline constexpr const char* kKjvPath = "/usr/lib/bible.data";
 // window size and count, window offsets; each window compress(1)-style LZW, 9..16-bit
 // codes). Untrusted input: sizes, offsets and every code are checked; errors name `path`.
 std::string read_bible_data(const std::string& path);
+// The same for the file's bytes; `path` names them in errors.
+std::string decode_bible_data(const std::vector<uint8_t>& bytes, const std::string& path);
 
 // The haystack text of a --haystack value: "kjv" (kKjvPath), a bible.data file, or a
 // plain text file. Cleaned for the tasks: verse references and every digit removed (the

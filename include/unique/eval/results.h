@@ -20,6 +20,8 @@ std::string row_key(const Row& r);
 // Checks one row against the schema: required fields with their JSON types, task-specific
 // metrics, value ranges. Throws unique::Error naming `where` (file:line) and the field.
 void validate_row(const Row& r, const std::string& where);
+// One line of a results file, parsed and validated (errors name `where`).
+Row parse_row(const std::string& line, const std::string& where);
 
 class ResultsFile {
  public:
