@@ -1,6 +1,5 @@
 #include "unique/engine/engine.h"
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -8,7 +7,6 @@
 #include <cmath>
 #include <cstring>
 
-#include "engine/blas_util.h"
 #include "unique/decode.h"
 #include "unique/error.h"
 #include "unique/prefill.h"
@@ -29,7 +27,6 @@ void EngineOptions::validate() const {
 struct Engine::Scratch {
   std::vector<float> x, h, q, k, v, att, g, u, rows, sel_scores;
   std::vector<int32_t> sel_pages, sel_counts, pf_blocks, pf_counts;
-  std::vector<float> kbuf, vbuf;  // prefill: one sequence's keys/values [Hkv, L, D] fp32
 };
 
 Engine::Engine(const Model& model, const EngineOptions& opt) : model_(model), opt_(opt), s_(std::make_unique<Scratch>()) {
@@ -158,7 +155,7 @@ void Engine::forward(const std::vector<int>& seqs, const std::vector<int>& count
   const ModelConfig& c = model_.config();
   const int64_t T = static_cast<int64_t>(tokens.size());
   const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
-  const int Hq = c.num_heads, Hk = c.num_kv_heads, group = Hq / Hk;
+  const int Hq = c.num_heads, Hk = c.num_kv_heads;
   const int64_t qd = Hq * D, kd = Hk * D;
   Scratch& s = *s_;
   s.x.resize(T * H);
@@ -223,72 +220,27 @@ void Engine::forward(const std::vector<int>& seqs, const std::vector<int>& count
         paged_decode(cfg, qv, kv, &sel, ov, TensorView{});
       }
       if (observer_) observer_(l, qv, kv, ov);
-    } else if (cfg.prefill == PrefillMode::unisparse && l >= opt_.dense_layers) {
-      // Prefill of one sequence, UniSparse: key blocks chosen per (query head, query block)
-      // from composite tokens, then block-sparse causal attention over the paged cache.
-      const int64_t L = seq_len(kv, 0);
-      const PrefillBlocks pb = prefill_blocks(cfg, T, L);
-      s.pf_blocks.resize(size_t(Hq) * pb.num_q_blocks * pb.num_kv_blocks);
-      s.pf_counts.resize(size_t(Hq) * pb.num_q_blocks);
-      const BlockSelection sel{s.pf_blocks.data(), s.pf_counts.data(), Hq, pb.num_q_blocks, pb.num_kv_blocks,
-                               Device::cpu};
-      const TensorView qv = make_view(s.q.data(), DType::f32, {T, Hq, D});
-      select_prefill_blocks(cfg, qv, kv, 0, L, sel);
-      sparse_prefill(cfg, qv, kv, 0, L, &sel, make_view(s.att.data(), DType::f32, {T, Hq, D}), TensorView{});
-      for (int32_t n : s.pf_counts) prefill_stats_.blocks_kept += n;
-      for (int i = 0; i < pb.num_q_blocks; ++i) prefill_stats_.blocks_dense += int64_t(Hq) * (pb.first_q_block + i + 1);
     } else {
-      // Prefill of one sequence: dense causal attention over its cached keys (earlier
-      // chunks and this one), gathered to fp32 [Hk, L, D].
-      const int64_t L = seq_len(kv, 0), P = kv.page_size, p0 = L - T;
-      s.kbuf.resize(size_t(Hk) * L * D);
-      s.vbuf.resize(size_t(Hk) * L * D);
-#pragma omp parallel for collapse(2) schedule(static)
-      for (int h = 0; h < Hk; ++h)
-        for (int64_t j = 0; j < L; ++j) {
-          const int64_t page = kv.page_indices[j / P];
-          const size_t off = static_cast<size_t>(kv.kv_offset(page, h) + (j % P) * D);
-          float* kd_ = s.kbuf.data() + (int64_t(h) * L + j) * D;
-          float* vd_ = s.vbuf.data() + (int64_t(h) * L + j) * D;
-          for (int64_t d = 0; d < D; ++d) {
-            kd_[d] = load_as_float(kv.k, kv.dtype, off + d);
-            vd_[d] = load_as_float(kv.v, kv.dtype, off + d);
-          }
-        }
-      const float scale = cfg.scale_for(static_cast<int>(D));
-      // Per query head and block of 64 chunk rows: S = scale * Q K^T over the keys the
-      // block can see (sgemm), causal softmax by row, O = P V (sgemm). Row t (absolute
-      // position p0 + t) sees keys 0..p0+t; blocks bound S to 64 x L floats per thread.
-      constexpr int64_t kRows = 64;
-      detail::blas_single_threaded();
-#pragma omp parallel
-      {
-        std::vector<float> S(static_cast<size_t>(std::min(kRows, T) * L));
-#pragma omp for collapse(2) schedule(dynamic, 1)
-        for (int h = 0; h < Hq; ++h)
-          for (int64_t t0 = 0; t0 < T; t0 += kRows) {
-            const int64_t tb = std::min(kRows, T - t0), Lb = p0 + t0 + tb;
-            const float* Q = s.q.data() + t0 * qd + h * D;
-            const float* K = s.kbuf.data() + int64_t(h / group) * L * D;
-            const float* Vh = s.vbuf.data() + int64_t(h / group) * L * D;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(tb), static_cast<int>(Lb),
-                        static_cast<int>(D), scale, Q, static_cast<int>(qd), K, static_cast<int>(D), 0.0f, S.data(),
-                        static_cast<int>(Lb));
-            for (int64_t r = 0; r < tb; ++r) {
-              float* row = S.data() + r * Lb;
-              const int64_t n = p0 + t0 + r + 1;
-              float mx = -INFINITY;
-              for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
-              double sum = 0;
-              for (int64_t j = 0; j < n; ++j) sum += row[j] = std::exp(row[j] - mx);
-              const float inv = static_cast<float>(1.0 / sum);
-              for (int64_t j = 0; j < n; ++j) row[j] *= inv;
-              for (int64_t j = n; j < Lb; ++j) row[j] = 0.0f;
-            }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(tb), static_cast<int>(D),
-                        static_cast<int>(Lb), 1.0f, S.data(), static_cast<int>(Lb), Vh, static_cast<int>(D), 0.0f,
-                        s.att.data() + t0 * qd + h * D, static_cast<int>(qd));
-          }
+      // Prefill of one sequence over its cached keys (earlier chunks and this one), read in
+      // the cache dtype as decode reads them: UniSparse block-sparse attention, or dense
+      // causal attention (no selection) in dense mode and in the first dense_layers layers.
+      const int64_t L = seq_len(kv, 0);
+      const TensorView qv = make_view(s.q.data(), DType::f32, {T, Hq, D});
+      const TensorView ov = make_view(s.att.data(), DType::f32, {T, Hq, D});
+      if (cfg.prefill == PrefillMode::unisparse && l >= opt_.dense_layers) {
+        // Key blocks chosen per (query head, query block) from composite tokens.
+        const PrefillBlocks pb = prefill_blocks(cfg, T, L);
+        s.pf_blocks.resize(size_t(Hq) * pb.num_q_blocks * pb.num_kv_blocks);
+        s.pf_counts.resize(size_t(Hq) * pb.num_q_blocks);
+        const BlockSelection sel{s.pf_blocks.data(), s.pf_counts.data(), Hq, pb.num_q_blocks, pb.num_kv_blocks,
+                                 Device::cpu};
+        select_prefill_blocks(cfg, qv, kv, 0, L, sel);
+        sparse_prefill(cfg, qv, kv, 0, L, &sel, ov, TensorView{});
+        for (int32_t n : s.pf_counts) prefill_stats_.blocks_kept += n;
+        for (int i = 0; i < pb.num_q_blocks; ++i)
+          prefill_stats_.blocks_dense += int64_t(Hq) * (pb.first_q_block + i + 1);
+      } else {
+        sparse_prefill(cfg, qv, kv, 0, L, nullptr, ov, TensorView{});
       }
     }
     linear(s.att.data(), T, w.o, s.h.data());
