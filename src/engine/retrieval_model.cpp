@@ -1,10 +1,8 @@
 #include "unique/engine/retrieval_model.h"
 
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <vector>
@@ -304,22 +302,7 @@ RetrievalModelInfo write_retrieval_model(const std::string& dir, const Retrieval
               {"sink_logit", o.sink_logit}, {"output_logit", o.output_logit}, {"seed", o.seed},
               {"merges", o.merges}, {"min_position_gap", info.min_position_gap},
               {"max_content_drift", info.max_content_drift}}}};
-  auto write = [&](const std::string& name, const std::string& text) {
-    std::ofstream f(dir + "/" + name);
-    if (!f) throw Error("cannot write " + dir + "/" + name);
-    f << text;
-  };
-  write("config.json", c.dump(2) + "\n");
-  write("generation_config.json", json{{"bos_token_id", bos}, {"eos_token_id", eos}}.dump(2) + "\n");
-  write("tokenizer.json", tok_json);
-  write("tokenizer_config.json", json{{"bos_token", "<|begin_of_text|>"},
-                                      {"eos_token", "<|end_of_text|>"},
-                                      {"tokenizer_class", "PreTrainedTokenizerFast"},
-                                      {"model_max_length", o.max_position}}.dump(2) + "\n");
-  struct stat st;
-  for (const char* f : {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
-                        "tokenizer_config.json"})
-    if (::stat((dir + "/" + f).c_str(), &st) == 0) info.bytes += st.st_size;
+  info.bytes = write_model_dir_files(dir, c.dump(2) + "\n", tok_json, bos, eos, o.max_position);
   return info;
 }
 

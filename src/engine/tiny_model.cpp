@@ -284,17 +284,22 @@ int64_t write_tiny_model(const std::string& dir, const TinyModelOptions& o) {
   if (o.arch == "llama")
     c["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
                          {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+  return write_model_dir_files(dir, c.dump(2) + "\n", tok, bos, eos, o.max_position);
+}
+
+int64_t write_model_dir_files(const std::string& dir, const std::string& config_json, const std::string& tokenizer_json,
+                              int bos, int eos, int64_t max_position) {
   auto write = [&](const std::string& name, const std::string& text) {
     std::ofstream f(dir + "/" + name);
     if (!f) throw Error("cannot write " + dir + "/" + name);
     f << text;
   };
-  write("config.json", c.dump(2) + "\n");
+  write("config.json", config_json);
   write("generation_config.json", json{{"bos_token_id", bos}, {"eos_token_id", eos}}.dump(2) + "\n");
-  write("tokenizer.json", tok);
+  write("tokenizer.json", tokenizer_json);
   write("tokenizer_config.json",
         json{{"bos_token", "<|begin_of_text|>"}, {"eos_token", "<|end_of_text|>"}, {"tokenizer_class", "PreTrainedTokenizerFast"},
-             {"model_max_length", o.max_position}}.dump(2) + "\n");
+             {"model_max_length", max_position}}.dump(2) + "\n");
   struct stat st;
   int64_t bytes = 0;
   for (const char* f : {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"})

@@ -35,4 +35,11 @@ std::string make_byte_level_tokenizer_json(const std::string& corpus, int merges
 // The built-in training text.
 const std::string& tiny_corpus();
 
+// The files of a Hugging Face model directory next to its model.safetensors:
+// config.json, generation_config.json, tokenizer.json, tokenizer_config.json (BOS/EOS as
+// the byte-level tokenizer above names them). Returns the directory's bytes, weights
+// included. Throws unique::Error naming a file it cannot write.
+int64_t write_model_dir_files(const std::string& dir, const std::string& config_json, const std::string& tokenizer_json,
+                              int bos, int eos, int64_t max_position);
+
 }  // namespace unique::engine
