@@ -1,6 +1,8 @@
 #include "unique/engine/retrieval_model.h"
 
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
