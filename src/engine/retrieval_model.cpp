@@ -1,6 +1,5 @@
 #include "unique/engine/retrieval_model.h"
 
-
 #include <sys/stat.h>
 
 #include <algorithm>
