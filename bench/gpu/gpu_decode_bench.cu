@@ -17,7 +17,7 @@
 #include "unique/decode_plan.h"
 #include "unique/unique.h"
 
-#include "bench_check.h"
+#include "bench_util.h"
 
 using namespace unique;
 
@@ -40,28 +40,10 @@ void fill(void* p, size_t n, uint32_t seed, float scale = 2.0f, float offset = 0
 struct Timer {
   void* flush = nullptr;
   size_t flush_bytes = size_t(256) << 20;
-  cudaEvent_t a, b;
-  Timer() {
-    CK(cudaMalloc(&flush, flush_bytes));
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-  }
+  Timer() { CK(cudaMalloc(&flush, flush_bytes)); }
   template <class F>
   double median_us(F&& f, int reps) {
-    for (int i = 0; i < 3; ++i) f();
-    std::vector<double> t;
-    for (int i = 0; i < reps; ++i) {
-      CK(cudaMemsetAsync(flush, i & 0xff, flush_bytes));
-      CK(cudaEventRecord(a));
-      f();
-      CK(cudaEventRecord(b));
-      CK(cudaEventSynchronize(b));
-      float ms = 0;
-      CK(cudaEventElapsedTime(&ms, a, b));
-      t.push_back(ms * 1e3);
-    }
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
+    return 1e3 * median_event_ms(f, reps, 3, [&](int i) { CK(cudaMemsetAsync(flush, i & 0xff, flush_bytes)); });
   }
 };
 

@@ -22,7 +22,7 @@
 #include "unique/stream.h"
 #include "unique/unique.h"
 
-#include "bench_check.h"
+#include "bench_util.h"
 
 using namespace unique;
 
@@ -72,25 +72,7 @@ __global__ void fill_queries(uint16_t* q, int64_t L, float topic_w) {
 
 template <class F>
 double median_ms(F&& f, int reps) {
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  f();
-  CK(cudaDeviceSynchronize());
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    CK(cudaEventRecord(a));
-    f();
-    CK(cudaEventRecord(b));
-    CK(cudaEventSynchronize(b));
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  CK(cudaEventDestroy(a));
-  CK(cudaEventDestroy(b));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return median_event_ms(f, reps, 1, [](int) {});
 }
 
 std::vector<double> parse_list(const char* s) {
