@@ -32,6 +32,21 @@ def built_with_cuda() -> bool:
     return bool(_core.built_with_cuda())
 
 
+# Sparsity-aware training (needs torch; imported on first use so the package imports without it):
+#   unique_attn.soft_mask_attention / hard_topk_attention  (unique_attn/soft_mask.py)
+#   unique_attn.register_transformers / soft_mask_options   (unique_attn/hf.py)
+_LAZY = {"soft_mask_attention": "soft_mask", "hard_topk_attention": "soft_mask", "SoftMaskAttention": "soft_mask",
+         "page_scores": "soft_mask", "register_transformers": "hf", "soft_mask_options": "hf"}
+
+
+def __getattr__(name):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'unique_attn' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+
+
 __all__ = ["PagedKVCache", "SparseDecodeWrapper", "DenseDecodeWrapper", "select_pages",
            "score_pages", "append_paged_kv_cache", "ESTIMATORS", "cuda_available",
-           "built_with_cuda", "__version__"]
+           "built_with_cuda", "__version__", *_LAZY]
