@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Trains the in-house long-context model from scratch: a small byte-level Llama
+(LlamaForCausalLM, MHA, RoPE theta 5e5) on the corpus of prepare_corpus.py mixed with
+synthetic passkey / key-value retrieval sequences, with a sequence-length curriculum up to
+--context, bf16 autocast, dense attention through SDPA (FlashAttention), a wall-clock budget
+(--minutes, counted across resumes) and resumable checkpoints (--ckpt). Saves the Hugging
+Face directory (--out) that transformers and `unique generate --model DIR` load.
+
+  python3 scripts/train/train.py --corpus .train/corpus --out OUT/model-dense --minutes 5
+  python3 scripts/train/train.py --tiny --minutes 0.3 --out /tmp/tiny     # CPU smoke test
+
+The loss is text CE (mean over non-answer tokens) + --answer-weight * answer CE (mean over
+the answer tokens of the retrieval sequences).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common as C  # noqa: E402
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", default=".train/corpus")
+    ap.add_argument("--out", default=".train/model-dense", help="HF directory written at the end")
+    ap.add_argument("--ckpt", default=None, help="checkpoint file (default OUT/../<name>.ckpt.pt)")
+    ap.add_argument("--size", default="demo", choices=sorted(C.MODEL_SIZES))
+    ap.add_argument("--context", type=int, default=8192)
+    ap.add_argument("--curriculum", default="0.2:1024,0.45:4096",
+                    help="frac:len,... : before time fraction frac train at len (then --context)")
+    ap.add_argument("--tokens-per-step", type=int, default=65536)
+    ap.add_argument("--minutes", type=float, default=5.0, help="training wall-clock budget (all runs together)")
+    ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: time only)")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--wd", type=float, default=0.1)
+    ap.add_argument("--synth-frac", type=float, default=0.5, help="fraction of retrieval sequences")
+    ap.add_argument("--answer-weight", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--ckpt-every", type=float, default=60.0, help="seconds between checkpoints")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--tiny", action="store_true", help="CPU smoke settings: tiny model, context 512")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = ap.parse_args(argv)
+    if a.tiny:
+        a.size, a.context, a.tokens_per_step, a.curriculum = "tiny", 512, 2048, "0.3:384"
+        a.ckpt_every = min(a.ckpt_every, 5.0)
+        a.log_every = min(a.log_every, 2)
+    if a.ckpt is None:
+        a.ckpt = os.path.abspath(a.out.rstrip("/")) + ".ckpt.pt"
+    return a
+
+
+def seq_len_at(frac, a):
+    for part in filter(None, a.curriculum.split(",")):
+        f, n = part.split(":")
+        if frac < float(f):
+            return min(int(n), a.context)
+    return a.context
+
+
+def main(argv=None):
+    a = parse(argv)
+    torch.manual_seed(a.seed)
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    from transformers import LlamaForCausalLM
+    cfg = C.llama_config(a.size, a.context)
+    cfg._attn_implementation = "sdpa"
+    model = LlamaForCausalLM(cfg).to(dev)
+    nparams = sum(p.numel() for p in model.parameters())
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=a.lr, betas=(0.9, 0.95), eps=1e-8, fused=dev.type == "cuda")
+    corpus = C.Corpus(a.corpus, "train")
+    rng = np.random.default_rng(a.seed)
+    step, elapsed, history = 0, 0.0, []
+    if os.path.exists(a.ckpt):
+        ck = torch.load(a.ckpt, map_location=dev, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, elapsed, history = ck["step"], ck["elapsed"], ck["history"]
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        print(f"train: resumed {a.ckpt} at step {step}, {elapsed:.0f}s done", flush=True)
+    fwd = torch.compile(model) if a.compile else model
+    budget = a.minutes * 60.0
+    print(f"train: {a.size} model, {nparams / 1e6:.2f}M parameters, context {a.context}, "
+          f"{a.tokens_per_step} tokens/step, {a.minutes} min, device {dev}", flush=True)
+
+    def save_ckpt():
+        tmp = a.ckpt + ".tmp"
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+                    "history": history, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                    "args": vars(a)}, tmp)
+        os.replace(tmp, a.ckpt)
+
+    t_last_ckpt = time.time()
+    t0 = time.time() - elapsed
+    tok_count = 0
+    t_log = time.time()
+    model.train()
+    while True:
+        elapsed = time.time() - t0
+        frac = elapsed / budget
+        if frac >= 1.0 or (a.max_steps and step >= a.max_steps):
+            break
+        L = seq_len_at(frac, a)
+        B = max(1, a.tokens_per_step // L)
+        lr = C.lr_at(frac, a.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        toks, ans = C.make_batch(rng, corpus, B, L, a.synth_frac)
+        x = torch.from_numpy(toks).to(dev, non_blocking=True)
+        am = torch.from_numpy(ans).to(dev, non_blocking=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = fwd(input_ids=x).logits
+        text, ansl, acc = C.lm_losses(logits, x, am)
+        loss = text + (a.answer_weight * ansl if ansl is not None else 0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        tok_count += B * L
+        if step % a.log_every == 0:
+            dt = time.time() - t_log
+            rec = {"step": step, "time": round(time.time() - t0, 1), "seq_len": L, "lr": lr,
+                   "text_loss": float(text), "answer_loss": None if ansl is None else float(ansl),
+                   "answer_acc": None if acc is None else float(acc), "grad_norm": float(gn),
+                   "tok_per_s": tok_count / max(dt, 1e-9)}
+            history.append(rec)
+            print("train: step {step} t={time}s L={seq_len} lr={lr:.2e} text {text_loss:.3f} answer {al} "
+                  "acc {ac} gn {grad_norm:.2f} {tok_per_s:.0f} tok/s".format(
+                      al="-" if ansl is None else f"{float(ansl):.3f}",
+                      ac="-" if acc is None else f"{float(acc):.2f}", **rec), flush=True)
+            tok_count, t_log = 0, time.time()
+        if time.time() - t_last_ckpt > a.ckpt_every:
+            elapsed = time.time() - t0
+            save_ckpt()
+            t_last_ckpt = time.time()
+    elapsed = time.time() - t0
+    save_ckpt()
+    info = {"script": "scripts/train/train.py", "args": vars(a), "steps": step, "seconds": elapsed,
+            "parameters": nparams, "history": history}
+    C.save_hf_dir(model, a.out, a.context, info)
+    print(f"train: done: {step} steps in {elapsed:.0f}s; wrote {a.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
