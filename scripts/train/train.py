@@ -45,11 +45,23 @@ def parse(argv=None):
     ap.add_argument("--ckpt-every", type=float, default=60.0, help="seconds between checkpoints")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--init", default=None, help="start from this HF directory (fine-tuning) instead of scratch")
+    ap.add_argument("--attn", default="sdpa", choices=["sdpa", "unique_soft_mask"],
+                    help="attention in training: dense SDPA or UNIQUE's soft mask (python/unique_attn)")
+    ap.add_argument("--sm-budget-fracs", default="16,32,64",
+                    help="soft mask: budget = context / f with f drawn per step from this list")
+    ap.add_argument("--sm-temperature", default="0.5:0.05", help="soft mask: T start:end (geometric in time)")
+    ap.add_argument("--sm-page-size", type=int, default=16)
+    ap.add_argument("--sm-sink", type=int, default=1)
+    ap.add_argument("--sm-recent", type=int, default=1)
+    ap.add_argument("--sm-backend", default=None, help="soft mask backend: auto | torch | cuda")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke settings: tiny model, context 512")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args(argv)
     if a.tiny:
-        a.size, a.context, a.tokens_per_step, a.curriculum = "tiny", 512, 2048, "0.3:384"
+        a.size, a.context, a.tokens_per_step = "tiny", 512, 2048
+        if not a.init:
+            a.curriculum = "0.3:384"
         a.ckpt_every = min(a.ckpt_every, 5.0)
         a.log_every = min(a.log_every, 2)
     if a.ckpt is None:
@@ -73,9 +85,21 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     from transformers import LlamaForCausalLM
-    cfg = C.llama_config(a.size, a.context)
-    cfg._attn_implementation = "sdpa"
-    model = LlamaForCausalLM(cfg).to(dev)
+    if a.init:
+        model = LlamaForCausalLM.from_pretrained(a.init, dtype=torch.float32).to(dev)
+        a.context = min(a.context, model.config.max_position_embeddings)
+    else:
+        model = LlamaForCausalLM(C.llama_config(a.size, a.context)).to(dev)
+    model.config._attn_implementation = "sdpa"
+    if a.attn == "unique_soft_mask":
+        _, hf = C.load_unique_attn()
+        hf.register_transformers()
+        model.config._attn_implementation = "unique_soft_mask"
+        model.config.unique_page_size = a.sm_page_size
+        model.config.unique_sink, model.config.unique_recent = a.sm_sink, a.sm_recent
+        model.config.unique_mode, model.config.unique_backend = "soft", a.sm_backend
+    sm_fracs = [int(f) for f in a.sm_budget_fracs.split(",")]
+    t_start, t_end = (float(x) for x in a.sm_temperature.split(":"))
     nparams = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -119,6 +143,10 @@ def main(argv=None):
         lr = C.lr_at(frac, a.lr)
         for g in opt.param_groups:
             g["lr"] = lr
+        if a.attn == "unique_soft_mask":
+            f = sm_fracs[int(rng.integers(len(sm_fracs)))]
+            model.config.unique_budget = max(a.sm_page_size, L // f)
+            model.config.unique_temperature = t_start * (t_end / t_start) ** min(1.0, frac)
         toks, ans = C.make_batch(rng, corpus, B, L, a.synth_frac)
         x = torch.from_numpy(toks).to(dev, non_blocking=True)
         am = torch.from_numpy(ans).to(dev, non_blocking=True)
@@ -135,8 +163,8 @@ def main(argv=None):
         if step % a.log_every == 0:
             dt = time.time() - t_log
             rec = {"step": step, "time": round(time.time() - t0, 1), "seq_len": L, "lr": lr,
-                   "text_loss": float(text), "answer_loss": None if ansl is None else float(ansl),
-                   "answer_acc": None if acc is None else float(acc), "grad_norm": float(gn),
+                   "text_loss": text.item(), "answer_loss": None if ansl is None else ansl.item(),
+                   "answer_acc": None if acc is None else acc.item(), "grad_norm": gn.item(),
                    "tok_per_s": tok_count / max(dt, 1e-9)}
             history.append(rec)
             print("train: step {step} t={time}s L={seq_len} lr={lr:.2e} text {text_loss:.3f} answer {al} "
@@ -150,7 +178,7 @@ def main(argv=None):
             t_last_ckpt = time.time()
     elapsed = time.time() - t0
     save_ckpt()
-    info = {"script": "scripts/train/train.py", "args": vars(a), "steps": step, "seconds": elapsed,
+    info = {"script": sys.argv[0], "args": vars(a), "steps": step, "seconds": elapsed,
             "parameters": nparams, "history": history}
     C.save_hf_dir(model, a.out, a.context, info)
     print(f"train: done: {step} steps in {elapsed:.0f}s; wrote {a.out}", flush=True)

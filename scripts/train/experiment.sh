@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The sparsity-aware training experiment in one call (GPU machine, ~9 minutes):
+#   1. train the in-house byte-level Llama from scratch, dense (train.py, DENSE_MIN minutes)
+#   2. fine-tune it briefly with UNIQUE's soft mask (finetune_soft_mask.py, FT_MIN minutes)
+#   3. evaluate both, dense and under hard top-k at budgets 1/8..1/64 of the context for the
+#      unique / quest / mean estimators (evaluate.py, at most EVAL_MIN minutes of configs)
+#   4. plots when matplotlib is importable (else: scripts/train/plot_train_eval.py later)
+# Writes into $OUT (default .train/experiment): model-dense/ and model-softmask/ (HF
+# directories), eval.json, train.log, finetune.log, eval.log, env.txt, *.png.
+# Needs the corpus .train/corpus (scripts/train/prepare_corpus.py on a machine with the
+# Debian packages bible-kjv-text and python3.11; carry it). Checkpoints go to
+# CKPT (default .train/ckpt): a call cut short resumes from them; FRESH=1 deletes them first.
+#   OUT=dir  PYTHON=python3  DENSE_MIN=4.5  FT_MIN=1.75  EVAL_MIN=1.5  TINY=1 (CPU smoke test)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-python3}
+OUTDIR=${OUT:-.train/experiment}
+CORPUS=${CORPUS:-.train/corpus}
+CKPT=${CKPT:-.train/ckpt}
+DENSE_MIN=${DENSE_MIN:-4.5}
+FT_MIN=${FT_MIN:-1.75}
+EVAL_MIN=${EVAL_MIN:-1.5}
+TINY_FLAG=()
+if [ "${TINY:-0}" = 1 ]; then
+  TINY_FLAG=(--tiny)
+  DENSE_MIN=${DENSE_MIN_TINY:-0.3}; FT_MIN=${FT_MIN_TINY:-0.15}; EVAL_MIN=0
+fi
+[ "${FRESH:-0}" = 1 ] && rm -rf "$CKPT"
+mkdir -p "$OUTDIR" "$CKPT"
+if [ ! -f "$CORPUS/train.bin" ]; then
+  echo "experiment: no $CORPUS: building it (needs bible-kjv-text)"
+  $PY scripts/train/prepare_corpus.py --out "$CORPUS" ${TINY_FLAG[@]+"${TINY_FLAG[@]}"}
+fi
+start=$(date +%s)
+{
+  date -u; git rev-parse HEAD 2>/dev/null || true
+  $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+  $PY -c "import sys; sys.path.insert(0, 'scripts/train'); import common; sm, _ = common.load_unique_attn(); print('soft-mask CUDA kernels:', sm.cuda_kernels_available())"
+} > "$OUTDIR/env.txt" 2>&1 || true
+cat "$OUTDIR/env.txt"
+export PYTHONUNBUFFERED=1
+$PY scripts/train/train.py ${TINY_FLAG[@]+"${TINY_FLAG[@]}"} --corpus "$CORPUS" --out "$OUTDIR/model-dense" \
+  --ckpt "$CKPT/dense.pt" --minutes "$DENSE_MIN" 2>&1 | grep -v "^Loading weights\|Writing model shards" | tee "$OUTDIR/train.log"
+echo "experiment: dense training done at $(( $(date +%s) - start ))s"
+$PY scripts/train/finetune_soft_mask.py ${TINY_FLAG[@]+"${TINY_FLAG[@]}"} --corpus "$CORPUS" --init "$OUTDIR/model-dense" \
+  --out "$OUTDIR/model-softmask" --ckpt "$CKPT/softmask.pt" --minutes "$FT_MIN" 2>&1 \
+  | grep -v "^Loading weights\|Writing model shards" | tee "$OUTDIR/finetune.log"
+echo "experiment: soft-mask fine-tuning done at $(( $(date +%s) - start ))s"
+$PY scripts/train/evaluate.py ${TINY_FLAG[@]+"${TINY_FLAG[@]}"} --corpus "$CORPUS" \
+  --models "$OUTDIR/model-dense" "$OUTDIR/model-softmask" --labels dense-trained soft-mask-ft \
+  --minutes "$EVAL_MIN" --out "$OUTDIR/eval.json" 2>&1 | grep -v "^Loading weights" | tee "$OUTDIR/eval.log"
+echo "experiment: evaluation done at $(( $(date +%s) - start ))s"
+if $PY -c "import matplotlib" 2>/dev/null; then
+  $PY scripts/train/plot_train_eval.py "$OUTDIR/eval.json" --prefix "$OUTDIR/train_softmask" || true
+fi
+du -sh "$OUTDIR"/model-* 2>/dev/null || true
+echo "experiment: all done in $(( $(date +%s) - start ))s; results in $OUTDIR"

@@ -1,0 +1,27 @@
+#!/usr/bin/env python3
+"""Fine-tunes a dense-trained model directory briefly with UNIQUE's soft-mask attention
+(python/unique_attn/soft_mask.py, registered in transformers as "unique_soft_mask"), on the
+same data mix as train.py. Per step the budget is context / f with f drawn from
+--sm-budget-fracs (default 16,32,64); the temperature anneals geometrically from the first
+to the second value of --sm-temperature (default 0.5:0.05) over the run; page 16, sink 1,
+recent 1 (the engine's defaults). Every flag of train.py applies; the defaults differ:
+
+  python3 scripts/train/finetune_soft_mask.py --init OUT/model-dense --out OUT/model-softmask --minutes 2
+  python3 scripts/train/finetune_soft_mask.py --tiny --init /tmp/tiny --out /tmp/tiny-sm --minutes 0.2
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train  # noqa: E402
+
+DEFAULTS = ["--attn", "unique_soft_mask", "--lr", "3e-4", "--minutes", "2", "--curriculum", "",
+            "--tokens-per-step", "32768", "--out", ".train/model-softmask", "--seed", "4321", "--wd", "0.0"]
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    if "-h" in argv or "--help" in argv:
+        print(__doc__)
+    if not any(x == "--init" or x.startswith("--init=") for x in argv) and "-h" not in argv and "--help" not in argv:
+        sys.exit("finetune_soft_mask: --init DIR (the dense-trained model directory) is required")
+    train.main(DEFAULTS + argv)
