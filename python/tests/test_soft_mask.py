@@ -203,3 +203,13 @@ def test_transformers_registration():
     with hf.soft_mask_options(mode="hard", estimator="quest"):
         h = m(ids).logits
     assert torch.isfinite(h).all()
+
+
+def test_autocast_keeps_fp32_math():
+    q, k, v = rand(1, 2, 2, 64, 16, dtype=torch.float32, seed=13)
+    ref = sm.soft_mask_attention(q, k, v, 8, 16, 0.2, backend="torch")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sm.soft_mask_attention(q, k, v, 8, 16, 0.2, backend="torch")
+        out.sum().backward()
+    torch.testing.assert_close(out, ref)
+    assert q.grad is not None and torch.isfinite(q.grad).all()

@@ -195,16 +195,19 @@ def _key_bias(bias_pages: Optional[torch.Tensor], P: int, kend: int) -> Optional
 
 
 def _logits(qc, k, bias_pages_c, P, scale, q0, Lk):
-    """fp32 logits of a query chunk (queries at absolute positions q0 .. q0 + C - 1)."""
+    """fp32 logits of a query chunk (queries at absolute positions q0 .. q0 + C - 1) over the
+    keys 0 .. q0 + C - 1 (later keys are masked anyway): [B, Hq, C, q0 + C], built in place."""
     B, Hq, C, D = qc.shape
-    kend = q0 + C  # keys beyond the chunk's last query are masked anyway
-    z = _gqa_matmul(qc, k[:, :, :kend]) * scale  # [B, Hq, C, kend]
-    kb = _key_bias(bias_pages_c, P, kend)
-    if kb is not None:
-        z = z + kb
-    tq = torch.arange(q0, q0 + C, device=qc.device)
-    tk = torch.arange(kend, device=qc.device)
-    z = z.masked_fill(tk[None, :] > tq[:, None], float("-inf"))
+    kend = q0 + C
+    z = _gqa_matmul(qc, k[:, :, :kend])
+    z.mul_(scale)
+    if bias_pages_c is not None:
+        # every candidate page of these queries ends at or before q0 <= kend: whole pages only
+        npg = min(bias_pages_c.shape[-1], kend // P)
+        if npg > 0:
+            z[..., : npg * P].view(B, Hq, C, npg, P).add_(bias_pages_c[..., :npg, None])
+    causal = torch.ones(C, C, dtype=torch.bool, device=qc.device).triu_(1)
+    z[..., q0:kend].masked_fill_(causal, float("-inf"))
     return z
 
 
@@ -221,12 +224,14 @@ def _attn_forward(q, k, v, bias_pages, P, scale, chunk):
         e = min(Lq, s0 + chunk)
         bc = None if bias_pages is None else bias_pages[:, :, s0:e]
         z = _logits(qa[:, :, s0:e], ka, bc, P, scale, off + s0, Lk)
-        m = torch.logsumexp(z, dim=-1)
-        p = torch.exp(z - m.unsqueeze(-1))
+        m = z.amax(-1, keepdim=True)
+        z.sub_(m).exp_()
+        ssum = z.sum(-1, keepdim=True)
         C, kend = e - s0, z.shape[-1]
-        o = torch.matmul(p.reshape(B, Hkv, g * C, kend), va[:, :, :kend]).reshape(B, Hq, C, D)
-        out[:, :, s0:e] = o
-        lse[:, :, s0:e] = m
+        o = torch.matmul(z.view(B, Hkv, g * C, kend), va[:, :, :kend]).view(B, Hq, C, D)
+        out[:, :, s0:e] = o / ssum
+        lse[:, :, s0:e] = (m + ssum.log()).squeeze(-1)
+        del z
     return out, lse
 
 
@@ -239,7 +244,7 @@ def _attn_backward(q, k, v, bias_pages, out, lse, dout, P, scale, chunk, need_db
     do = dout.to(acc)
     off = Lk - Lq
     delta = (do * out.to(acc)).sum(-1)  # [B, Hq, Lq]
-    dq = torch.zeros(B, Hq, Lq, D, dtype=acc, device=q.device)
+    dq = torch.empty(B, Hq, Lq, D, dtype=acc, device=q.device)
     dk = torch.zeros(B, Hkv, Lk, D, dtype=acc, device=q.device)
     dv = torch.zeros(B, Hkv, Lk, D, dtype=acc, device=q.device)
     n = Lk // P
@@ -248,24 +253,23 @@ def _attn_backward(q, k, v, bias_pages, out, lse, dout, P, scale, chunk, need_db
         e = min(Lq, s0 + chunk)
         C = e - s0
         bc = None if bias_pages is None else bias_pages[:, :, s0:e]
-        z = _logits(qa[:, :, s0:e], ka, bc, P, scale, off + s0, Lk)
-        kend = z.shape[-1]
-        p = torch.exp(z - lse[:, :, s0:e].unsqueeze(-1))  # [B, Hq, C, kend]
-        doc = do[:, :, s0:e]
-        # dv[kv] += sum over the group's heads of p^T dout
-        pg = p.reshape(B, Hkv, g, C, kend)
-        dog = doc.reshape(B, Hkv, g, C, D)
-        dv[:, :, :kend] += torch.einsum("bhgck,bhgcd->bhkd", pg, dog)
-        dp = torch.matmul(doc.reshape(B, Hkv, g * C, D), va[:, :, :kend].transpose(-1, -2)).reshape(B, Hq, C, kend)
-        ds = p * (dp - delta[:, :, s0:e].unsqueeze(-1))
-        del p, dp
-        dq[:, :, s0:e] = torch.matmul(ds.reshape(B, Hkv, g * C, kend), ka[:, :, :kend]).reshape(B, Hq, C, D) * scale
-        qg = qa[:, :, s0:e].reshape(B, Hkv, g, C, D)
-        dk[:, :, :kend] += torch.einsum("bhgck,bhgcd->bhkd", ds.reshape(B, Hkv, g, C, kend), qg) * scale
+        p = _logits(qa[:, :, s0:e], ka, bc, P, scale, off + s0, Lk)
+        kend = p.shape[-1]
+        p.sub_(lse[:, :, s0:e].unsqueeze(-1)).exp_()  # probabilities [B, Hq, C, kend]
+        doc = do[:, :, s0:e].reshape(B, Hkv, g * C, D)
+        pv = p.view(B, Hkv, g * C, kend)
+        dv[:, :, :kend] += torch.matmul(pv.transpose(-1, -2), doc)  # sums the group's heads too
+        ds = torch.matmul(doc, va[:, :, :kend].transpose(-1, -2)).view(B, Hq, C, kend)
+        ds.sub_(delta[:, :, s0:e].unsqueeze(-1)).mul_(p)
+        del p, pv
+        dsv = ds.view(B, Hkv, g * C, kend)
+        dq[:, :, s0:e] = torch.matmul(dsv, ka[:, :, :kend]).view(B, Hq, C, D) * scale
+        dk[:, :, :kend] += torch.matmul(dsv.transpose(-1, -2), qa[:, :, s0:e].reshape(B, Hkv, g * C, D)) * scale
         if dbias is not None:
             npg = min(n, kend // P)
             if npg > 0:
                 dbias[:, :, s0:e, :npg] = ds[..., : npg * P].reshape(B, Hq, C, npg, P).sum(-1)
+        del ds, dsv
     return dq, dk, dv, dbias
 
 
@@ -319,6 +323,11 @@ def _cuda_backward(ctx, q, k, v, out, lse, dout):
     return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
 
 
+def _no_autocast(x: torch.Tensor):
+    """The torch path computes in fp32 (fp64 for fp64 input) whatever autocast says."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 # ---------------------------------------------------------------------------------------
 # autograd.Function
 # ---------------------------------------------------------------------------------------
@@ -335,7 +344,7 @@ class SoftMaskAttention(torch.autograd.Function):
             out_t, lse = _cuda_forward(ctx, q, k, v)  # [B, L, H, D], [B, L, H]
             ctx.save_for_backward(q, k, v, out_t, lse)
             return out_t.transpose(1, 2)
-        with torch.no_grad():
+        with torch.no_grad(), _no_autocast(q):
             bias = page_bias(q, k, page_size, budget, temperature, sink, recent, "unique", alpha, scale, threshold)
             out, lse = _attn_forward(q, k, v, bias, page_size, scale, chunk)
         out = out.to(q.dtype)
@@ -350,14 +359,15 @@ class SoftMaskAttention(torch.autograd.Function):
             return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
         qd = q.detach().requires_grad_(True)
         kd = k.detach().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), _no_autocast(q):
             bias = page_bias(qd, kd, ctx.P, ctx.budget, ctx.T, ctx.sink, ctx.recent, "unique", ctx.alpha, ctx.scale,
                              ctx.threshold)
-        with torch.no_grad():
+        with torch.no_grad(), _no_autocast(q):
             dq, dk, dv, dbias = _attn_backward(q, k, v, None if bias is None else bias.detach(), out, lse, dout,
                                                ctx.P, ctx.scale, ctx.chunk, need_dbias=bias is not None)
         if bias is not None and bias.requires_grad:
-            gq, gk = torch.autograd.grad(bias, (qd, kd), dbias, allow_unused=True)
+            with _no_autocast(q):
+                gq, gk = torch.autograd.grad(bias, (qd, kd), dbias, allow_unused=True)
             if gq is not None:
                 dq = dq + gq
             if gk is not None:
@@ -417,7 +427,7 @@ def hard_topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, page_
         raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {estimator!r}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     chunk = int(chunk or DEFAULT_CHUNK)
-    with torch.no_grad():
+    with torch.no_grad(), _no_autocast(q):
         bias = page_bias(q, k, page_size, budget, 0.0, sink, recent, estimator, alpha, scale)
         if bias is not None and sparse_from > 0:
             off = k.shape[2] - q.shape[2]
