@@ -93,6 +93,8 @@ MODEL_SIZES = {
     # ~8.9M parameters: 17.7 MB in bf16 (kept in the repo)
     "demo": dict(hidden_size=384, intermediate_size=768, num_hidden_layers=6, num_attention_heads=6,
                  num_key_value_heads=6, head_dim=64),
+    "small": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=2,
+                  num_key_value_heads=2, head_dim=64),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                  num_key_value_heads=2, head_dim=32),
 }

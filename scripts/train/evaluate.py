@@ -83,7 +83,7 @@ def run_config(model, hf, sets, a, mode, estimator, budget, dev):
     def fwd(x, sparse_from=0):
         with hf.soft_mask_options(**opts, sparse_from=sparse_from), \
                 torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            return model(input_ids=x).logits.float()
+            return model(input_ids=x, use_cache=False).logits.float()
 
     losses = {}
     for src, arr in loss_sets.items():

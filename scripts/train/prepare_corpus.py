@@ -4,7 +4,7 @@ Debian packages by name:
   - bible-kjv-text: the King James Bible (/usr/lib/bible.data, decoded by kjv.py), one
     document per book, cleaned as the engine's haystack is (src/eval/haystack.cpp: verse
     references and digits removed, whitespace collapsed to single spaces);
-  - python3.11 (libpython3.11-stdlib): the standard library's *.py sources, one document per file
+  - python3 (libpython3.11-stdlib on Debian 12): the standard library's *.py sources, one document per file
     (tests excluded), as they are.
 Documents are split train / held-out deterministically (every --heldout-every-th document of
 each source, by sorted name), and written as uint8 byte streams plus a meta JSON with the
@@ -71,7 +71,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=".train/corpus")
     ap.add_argument("--kjv", default=KJV_PATH)
-    ap.add_argument("--python-root", default="/usr/lib/python3.11")
+    roots = sorted(glob.glob("/usr/lib/python3.[0-9]*"), key=lambda r: [int(x) for x in r.split("python")[1].split(".")])
+    ap.add_argument("--python-root", default="/usr/lib/python3.11" if os.path.isdir("/usr/lib/python3.11")
+                    else (roots[-1] if roots else "/usr/lib/python3"),
+                    help="standard library sources (Debian libpython3.X-stdlib); default python3.11 when present")
     ap.add_argument("--python-mb", type=float, default=12.0, help="at most this many MB of Python sources")
     ap.add_argument("--heldout-every", type=int, default=10, help="every n-th document of a source is held out")
     ap.add_argument("--tiny", action="store_true", help="a small corpus (smoke tests): 1 MB of each source")

@@ -151,7 +151,7 @@ def main(argv=None):
         x = torch.from_numpy(toks).to(dev, non_blocking=True)
         am = torch.from_numpy(ans).to(dev, non_blocking=True)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            logits = fwd(input_ids=x).logits
+            logits = fwd(input_ids=x, use_cache=False).logits
         text, ansl, acc = C.lm_losses(logits, x, am)
         loss = text + (a.answer_weight * ansl if ansl is not None else 0.0)
         opt.zero_grad(set_to_none=True)
