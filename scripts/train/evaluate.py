@@ -161,7 +161,24 @@ def main(argv=None):
         print(f"evaluate: {label} {est} 1/{f} ({b} tokens, {time.time() - ts:.1f}s): {r}", flush=True)
         write(out, a.out)
     write(out, a.out)
+    print(summary(out), flush=True)
     print(f"evaluate: wrote {a.out}", flush=True)
+
+
+def summary(out) -> str:
+    """Markdown table of every row: loss (mean, kjv, python), change vs the model's dense loss,
+    passkey and kv accuracy."""
+    lines = ["| model | estimator | budget | loss | loss kjv | loss python | vs dense | passkey | kv |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, m in out["models"].items():
+        dense = next((r for r in m["rows"] if r["estimator"] == "dense"), None)
+        for r in m["rows"]:
+            rel = "" if dense is None or r is dense else \
+                f"{100 * (r['loss_mean'] - dense['loss_mean']) / dense['loss_mean']:+.2f}%"
+            b = "dense" if r["estimator"] == "dense" else f"1/{r['budget_frac']} = {r['budget']}"
+            lines.append(f"| {label} | {r['estimator']} | {b} | {r['loss_mean']:.4f} | {r['loss'].get('kjv', float('nan')):.4f} "
+                         f"| {r['loss'].get('python', float('nan')):.4f} | {rel} | {r['passkey']:.3f} | {r['kv']:.3f} |")
+    return "\n".join(lines)
 
 
 def write(out, path):

@@ -41,15 +41,15 @@ start=$(date +%s)
 cat "$OUTDIR/env.txt"
 export PYTHONUNBUFFERED=1
 $PY scripts/train/train.py ${TINY_FLAG[@]+"${TINY_FLAG[@]}"} --corpus "$CORPUS" --out "$OUTDIR/model-dense" \
-  --ckpt "$CKPT/dense.pt" --minutes "$DENSE_MIN" 2>&1 | grep -v "^Loading weights\|Writing model shards" | tee "$OUTDIR/train.log"
+  --ckpt "$CKPT/dense.pt" --minutes "$DENSE_MIN" 2>&1 | grep --line-buffered -v "^Loading weights\|Writing model shards" | tee "$OUTDIR/train.log"
 echo "experiment: dense training done at $(( $(date +%s) - start ))s"
 $PY scripts/train/finetune_soft_mask.py ${TINY_FLAG[@]+"${TINY_FLAG[@]}"} --corpus "$CORPUS" --init "$OUTDIR/model-dense" \
   --out "$OUTDIR/model-softmask" --ckpt "$CKPT/softmask.pt" --minutes "$FT_MIN" 2>&1 \
-  | grep -v "^Loading weights\|Writing model shards" | tee "$OUTDIR/finetune.log"
+  | grep --line-buffered -v "^Loading weights\|Writing model shards" | tee "$OUTDIR/finetune.log"
 echo "experiment: soft-mask fine-tuning done at $(( $(date +%s) - start ))s"
 $PY scripts/train/evaluate.py ${TINY_FLAG[@]+"${TINY_FLAG[@]}"} --corpus "$CORPUS" \
   --models "$OUTDIR/model-dense" "$OUTDIR/model-softmask" --labels dense-trained soft-mask-ft \
-  --minutes "$EVAL_MIN" --out "$OUTDIR/eval.json" 2>&1 | grep -v "^Loading weights" | tee "$OUTDIR/eval.log"
+  --minutes "$EVAL_MIN" --out "$OUTDIR/eval.json" 2>&1 | grep --line-buffered -v "^Loading weights" | tee "$OUTDIR/eval.log"
 echo "experiment: evaluation done at $(( $(date +%s) - start ))s"
 if $PY -c "import matplotlib" 2>/dev/null; then
   $PY scripts/train/plot_train_eval.py "$OUTDIR/eval.json" --prefix "$OUTDIR/train_softmask" || true
