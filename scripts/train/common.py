@@ -202,14 +202,15 @@ def _digits(rng, n):
 
 
 def _sentence_cut(h: np.ndarray, at: int) -> int:
-    """The position after the '. ' nearest to `at` (searching +-200 bytes), else at."""
+    """The position just after a '.' followed by ' ' nearest to `at` (+-200 bytes), else at; the
+    needle (starting with a space) goes there, as the engine's sentence_boundary puts it."""
     lo, hi = max(0, at - 200), min(len(h), at + 200)
     seg = h[lo:hi]
     idx = np.nonzero((seg[:-1] == ord(".")) & (seg[1:] == ord(" ")))[0]
     if len(idx) == 0:
         return at
-    best = idx[np.argmin(np.abs(idx + lo + 2 - at))]
-    return int(best + lo + 2)
+    best = idx[np.argmin(np.abs(idx + lo + 1 - at))]
+    return int(best + lo + 1)
 
 
 def _assemble(rng, corpus, hay_source, L, intro, needles, fracs, tail):
@@ -256,7 +257,7 @@ def passkey_sample(rng, corpus, L, hay_source="kjv", depth=None):
 
 
 def kv_sample(rng, corpus, L, hay_source="kjv", n_keys=None, n_questions=None):
-    n = int(rng.integers(1, max(1, min(8, (L - 300) // 250)) + 1)) if n_keys is None else n_keys
+    n = int(rng.integers(1, max(1, min(16, (L - 250) // 180)) + 1)) if n_keys is None else n_keys
     keys = []
     while len(keys) < n:
         k = ADJ[rng.integers(len(ADJ))] + "-" + NOUN[rng.integers(len(NOUN))]
