@@ -213,3 +213,19 @@ def test_autocast_keeps_fp32_math():
         out.sum().backward()
     torch.testing.assert_close(out, ref)
     assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+def test_transformers_generate_with_cache():
+    """Greedy generation with a KV cache through the registration (queries shorter than keys)."""
+    pytest.importorskip("transformers")
+    hf = _load("hf")
+    hf.register_transformers()
+    dense = _tiny_llama("sdpa")
+    m = _tiny_llama("unique_soft_mask")
+    m.load_state_dict(dense.state_dict())
+    ids = torch.randint(0, 64, (1, 40), generator=torch.Generator().manual_seed(1))
+    ref = dense.generate(ids, max_new_tokens=8, do_sample=False)
+    for mode in ("dense", "hard"):
+        with hf.soft_mask_options(mode=mode, page_size=8, budget=256):
+            out = m.generate(ids, max_new_tokens=8, do_sample=False)
+        assert torch.equal(out, ref), mode

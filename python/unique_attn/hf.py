@@ -99,7 +99,11 @@ def unique_soft_mask_attention(module, query, key, value, attention_mask=None, s
         g = query.shape[1] // key.shape[1]
         k, v = key.repeat_interleave(g, 1), value.repeat_interleave(g, 1)
         Lq, Lk = query.shape[2], key.shape[2]
-        out = F.scaled_dot_product_attention(query, k, v, is_causal=Lq == Lk and Lq > 1, scale=scaling)
+        if Lq == Lk or Lq == 1:
+            out = F.scaled_dot_product_attention(query, k, v, is_causal=Lq == Lk and Lq > 1, scale=scaling)
+        else:  # queries are the last Lq positions: causal alignment at the bottom right
+            out = _sm.hard_topk_attention(query, key, value, int(o["page_size"]), max(Lk, int(o["page_size"])),
+                                          scale=scaling)
     else:
         raise ValueError(f"unique_soft_mask mode: expected soft, hard or dense, got {o['mode']!r}")
     return out.transpose(1, 2).contiguous(), None

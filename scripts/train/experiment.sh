@@ -11,6 +11,9 @@
 # Debian packages bible-kjv-text and python3.11; carry it). Checkpoints go to
 # CKPT (default .train/ckpt): a call cut short resumes from them; FRESH=1 deletes them first.
 #   OUT=dir  PYTHON=python3  DENSE_MIN=4.5  FT_MIN=1.75  EVAL_MIN=1.5  TINY=1 (CPU smoke test)
+#   CONTROL_MIN=m (default 0 = off): also continue the dense model with dense attention for m
+#     minutes (same data and settings as the fine-tune) and evaluate it ("dense-ft-control"),
+#     to separate the soft mask's effect from that of more training (adds m + ~0.5 min)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
@@ -47,8 +50,18 @@ $PY scripts/train/finetune_soft_mask.py ${TINY_FLAG[@]+"${TINY_FLAG[@]}"} --corp
   --out "$OUTDIR/model-softmask" --ckpt "$CKPT/softmask.pt" --minutes "$FT_MIN" 2>&1 \
   | grep --line-buffered -v "^Loading weights\|Writing model shards" | tee "$OUTDIR/finetune.log"
 echo "experiment: soft-mask fine-tuning done at $(( $(date +%s) - start ))s"
+models=("$OUTDIR/model-dense" "$OUTDIR/model-softmask")
+labels=(dense-trained soft-mask-ft)
+CONTROL_MIN=${CONTROL_MIN:-0}
+if [ "$CONTROL_MIN" != 0 ]; then
+  $PY scripts/train/finetune_soft_mask.py ${TINY_FLAG[@]+"${TINY_FLAG[@]}"} --corpus "$CORPUS" --init "$OUTDIR/model-dense" \
+    --attn sdpa --out "$OUTDIR/model-densecontrol" --ckpt "$CKPT/densecontrol.pt" --minutes "$CONTROL_MIN" 2>&1 \
+    | grep --line-buffered -v "^Loading weights\|Writing model shards" | tee "$OUTDIR/control.log"
+  models+=("$OUTDIR/model-densecontrol"); labels+=(dense-ft-control)
+  echo "experiment: dense control done at $(( $(date +%s) - start ))s"
+fi
 $PY scripts/train/evaluate.py ${TINY_FLAG[@]+"${TINY_FLAG[@]}"} --corpus "$CORPUS" \
-  --models "$OUTDIR/model-dense" "$OUTDIR/model-softmask" --labels dense-trained soft-mask-ft \
+  --models "${models[@]}" --labels "${labels[@]}" \
   --minutes "$EVAL_MIN" --out "$OUTDIR/eval.json" 2>&1 | grep --line-buffered -v "^Loading weights" | tee "$OUTDIR/eval.log"
 echo "experiment: evaluation done at $(( $(date +%s) - start ))s"
 if $PY -c "import matplotlib" 2>/dev/null; then
