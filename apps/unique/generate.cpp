@@ -69,8 +69,7 @@ void stream_utf8(std::string& pending, const std::string& add) {
 }
 
 int run(const GenOptions& o) {
-  if (o.device != "cpu")
-    throw_arg("--device", "cpu (the CUDA engine backend is not built into this binary yet)", o.device);
+  UNIQUE_CHECK_ARG(o.device == "cpu" || o.device == "cuda", "--device", "cpu or cuda", o.device);
   if (o.threads > 0) omp_set_num_threads(o.threads);
   const auto t_load0 = std::chrono::steady_clock::now();
   engine::LoadOptions lo;
@@ -121,7 +120,10 @@ int run(const GenOptions& o) {
   eo.max_batch = static_cast<int>(prompts.size());
   eo.prefill_chunk = o.prefill_chunk;
   const DType wdt = model->layers().empty() ? DType::f32 : model->layers()[0].q.dtype;
-  eo.kv_dtype = o.kv_dtype == "auto" ? (wdt == DType::f32 ? DType::f32 : DType::bf16) : parse_dtype(o.kv_dtype);
+  eo.device = o.device == "cuda" ? Device::cuda : Device::cpu;
+  // fp32 weights keep an fp32 cache on the CPU; the GPU's prefill wants 16-bit K/V.
+  eo.kv_dtype = o.kv_dtype == "auto" ? (wdt == DType::f32 && eo.device == Device::cpu ? DType::f32 : DType::bf16)
+                                     : parse_dtype(o.kv_dtype);
   eo.stats_dtype = o.stats_dtype == "auto" ? eo.kv_dtype : parse_dtype(o.stats_dtype);
   eo.max_context = o.max_context > 0 ? o.max_context
                                      : static_cast<int64_t>(longest) + std::max(o.max_new_tokens, 1);
@@ -233,9 +235,10 @@ Runner add_generate(CLI::App& app) {
   app.add_option("--top-k", o->top_k, "Sample among the k most likely tokens (0 = all)")->capture_default_str();
   app.add_option("--top-p", o->top_p, "Nucleus mass")->capture_default_str();
   app.add_option("--seed", o->seed, "Sampling seed")->capture_default_str();
-  app.add_option("--device", o->device, "cpu")->capture_default_str();
+  app.add_option("--device", o->device, "cpu | cuda (weights, KV cache and kernels on the GPU)")->capture_default_str();
   app.add_option("--threads", o->threads, "OpenMP threads (0 = default)");
-  app.add_option("--kv-dtype", o->kv_dtype, "KV cache dtype: auto (fp32 for fp32 weights, else bf16) | fp32 | bf16 | fp16")
+  app.add_option("--kv-dtype", o->kv_dtype,
+                 "KV cache dtype: auto (fp32 for fp32 weights on the CPU, else bf16) | fp32 | bf16 | fp16")
       ->capture_default_str();
   app.add_option("--stats-dtype", o->stats_dtype, "Page statistics dtype: auto (= KV dtype) | fp32 | bf16")
       ->capture_default_str();

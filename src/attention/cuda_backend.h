@@ -25,6 +25,8 @@ void paged_decode(const AttentionConfig& cfg, const TensorView& q, const PagedKV
                   const Selection* sel, const TensorView& out, const TensorView& lse,
                   int max_pages, void* stream);
 
+double measure_copy_gbps(std::size_t bytes, int reps);
+
 // Prefill of one sequence's chunk (include/unique/prefill.h); kv_len host-known.
 void select_prefill_blocks(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, int seq,
                            int64_t kv_len, const BlockSelection& out, void* stream);
