@@ -110,6 +110,8 @@ int run(const BenchOptions& o) {
   } else {
     engine::ModelConfig c = shape_config(o.shape);
     if (o.layers > 0) c.num_layers = std::min(c.num_layers, o.layers);
+    // Speed only: a 128K context plus the timed steps may pass the shape's 128K limit.
+    c.max_position_embeddings = std::max<int64_t>(c.max_position_embeddings, 2 * o.context + 1024);
     std::fprintf(stderr, "bench-decode: random %s weights of shape %s (%d layers): speed only, the tokens are meaningless\n",
                  o.weights_dtype.c_str(), o.shape.c_str(), c.num_layers);
     model = engine::Model::random(c, parse_dtype(o.weights_dtype));

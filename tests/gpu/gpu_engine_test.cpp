@@ -254,6 +254,26 @@ TEST(GpuEngine, FillSyntheticThenDecode) {
   EXPECT_THROW(eng.fill_synthetic(s, 2000, 2), Error);  // past max_context
 }
 
+// The engine launches the library's kernels on its own stream and gives the caller's back:
+// the library's per-thread stream must not be left pointing at a stream the engine destroys.
+TEST(GpuEngine, RestoresTheLibraryStream) {
+  SKIP_WITHOUT_GPU();
+  const std::string dir = enginetest::temp_dir("gpu_engine_stream");
+  enginetest::write_tiny(dir, spec("LlamaForCausalLM", "BF16", true, true, false, false));
+  auto model = Model::load(dir);
+  void* before = cuda_stream();
+  {
+    Engine eng(*model, options(Device::cuda, Estimator::unique, 64));
+    const int s = eng.add_sequence();
+    eng.fill_synthetic(s, 100, 1);
+    std::vector<float> l(model->config().vocab_size);
+    eng.prefill(s, random_tokens(50, model->config().vocab_size, 1), l.data());
+    eng.decode({s}, {1}, l.data());
+    EXPECT_EQ(cuda_stream(), before);
+  }
+  EXPECT_EQ(cuda_stream(), before);
+}
+
 TEST(GpuEngine, BadInput) {
   SKIP_WITHOUT_GPU();
   const std::string dir = enginetest::temp_dir("gpu_engine_bad");

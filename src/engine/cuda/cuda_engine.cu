@@ -78,6 +78,19 @@ class DeviceArena {
   std::vector<void*> ptrs_;
 };
 
+// Makes the library launch on the engine's stream for one call, then restores the caller's
+// (the library's stream is per host thread; the engine's dies with the engine).
+class StreamScope {
+ public:
+  explicit StreamScope(cudaStream_t s) : prev_(cuda_stream()) { set_cuda_stream(s); }
+  ~StreamScope() { set_cuda_stream(prev_); }
+  StreamScope(const StreamScope&) = delete;
+  StreamScope& operator=(const StreamScope&) = delete;
+
+ private:
+  void* prev_;
+};
+
 // A host weight converted to `dt` and copied to dst (at row offset `row0` of a matrix with
 // the same number of columns).
 void upload(const Weight& w, DType dt, void* dst, cudaStream_t stream) {
@@ -515,7 +528,7 @@ void CudaEngine::forward(const std::vector<int>& seqs, const std::vector<int>& c
   const int B = static_cast<int>(seqs.size());
   const int T = static_cast<int>(tokens.size());
   UNIQUE_CHECK_ARG(T <= s.rows_cap, "tokens of one forward", concat("<= ", s.rows_cap), T);
-  set_cuda_stream(s.stream);
+  const StreamScope on_stream(s.stream);
   std::vector<int64_t> lens(B);
   int32_t* tok = s.meta_h + s.meta.tokens;
   int32_t* pos = s.meta_h + s.meta.pos;
@@ -577,7 +590,7 @@ void CudaEngine::forward(const std::vector<int>& seqs, const std::vector<int>& c
 void CudaEngine::fill_synthetic(int seq, int64_t tokens, uint64_t seed) {
   Impl& s = *p_;
   const ModelConfig& c = s.model.config();
-  set_cuda_stream(s.stream);
+  const StreamScope on_stream(s.stream);
   const int Hk = c.num_kv_heads, D = c.head_dim;
   for (int64_t start = 0; start < tokens; start += s.rows_cap) {
     const int n = static_cast<int>(std::min<int64_t>(s.rows_cap, tokens - start));
