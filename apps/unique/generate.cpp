@@ -198,10 +198,13 @@ int run(const GenOptions& o) {
                   ac.prefill_block, ac.pool);
   else
     std::snprintf(prefill_mode, sizeof prefill_mode, "%s", to_string(ac.prefill));
-  std::printf("[%s %s, %d layers, weights %s, KV %s, stats %s | attention %s, page %d, budget %d, sink %d, recent %d, dense layers %d | prefill %s | cpu, %d threads | load %.2f s]\n",
+  std::printf("[%s %s, %d layers, weights %s, KV %s, stats %s | attention %s, page %d, budget %d, sink %d, recent %d, dense layers %d | prefill %s | %s | load %.2f s]\n",
               engine::to_string(mc.arch), o.model.c_str(), mc.num_layers, to_string(wdt), to_string(eo.kv_dtype), to_string(eo.stats_dtype),
               to_string(ac.estimator), ac.page_size, ac.budget_tokens, ac.sink_pages, ac.recent_pages, eo.dense_layers,
-              prefill_mode, omp_get_max_threads(), load_s);
+              prefill_mode,
+              eo.device == Device::cuda ? "cuda, decode steps as CUDA graphs"
+                                        : ("cpu, " + std::to_string(omp_get_max_threads()) + " threads").c_str(),
+              load_s);
   char kept[64] = "";
   if (r.prefill_blocks_dense > 0)
     std::snprintf(kept, sizeof kept, ", key blocks kept %.1f%%", 100.0 * r.prefill_blocks_kept / r.prefill_blocks_dense);

@@ -8,7 +8,10 @@
 // fp32 weights: both backends run fp32 GEMMs and store bf16 K/V; they differ by fp32
 // summation order, and rarely by one bf16 rounding of a stored key: 5e-3. bf16 weights:
 // the CUDA backend feeds bf16 activations to the GEMMs (as transformers does) where the
-// CPU one keeps them fp32: 5e-2.
+// CPU one keeps them fp32: 5e-2. Sparse decode: where two pages' scores nearly tie, those
+// rounding differences may select a different page in one layer of one step (seen: one
+// step of 16, 7.5e-2); such steps may be 1 in 8 and stay within 0.25, every other step
+// meets the dense tolerance.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -93,15 +96,19 @@ void compare_backends(const enginetest::TinySpec& sp, const EngineOptions& base,
   gpu.prefill(sg, prompt, lg.data());
   const double tol = tolerance(sp.dtype);
   EXPECT_LE(rel_err(lg, lc.data(), V), tol) << "prefill logits";
-  int mismatches = 0;
+  const bool sparse = base.attention.estimator != Estimator::dense;
+  int mismatches = 0, flips = 0;
   for (int s = 0; s < steps; ++s) {
     const int tok = argmax(lc.data(), V);  // the CPU's greedy token drives both
     std::fill(lg.begin(), lg.end(), std::nanf(""));
     cpu.decode({sc}, {tok}, lc.data());
     gpu.decode({sg}, {tok}, lg.data());
-    EXPECT_LE(rel_err(lg, lc.data(), V), tol) << "decode step " << s;
+    const double err = rel_err(lg, lc.data(), V);
+    EXPECT_LE(err, sparse ? 0.25 : tol) << "decode step " << s;
+    flips += err > tol;
     mismatches += argmax(lg.data(), V) != argmax(lc.data(), V);
   }
+  EXPECT_LE(flips, sparse ? steps / 8 : 0) << "decode steps beyond the tolerance " << tol;
   // Greedy choices agree except at near-ties (random weights make a few).
   EXPECT_LE(mismatches, steps / 8) << "greedy tokens that differ";
   EXPECT_EQ(gpu.length(sg), cpu.length(sc));
