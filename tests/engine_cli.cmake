@@ -20,19 +20,24 @@ unique_add_error_test(cli_generate_too_long "error: prompt 0 length \\+ max_new_
                       $<TARGET_FILE:unique> generate --model ${_tiny} --prompt "x" --max-new-tokens 10 --max-context 4)
 unique_add_error_test(cli_generate_bad_attention "error: estimator: expected one of .*got nope"
                       $<TARGET_FILE:unique> generate --model ${_tiny} --prompt "x" --attention nope)
-unique_add_error_test(cli_generate_cuda_device "error: --device: expected cpu"
+unique_add_error_test(cli_generate_bad_device "error: --device: expected cpu or cuda, got gpu"
+                      $<TARGET_FILE:unique> generate --model ${_tiny} --prompt "x" --device gpu)
+# CI has no GPU (or no CUDA build): a clear refusal, not a crash.
+unique_add_error_test(cli_generate_cuda_device
+                      "error: device: expected (a visible CUDA GPU for --device cuda, got none found|cpu \\(this build has no CUDA)"
                       $<TARGET_FILE:unique> generate --model ${_tiny} --prompt "x" --device cuda)
 unique_add_error_test(cli_generate_missing_model "error: model config .*_does_not_exist/config.json: cannot open"
                       $<TARGET_FILE:unique> generate --model ${_tiny}_does_not_exist --prompt "x")
 set_tests_properties(cli_generate_tiny cli_generate_batch_sampled cli_tokenize cli_tokenize_bad_decode
                      cli_generate_empty_prompt cli_generate_too_long cli_generate_bad_attention
-                     cli_generate_cuda_device PROPERTIES FIXTURES_REQUIRED tiny_model)
+                     cli_generate_cuda_device cli_generate_bad_device PROPERTIES FIXTURES_REQUIRED tiny_model)
 add_test(NAME cli_bench_decode_tiny COMMAND unique bench-decode --shape tiny --context 512 --batch 2 --steps 2
          --bandwidth-gbps 10 --attention dense,unique,quest,mean,oracle)
 set_tests_properties(cli_bench_decode_tiny PROPERTIES PASS_REGULAR_EXPRESSION "unique +512")
 set_tests_properties(cli_make_tiny_model cli_generate_tiny cli_generate_batch_sampled cli_tokenize
                      cli_generate_empty_prompt cli_generate_too_long cli_generate_bad_attention
-                     cli_generate_cuda_device cli_generate_missing_model cli_bench_decode_tiny PROPERTIES LABELS cli)
+                     cli_generate_cuda_device cli_generate_bad_device cli_generate_missing_model cli_bench_decode_tiny
+                     PROPERTIES LABELS cli)
 
 # UniSparse prefill flags: a prompt of ~300 tokens (19 blocks of 16) really drops blocks.
 string(REPEAT "The page statistics of the key blocks. " 20 _long_prompt)

@@ -28,11 +28,12 @@ struct BenchOptions {
   int64_t context = 4096;
   int batch = 1, budget = 2048, page_size = 16, sink = 1, recent = 1, dense_layers = 0, steps = 8, layers = 0,
       threads = 0;
+  bool no_graph = false;
   double bandwidth_gbps = 0;
   bool json = false;
-  std::string fill = "synthetic", prefill = "dense";
+  std::string fill = "synthetic", prefill = "dense", device = "cpu";
   float prefill_top_p = AttentionConfig{}.top_p;
-  int prefill_block = AttentionConfig{}.prefill_block, pool = AttentionConfig{}.pool, prefill_chunk = 256;
+  int prefill_block = AttentionConfig{}.prefill_block, pool = AttentionConfig{}.pool, prefill_chunk = 0;
 };
 
 engine::ModelConfig shape_config(const std::string& s) {
@@ -66,12 +67,12 @@ engine::ModelConfig shape_config(const std::string& s) {
 
 // Bytes one decode step reads for the attention of one layer.
 double attn_bytes(const engine::Engine& eng, const AttentionConfig& cfg, bool dense, const std::vector<int>& seqs) {
-  const KVCacheOptions& k = eng.cache(0).options();
+  const KVCacheOptions& k = eng.kv_options();
   const double tok = double(k.num_kv_heads) * k.head_dim * dtype_size(k.dtype);  // K or V of one token
   const double row = double(k.num_kv_heads) * k.head_dim * dtype_size(k.stats_dtype);
   double b = 0;
   for (int s : seqs) {
-    const int64_t len = eng.cache(0).length(s);
+    const int64_t len = eng.length(s);
     const int64_t pages = (len + k.page_size - 1) / k.page_size;
     if (dense) {
       b += 2 * tok * len;
@@ -97,6 +98,8 @@ int run(const BenchOptions& o) {
   UNIQUE_CHECK_ARG(o.batch >= 1, "--batch", ">= 1", o.batch);
   UNIQUE_CHECK_ARG(o.steps >= 1, "--steps", ">= 1", o.steps);
   UNIQUE_CHECK_ARG(o.fill == "synthetic" || o.fill == "prefill", "--fill", "synthetic or prefill", o.fill);
+  UNIQUE_CHECK_ARG(o.device == "cpu" || o.device == "cuda", "--device", "cpu or cuda", o.device);
+  const bool gpu = o.device == "cuda";
   UNIQUE_CHECK_ARG(o.fill == "prefill" || parse_prefill(o.prefill) == PrefillMode::dense, "--prefill",
                    "dense with --fill synthetic (it runs no prefill; add --fill prefill)", o.prefill);
   std::unique_ptr<engine::Model> model;
@@ -107,6 +110,8 @@ int run(const BenchOptions& o) {
   } else {
     engine::ModelConfig c = shape_config(o.shape);
     if (o.layers > 0) c.num_layers = std::min(c.num_layers, o.layers);
+    // Speed only: a 128K context plus the timed steps may pass the shape's 128K limit.
+    c.max_position_embeddings = std::max<int64_t>(c.max_position_embeddings, 2 * o.context + 1024);
     std::fprintf(stderr, "bench-decode: random %s weights of shape %s (%d layers): speed only, the tokens are meaningless\n",
                  o.weights_dtype.c_str(), o.shape.c_str(), c.num_layers);
     model = engine::Model::random(c, parse_dtype(o.weights_dtype));
@@ -131,7 +136,10 @@ int run(const BenchOptions& o) {
   eo.attention.top_p = o.prefill_top_p;
   eo.attention.prefill_block = o.prefill_block;
   eo.attention.pool = o.pool;
-  eo.prefill_chunk = o.prefill_chunk;
+  // Rows per forward (and per synthetic fill chunk): the GPU wants big GEMMs.
+  eo.prefill_chunk = o.prefill_chunk > 0 ? o.prefill_chunk : gpu ? 2048 : 256;
+  eo.device = gpu ? Device::cuda : Device::cpu;
+  eo.cuda_graph = !o.no_graph;
   eo.dense_layers = o.dense_layers;
   eo.kv_dtype = parse_dtype(o.kv_dtype);
   eo.stats_dtype = o.stats_dtype == "auto" ? eo.kv_dtype : parse_dtype(o.stats_dtype);
@@ -169,13 +177,17 @@ int run(const BenchOptions& o) {
       std::snprintf(b, sizeof b, "filled by a dense prefill of random tokens");
     filled = b;
   }
-  const double bw = o.bandwidth_gbps > 0 ? o.bandwidth_gbps : measure_host_read_gbps();
+  // The ceiling the bytes-limit uses: host read bandwidth, or the GPU's copy peak.
+  const double bw = o.bandwidth_gbps > 0 ? o.bandwidth_gbps : gpu ? measure_device_copy_gbps() : measure_host_read_gbps();
   std::fprintf(stderr,
                "bench-decode: %s, %d layers, hidden %d, heads %d/%d, head dim %d, vocab %d; weights %.2f GB read per step; "
-               "KV %s (stats %s) %s (%lld tokens x %d sequences, %.1f s); %d threads; read bandwidth %.1f GB/s%s\n",
+               "KV %s (stats %s) %s (%lld tokens x %d sequences, %.1f s); %s; %s %.1f GB/s%s\n",
                o.model.empty() ? o.shape.c_str() : o.model.c_str(), mc.num_layers, mc.hidden_size, mc.num_heads,
                mc.num_kv_heads, mc.head_dim, mc.vocab_size, model->decode_weight_bytes() / 1e9, to_string(eo.kv_dtype), to_string(eo.stats_dtype),
-               filled.c_str(), static_cast<long long>(o.context), o.batch, fill_s, omp_get_max_threads(), bw,
+               filled.c_str(), static_cast<long long>(o.context), o.batch, fill_s,
+               gpu ? (o.no_graph ? "CUDA, eager launches" : "CUDA, decode step as a CUDA graph")
+                   : (std::to_string(omp_get_max_threads()) + " threads").c_str(),
+               gpu ? "copy peak" : "read bandwidth", bw,
                o.bandwidth_gbps > 0 ? " (given)" : " (measured)");
   std::vector<float> logits(size_t(mc.vocab_size) * o.batch);
   std::vector<int> toks(o.batch, 1);
@@ -219,6 +231,7 @@ int run(const BenchOptions& o) {
   }
   if (o.json)
     std::printf("%s\n", nlohmann::json{{"speed_only_random_weights", o.model.empty()}, {"bandwidth_gbps", bw},
+                                       {"device", o.device},
                                        {"fill", filled}, {"rows", rows}}
                             .dump(2)
                             .c_str());
@@ -250,11 +263,14 @@ Runner add_bench_decode(CLI::App& app) {
   app.add_option("--weights-dtype", o->weights_dtype, "Random weights dtype (--shape)")->capture_default_str();
   app.add_option("--bandwidth-gbps", o->bandwidth_gbps, "Memory read bandwidth for the bytes-limit (0 = measure)");
   app.add_option("--threads", o->threads, "OpenMP threads (0 = default)");
+  app.add_option("--device", o->device, "cpu | cuda (bytes-limit at the GPU's measured copy peak)")->capture_default_str();
+  app.add_flag("--no-graph", o->no_graph, "cuda: launch every kernel of a step instead of replaying a CUDA graph");
   app.add_option("--fill", o->fill,
                  "How the KV cache is filled: synthetic (keys/values drawn directly, no model) | prefill (the "
                  "model's prefill over random token ids, with the --prefill attention)")
       ->capture_default_str();
-  app.add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per prefill forward (--fill prefill)")
+  app.add_option("--prefill-chunk", o->prefill_chunk,
+                 "Prompt tokens per prefill forward / synthetic fill chunk (0 = 256 on the CPU, 2048 on cuda)")
       ->capture_default_str();
   add_prefill_flags(app, o->prefill, o->prefill_top_p, o->prefill_block, o->pool);
   app.add_flag("--json", o->json, "Print JSON");

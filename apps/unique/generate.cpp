@@ -69,8 +69,7 @@ void stream_utf8(std::string& pending, const std::string& add) {
 }
 
 int run(const GenOptions& o) {
-  if (o.device != "cpu")
-    throw_arg("--device", "cpu (the CUDA engine backend is not built into this binary yet)", o.device);
+  UNIQUE_CHECK_ARG(o.device == "cpu" || o.device == "cuda", "--device", "cpu or cuda", o.device);
   if (o.threads > 0) omp_set_num_threads(o.threads);
   const auto t_load0 = std::chrono::steady_clock::now();
   engine::LoadOptions lo;
@@ -121,7 +120,10 @@ int run(const GenOptions& o) {
   eo.max_batch = static_cast<int>(prompts.size());
   eo.prefill_chunk = o.prefill_chunk;
   const DType wdt = model->layers().empty() ? DType::f32 : model->layers()[0].q.dtype;
-  eo.kv_dtype = o.kv_dtype == "auto" ? (wdt == DType::f32 ? DType::f32 : DType::bf16) : parse_dtype(o.kv_dtype);
+  eo.device = o.device == "cuda" ? Device::cuda : Device::cpu;
+  // fp32 weights keep an fp32 cache on the CPU; the GPU's prefill wants 16-bit K/V.
+  eo.kv_dtype = o.kv_dtype == "auto" ? (wdt == DType::f32 && eo.device == Device::cpu ? DType::f32 : DType::bf16)
+                                     : parse_dtype(o.kv_dtype);
   eo.stats_dtype = o.stats_dtype == "auto" ? eo.kv_dtype : parse_dtype(o.stats_dtype);
   eo.max_context = o.max_context > 0 ? o.max_context
                                      : static_cast<int64_t>(longest) + std::max(o.max_new_tokens, 1);
@@ -196,10 +198,13 @@ int run(const GenOptions& o) {
                   ac.prefill_block, ac.pool);
   else
     std::snprintf(prefill_mode, sizeof prefill_mode, "%s", to_string(ac.prefill));
-  std::printf("[%s %s, %d layers, weights %s, KV %s, stats %s | attention %s, page %d, budget %d, sink %d, recent %d, dense layers %d | prefill %s | cpu, %d threads | load %.2f s]\n",
+  std::printf("[%s %s, %d layers, weights %s, KV %s, stats %s | attention %s, page %d, budget %d, sink %d, recent %d, dense layers %d | prefill %s | %s | load %.2f s]\n",
               engine::to_string(mc.arch), o.model.c_str(), mc.num_layers, to_string(wdt), to_string(eo.kv_dtype), to_string(eo.stats_dtype),
               to_string(ac.estimator), ac.page_size, ac.budget_tokens, ac.sink_pages, ac.recent_pages, eo.dense_layers,
-              prefill_mode, omp_get_max_threads(), load_s);
+              prefill_mode,
+              eo.device == Device::cuda ? "cuda, decode steps as CUDA graphs"
+                                        : ("cpu, " + std::to_string(omp_get_max_threads()) + " threads").c_str(),
+              load_s);
   char kept[64] = "";
   if (r.prefill_blocks_dense > 0)
     std::snprintf(kept, sizeof kept, ", key blocks kept %.1f%%", 100.0 * r.prefill_blocks_kept / r.prefill_blocks_dense);
@@ -233,9 +238,10 @@ Runner add_generate(CLI::App& app) {
   app.add_option("--top-k", o->top_k, "Sample among the k most likely tokens (0 = all)")->capture_default_str();
   app.add_option("--top-p", o->top_p, "Nucleus mass")->capture_default_str();
   app.add_option("--seed", o->seed, "Sampling seed")->capture_default_str();
-  app.add_option("--device", o->device, "cpu")->capture_default_str();
+  app.add_option("--device", o->device, "cpu | cuda (weights, KV cache and kernels on the GPU)")->capture_default_str();
   app.add_option("--threads", o->threads, "OpenMP threads (0 = default)");
-  app.add_option("--kv-dtype", o->kv_dtype, "KV cache dtype: auto (fp32 for fp32 weights, else bf16) | fp32 | bf16 | fp16")
+  app.add_option("--kv-dtype", o->kv_dtype,
+                 "KV cache dtype: auto (fp32 for fp32 weights on the CPU, else bf16) | fp32 | bf16 | fp16")
       ->capture_default_str();
   app.add_option("--stats-dtype", o->stats_dtype, "Page statistics dtype: auto (= KV dtype) | fp32 | bf16")
       ->capture_default_str();

@@ -8,4 +8,7 @@ namespace unique {
 double measure_host_copy_gbps(std::size_t bytes = std::size_t(1) << 29, int reps = 5);
 // Read-only stream (what a decode step does): bytes read per second, best of `reps`.
 double measure_host_read_gbps(std::size_t bytes = std::size_t(1) << 30, int reps = 5);
+// GPU copy peak: a device-to-device cudaMemcpyAsync of `bytes`, bytes read + written per
+// second, best of `reps` (CUDA builds with a GPU; throws unique::Error otherwise).
+double measure_device_copy_gbps(std::size_t bytes = std::size_t(1) << 30, int reps = 5);
 }  // namespace unique

@@ -36,6 +36,9 @@ struct AttentionConfig {
   int prefill_block = 64;     // query/key block of the block-sparse prefill, in tokens
   int pool = 8;               // composite-token pooling factor (cq = ck), divides prefill_block
   float top_p = 0.95f;        // compressed attention mass kept per query block; >= 1 keeps all
+  // Sparsity-aware training (include/unique/soft_mask.h): temperature T of the soft page
+  // mask sigmoid((s - tau) / T); T -> 0 is hard top-k.
+  float temperature = 0.1f;
 
   int topk_pages() const { return budget_tokens / page_size; }
   // Upper bound on pages selected per (sequence, KV head) for a sequence of num_pages.

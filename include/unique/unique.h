@@ -10,5 +10,6 @@
 #include "unique/paged_kv.h"
 #include "unique/prefill.h"
 #include "unique/selection.h"
+#include "unique/soft_mask.h"
 #include "unique/tensor.h"
 #include "unique/version.h"

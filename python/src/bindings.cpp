@@ -16,6 +16,7 @@
 #include "unique/page_stats.h"
 #include "unique/paged_kv.h"
 #include "unique/selection.h"
+#include "unique/soft_mask.h"
 #include "unique/stream.h"
 #include "unique/tensor.h"
 #include "unique/version.h"
@@ -233,6 +234,20 @@ AttentionConfig make_config(int page_size, int budget, int sink, int recent,
   return c;
 }
 
+// AttentionConfig of the soft-mask bindings (the fields the soft mask reads).
+AttentionConfig soft_mask_config(int page_size, int budget_tokens, int sink_pages, int recent_pages,
+                                 float temperature, float alpha, float sm_scale) {
+  AttentionConfig cfg;
+  cfg.page_size = page_size;
+  cfg.budget_tokens = budget_tokens;
+  cfg.sink_pages = sink_pages;
+  cfg.recent_pages = recent_pages;
+  cfg.temperature = temperature;
+  cfg.alpha = alpha;
+  cfg.sm_scale = sm_scale;
+  return cfg;
+}
+
 struct StreamGuard {
   explicit StreamGuard(uintptr_t s) : prev(cuda_stream()) {
     set_cuda_stream(reinterpret_cast<void*>(s));
@@ -439,6 +454,44 @@ NB_MODULE(_core, m) {
           "views of the last run's selection (sparse plans).")
       .def_prop_ro("workspace_bytes", &DecodePlan::workspace_bytes);
 #endif
+
+  // Soft-mask attention for sparsity-aware training (include/unique/soft_mask.h). Arrays
+  // [B, L, H, D] (strided OK: torch's [B, H, L, D].transpose(1, 2)), lse [B, L, Hq] fp32.
+#define UNIQUE_SM_PARAMS \
+  int page_size, int budget_tokens, int sink_pages, int recent_pages, float temperature, float alpha, float sm_scale
+#define UNIQUE_SM_NB_ARGS                                                                                   \
+  nb::arg("page_size"), nb::arg("budget_tokens"), nb::arg("sink_pages"), nb::arg("recent_pages"),         \
+      nb::arg("temperature"), nb::arg("alpha"), nb::arg("sm_scale")
+  m.def(
+      "soft_mask_forward",
+      [](const InArray& q, const InArray& k, const InArray& v, const Array& out, const Array& lse,
+                         UNIQUE_SM_PARAMS, uintptr_t stream) {
+        const AttentionConfig cfg =
+            soft_mask_config(page_size, budget_tokens, sink_pages, recent_pages, temperature, alpha, sm_scale);
+        const TensorView qv = view_of(q, "q"), kv = view_of(k, "k"), vv = view_of(v, "v");
+        const TensorView ov = view_of(out, "out"), lv = f32_view(lse, "lse");
+        nb::gil_scoped_release nogil;
+        StreamGuard g(stream);
+        soft_mask_attention_forward(cfg, qv, kv, vv, ov, lv);
+      },
+      nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"), nb::arg("lse"), UNIQUE_SM_NB_ARGS,
+      nb::arg("stream"));
+  m.def(
+      "soft_mask_backward",
+      [](const InArray& q, const InArray& k, const InArray& v, const InArray& out,
+                         const InArray& lse, const InArray& dout, const Array& dq, const Array& dk, const Array& dv,
+                         UNIQUE_SM_PARAMS, uintptr_t stream) {
+        const AttentionConfig cfg =
+            soft_mask_config(page_size, budget_tokens, sink_pages, recent_pages, temperature, alpha, sm_scale);
+        const TensorView qv = view_of(q, "q"), kv = view_of(k, "k"), vv = view_of(v, "v");
+        const TensorView ov = view_of(out, "out"), lv = f32_view(lse, "lse"), gov = view_of(dout, "dout");
+        const TensorView gq = view_of(dq, "dq"), gk = view_of(dk, "dk"), gv = view_of(dv, "dv");
+        nb::gil_scoped_release nogil;
+        StreamGuard g(stream);
+        soft_mask_attention_backward(cfg, qv, kv, vv, ov, lv, gov, gq, gk, gv);
+      },
+      nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"), nb::arg("lse"), nb::arg("dout"), nb::arg("dq"),
+      nb::arg("dk"), nb::arg("dv"), UNIQUE_SM_NB_ARGS, nb::arg("stream"));
 
   m.def(
       "recompute_page_stats",

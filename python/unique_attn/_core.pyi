@@ -30,6 +30,16 @@ def paged_decode(budget: int, sink: int, recent: int, estimator: str, gqa: str, 
                  page_indptr: Any, page_indices: Any, last_page_len: Any, max_pages_per_seq: int,
                  sel_pages: Optional[Any], sel_counts: Optional[Any], select: bool, out: Any,
                  lse: Optional[Any], stream: int) -> None: ...
+# Soft-mask attention (include/unique/soft_mask.h): q/out/dout/dq [B, L, Hq, D], k/v/dk/dv
+# [B, L, Hkv, D] (strided views OK), lse [B, L, Hq] float32. CPU arrays run the float64
+# reference; CUDA arrays (bf16/fp16, D 64/128, page_size 16/32/64) the kernels on `stream`.
+def soft_mask_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, page_size: int, budget_tokens: int,
+                      sink_pages: int, recent_pages: int, temperature: float, alpha: float,
+                      sm_scale: float, stream: int) -> None: ...
+def soft_mask_backward(q: Any, k: Any, v: Any, out: Any, lse: Any, dout: Any, dq: Any, dk: Any,
+                       dv: Any, page_size: int, budget_tokens: int, sink_pages: int,
+                       recent_pages: int, temperature: float, alpha: float, sm_scale: float,
+                       stream: int) -> None: ...
 def recompute_page_stats(k_cache: Any, v_cache: Any, mean: Optional[Any], std: Optional[Any],
                          kmin: Optional[Any], kmax: Optional[Any], page_indptr: Any,
                          page_indices: Any, last_page_len: Any, max_pages_per_seq: int) -> None: ...

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "attention/cuda_backend.h"
 #include "cpu/vec.h"
 
 namespace unique {
@@ -64,5 +65,7 @@ double measure_host_read_gbps(std::size_t bytes, int reps) {
   if (sink < 0) std::abort();  // keeps the reads observable
   return static_cast<double>(n * sizeof(float)) / best / 1e9;
 }
+
+double measure_device_copy_gbps(std::size_t bytes, int reps) { return cuda_backend::measure_copy_gbps(bytes, reps); }
 
 }  // namespace unique

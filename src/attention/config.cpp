@@ -35,6 +35,8 @@ void AttentionConfig::validate() const {
   UNIQUE_CHECK_ARG(pool >= 1 && pool <= prefill_block && prefill_block % pool == 0, "pool",
                    detail::concat("a divisor of prefill_block (", prefill_block, ")"), pool);
   UNIQUE_CHECK_ARG(top_p > 0.0f && top_p <= 1.0f, "top_p", "in (0, 1]", top_p);
+  UNIQUE_CHECK_ARG(temperature > 0.0f && std::isfinite(temperature), "temperature", "a finite number > 0",
+                   temperature);
 }
 
 const char* to_string(Estimator e) {

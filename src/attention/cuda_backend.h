@@ -25,11 +25,22 @@ void paged_decode(const AttentionConfig& cfg, const TensorView& q, const PagedKV
                   const Selection* sel, const TensorView& out, const TensorView& lse,
                   int max_pages, void* stream);
 
+double measure_copy_gbps(std::size_t bytes, int reps);
+
 // Prefill of one sequence's chunk (include/unique/prefill.h); kv_len host-known.
 void select_prefill_blocks(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, int seq,
                            int64_t kv_len, const BlockSelection& out, void* stream);
 void sparse_prefill(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, int seq,
                     int64_t kv_len, const BlockSelection* sel, const TensorView& out,
                     const TensorView& lse, void* stream);
+
+// Soft-mask attention (include/unique/soft_mask.h); arguments already validated. The
+// workspace (page statistics, thresholds, fp32 gradient accumulators) comes from a
+// grow-only device buffer.
+void soft_mask_forward(const AttentionConfig& cfg, const TensorView& q, const TensorView& k, const TensorView& v,
+                       const TensorView& out, const TensorView& lse, void* stream);
+void soft_mask_backward(const AttentionConfig& cfg, const TensorView& q, const TensorView& k, const TensorView& v,
+                        const TensorView& out, const TensorView& lse, const TensorView& dout, const TensorView& dq,
+                        const TensorView& dk, const TensorView& dv, void* stream);
 
 }  // namespace unique::cuda_backend

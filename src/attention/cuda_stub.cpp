@@ -32,5 +32,15 @@ void sparse_prefill(const AttentionConfig&, const TensorView&, const PagedKV&, i
                     const BlockSelection*, const TensorView&, const TensorView&, void*) {
   no_cuda();
 }
+double measure_copy_gbps(std::size_t, int) { no_cuda(); }
+void soft_mask_forward(const AttentionConfig&, const TensorView&, const TensorView&, const TensorView&,
+                       const TensorView&, const TensorView&, void*) {
+  no_cuda();
+}
+void soft_mask_backward(const AttentionConfig&, const TensorView&, const TensorView&, const TensorView&,
+                        const TensorView&, const TensorView&, const TensorView&, const TensorView&,
+                        const TensorView&, const TensorView&, void*) {
+  no_cuda();
+}
 }  // namespace unique::cuda_backend
 #endif

@@ -100,4 +100,34 @@ void paged_decode(const AttentionConfig& cfg, const TensorView& q, const PagedKV
   launch_decode(cfg, q, kv, sel, out, lse, max_pages, ws, static_cast<cudaStream_t>(stream));
 }
 
+double measure_copy_gbps(std::size_t bytes, int reps) {
+  void *a = nullptr, *b = nullptr;
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  double best = 0;
+  try {
+    UNIQUE_CUDA_CHECK(cudaMalloc(&a, bytes));
+    UNIQUE_CUDA_CHECK(cudaMalloc(&b, bytes));
+    UNIQUE_CUDA_CHECK(cudaMemset(a, 1, bytes));
+    UNIQUE_CUDA_CHECK(cudaEventCreate(&e0));
+    UNIQUE_CUDA_CHECK(cudaEventCreate(&e1));
+    for (int i = 0; i <= reps; ++i) {  // the first copy warms up
+      UNIQUE_CUDA_CHECK(cudaEventRecord(e0));
+      UNIQUE_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
+      UNIQUE_CUDA_CHECK(cudaEventRecord(e1));
+      UNIQUE_CUDA_CHECK(cudaEventSynchronize(e1));
+      float ms = 0;
+      UNIQUE_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+      if (i > 0) best = std::max(best, 2.0 * double(bytes) / (ms * 1e6));
+    }
+  } catch (...) {
+    cudaFree(a), cudaFree(b);
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    throw;
+  }
+  cudaFree(a), cudaFree(b);
+  cudaEventDestroy(e0), cudaEventDestroy(e1);
+  return best;
+}
+
 }  // namespace unique::cuda_backend

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "engine/cuda/cuda_engine.h"
 #include "unique/decode.h"
 #include "unique/error.h"
 #include "unique/prefill.h"
@@ -36,7 +37,7 @@ Engine::Engine(const Model& model, const EngineOptions& opt) : model_(model), op
   const int64_t pages_per_seq = (opt_.max_context + P - 1) / P;
   UNIQUE_CHECK_ARG(pages_per_seq * opt_.max_batch < (int64_t(1) << 31), "max_context x max_batch",
                    "fewer than 2^31 pages", pages_per_seq * opt_.max_batch);
-  KVCacheOptions ko;
+  KVCacheOptions& ko = kv_opt_;
   ko.num_pages = static_cast<int>(pages_per_seq * opt_.max_batch);
   ko.num_kv_heads = c.num_kv_heads;
   ko.page_size = P;
@@ -46,6 +47,11 @@ Engine::Engine(const Model& model, const EngineOptions& opt) : model_(model), op
   const Estimator e = opt_.attention.estimator;
   ko.keep_unique_stats = opt_.keep_all_stats || e == Estimator::unique || e == Estimator::mean;
   ko.keep_quest_stats = opt_.keep_all_stats || e == Estimator::quest;
+  if (opt_.device == Device::cuda) {
+    ko.device = Device::cuda;
+    cuda_ = std::make_unique<CudaEngine>(model, opt_, ko);
+    return;
+  }
   for (int l = 0; l < c.num_layers; ++l) caches_.push_back(std::make_unique<KVCache>(ko));
   // Start the OpenMP team now, not inside the first timed forward.
 #pragma omp parallel
@@ -54,11 +60,24 @@ Engine::Engine(const Model& model, const EngineOptions& opt) : model_(model), op
 
 Engine::~Engine() = default;
 
+const KVCache& Engine::cache(int layer) const {
+  UNIQUE_CHECK_ARG(!cuda_, "Engine::cache", "the CPU backend (the CUDA backend's pages live on the GPU)", "cuda");
+  UNIQUE_CHECK_ARG(layer >= 0 && layer < static_cast<int>(caches_.size()), "layer",
+                   concat("0..", caches_.size() - 1), layer);
+  return *caches_[layer];
+}
+
+void Engine::set_decode_observer(DecodeObserver f) {
+  UNIQUE_CHECK_ARG(!(cuda_ && f), "decode observer", "the CPU backend (it reads queries and keys on the host)",
+                   "--device cuda");
+  observer_ = std::move(f);
+}
+
 void Engine::set_attention(const AttentionConfig& cfg, int dense_layers) {
   cfg.validate();
   UNIQUE_CHECK_ARG(cfg.page_size == opt_.attention.page_size, "page_size", opt_.attention.page_size, cfg.page_size);
   UNIQUE_CHECK_ARG(dense_layers >= 0, "dense_layers", ">= 0", dense_layers);
-  const KVCacheOptions& ko = caches_[0]->options();
+  const KVCacheOptions& ko = kv_opt_;
   const Estimator e = cfg.estimator;
   UNIQUE_CHECK_ARG(!((e == Estimator::unique || e == Estimator::mean) && !ko.keep_unique_stats) &&
                        !(e == Estimator::quest && !ko.keep_quest_stats),
@@ -66,15 +85,18 @@ void Engine::set_attention(const AttentionConfig& cfg, int dense_layers) {
                    to_string(e));
   opt_.attention = cfg;
   opt_.dense_layers = dense_layers;
+  if (cuda_) cuda_->set_options(opt_);
 }
 
 int Engine::add_sequence() {
+  if (cuda_) return cuda_->add_sequence();
   int id = -1;
   for (auto& c : caches_) id = c->add_sequence();
   return id;
 }
 
 void Engine::free_sequence(int seq) {
+  if (cuda_) return cuda_->free_sequence(seq);
   for (auto& c : caches_) c->free_sequence(seq);
 }
 
@@ -82,8 +104,9 @@ int Engine::fork_sequence(int seq) {
   const int64_t len = length(seq);
   const int P = opt_.attention.page_size;
   const int64_t need = (len + P - 1) / P;
-  if (need > caches_[0]->free_pages())
-    throw_arg("KV cache pool", concat(need, " free pages to fork sequence ", seq), caches_[0]->free_pages());
+  if (need > free_pages())
+    throw_arg("KV cache pool", concat(need, " free pages to fork sequence ", seq), free_pages());
+  if (cuda_) return cuda_->fork_sequence(seq);
   const int id = add_sequence();
   if (len == 0) return id;
   const int64_t Hk = model_.config().num_kv_heads, D = model_.config().head_dim;
@@ -107,7 +130,11 @@ int Engine::fork_sequence(int seq) {
   return id;
 }
 
-int64_t Engine::length(int seq) const { return caches_[0]->length(seq); }
+int64_t Engine::length(int seq) const { return cuda_ ? cuda_->length(seq) : caches_[0]->length(seq); }
+int Engine::seq_pages(int seq) const {
+  return cuda_ ? cuda_->seq_pages(seq) : static_cast<int>(caches_[0]->pages(seq).size());
+}
+int Engine::free_pages() const { return cuda_ ? cuda_->free_pages() : caches_[0]->free_pages(); }
 
 void Engine::check_append(int seq, int64_t n) const {
   const int64_t len = length(seq) + n;
@@ -119,9 +146,8 @@ void Engine::check_append(int seq, int64_t n) const {
     throw_arg("sequence length", concat("<= max_position_embeddings of config.json (", c.max_position_embeddings, ")"),
               concat(len, " tokens"));
   const int P = opt_.attention.page_size;
-  const int64_t need = (len + P - 1) / P - static_cast<int64_t>(caches_[0]->pages(seq).size());
-  if (need > caches_[0]->free_pages())
-    throw_arg("KV cache pool", concat(need, " free pages for sequence ", seq), caches_[0]->free_pages());
+  const int64_t need = (len + P - 1) / P - seq_pages(seq);
+  if (need > free_pages()) throw_arg("KV cache pool", concat(need, " free pages for sequence ", seq), free_pages());
 }
 
 namespace {
@@ -152,6 +178,7 @@ void rope(float* v, int heads, int D, int64_t pos, const std::vector<double>& in
 
 void Engine::forward(const std::vector<int>& seqs, const std::vector<int>& counts, const std::vector<int>& tokens,
                      bool decode, const std::vector<int64_t>& out_rows, float* logits) {
+  if (cuda_) return cuda_->forward(seqs, counts, tokens, decode, out_rows, logits, prefill_stats_);
   const ModelConfig& c = model_.config();
   const int64_t T = static_cast<int64_t>(tokens.size());
   const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
@@ -297,6 +324,7 @@ void Engine::decode(const std::vector<int>& seqs, const std::vector<int>& tokens
 
 void Engine::fill_synthetic(int seq, int64_t tokens, uint64_t seed) {
   check_append(seq, tokens);
+  if (cuda_) return cuda_->fill_synthetic(seq, tokens, seed);
   const ModelConfig& c = model_.config();
   const int64_t D = c.head_dim, Hk = c.num_kv_heads, chunk = 1024;
   std::vector<float> k, v;

@@ -324,11 +324,13 @@ void gemv16(const float* x, int64_t M, const T* w, int64_t K, int64_t N, float* 
 
 }  // namespace
 
-extern "C" void openblas_set_num_threads(int);
+// Weak: the GPU preset links the reference BLAS (a small library that travels to the GPU
+// machine), which has no threads to set.
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
 
 void detail::blas_single_threaded() {
   static const bool once = [] {
-    openblas_set_num_threads(1);
+    if (openblas_set_num_threads) openblas_set_num_threads(1);
     return true;
   }();
   (void)once;

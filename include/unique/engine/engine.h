@@ -1,5 +1,10 @@
-// The Llama-family forward on the CPU over a paged KV cache (one unique::KVCache per
-// layer, which keeps the page statistics), and the generation loop.
+// The Llama-family forward over a paged KV cache, and the generation loop. Two backends
+// behind one class (EngineOptions::device):
+//   cpu:  one unique::KVCache per layer (keeps the page statistics), OpenBLAS GEMMs.
+//   cuda: weights, KV pages and statistics in GPU memory; cuBLAS GEMMs, fused
+//         RMSNorm / q-k-norm + RoPE / SwiGLU kernels, the library's CUDA append, prefill
+//         and DecodePlan kernels; each decode step of a batch shape is one CUDA graph
+//         (src/engine/cuda/).
 //   prefill: chunks of one sequence's prompt; GEMMs through OpenBLAS; K/V appended to the
 //            cache, then causal attention over the sequence's cached keys: dense (two
 //            sgemms per head), or with AttentionConfig::prefill == unisparse
@@ -21,6 +26,8 @@
 
 namespace unique::engine {
 
+class CudaEngine;  // src/engine/cuda/cuda_engine.h
+
 struct EngineOptions {
   AttentionConfig attention;     // page_size, budget, sink, recent, estimator, ...
   int dense_layers = 0;          // first N layers always use dense attention (decode and prefill)
@@ -30,6 +37,8 @@ struct EngineOptions {
   int64_t max_context = 4096;    // tokens per sequence (prompt + generated): sizes the pool
   int prefill_chunk = 256;       // prompt tokens per forward during prefill
   bool keep_all_stats = false;   // keep mean/std and min/max (to switch estimators later)
+  Device device = Device::cpu;   // cuda: the GPU backend (needs a CUDA build and a GPU)
+  bool cuda_graph = true;        // cuda: replay each decode step as a CUDA graph
   void validate() const;
 };
 
@@ -50,6 +59,9 @@ class Engine {
   // Throws unique::Error when the pool has too few free pages (nothing allocated then).
   int fork_sequence(int seq);
   int64_t length(int seq) const;
+  // Pages a sequence holds and the pool's free pages (both backends).
+  int seq_pages(int seq) const;
+  int free_pages() const;
 
   // Appends `tokens` to sequence seq (chunked forward); writes the logits of the last
   // token to logits_last [vocab] (may be null). Throws unique::Error before changing
@@ -63,7 +75,10 @@ class Engine {
   // runs only)
   // to every layer of seq, without running the model.
   void fill_synthetic(int seq, int64_t tokens, uint64_t seed);
-  const KVCache& cache(int layer) const { return *caches_[layer]; }
+  // The KV cache of a layer (CPU backend; the CUDA backend throws unique::Error).
+  const KVCache& cache(int layer) const;
+  // Layout of every layer's cache (both backends).
+  const KVCacheOptions& kv_options() const { return kv_opt_; }
 
   // Key blocks of the UniSparse prefill layers since construction: kept by the selection,
   // and what dense causal attention would compute (query heads x visible blocks).
@@ -77,13 +92,15 @@ class Engine {
   // included) and the attention output [batch, num_heads, head_dim]. Lets the eval measure
   // selections on the model's real queries and keys. Empty function: none.
   using DecodeObserver = std::function<void(int layer, const TensorView& q, const PagedKV& kv, const TensorView& out)>;
-  void set_decode_observer(DecodeObserver f) { observer_ = std::move(f); }
+  void set_decode_observer(DecodeObserver f);  // CPU backend only
 
  private:
   struct Scratch;
   const Model& model_;
   EngineOptions opt_;
-  std::vector<std::unique_ptr<KVCache>> caches_;
+  KVCacheOptions kv_opt_;
+  std::vector<std::unique_ptr<KVCache>> caches_;  // CPU backend
+  std::unique_ptr<CudaEngine> cuda_;             // CUDA backend
   std::unique_ptr<Scratch> s_;
   PrefillStats prefill_stats_;
   DecodeObserver observer_;

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Baseline for the GPU soft-mask benchmark, measured in the same device call.
+
+Reads the JSON lines of unique_bench_soft_mask --json (--ours), times torch SDPA's
+flash-attention causal forward+backward on the same shapes (B 1, 32 query heads, 8 KV heads
+via enable_gqa, head dim 128, bf16, [B, H, L, D]; median of CUDA-event-timed runs) and prints
+our fwd+bwd time against it (target: ratio <= 1.3).
+
+    python3 bench/gpu/compare_soft_mask.py --ours soft_mask.jsonl [--json out.json]
+"""
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+def median_ms(fn, reps):
+    fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a = torch.cuda.Event(enable_timing=True)
+        b = torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b))
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def sdpa_fwd_bwd_ms(L, reps, Hq=32, Hk=8, D=128):
+    q = torch.randn(1, Hq, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(1, Hk, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(1, Hk, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn(1, Hq, L, D, device="cuda", dtype=torch.bfloat16)
+
+    def fwd():
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    def fwd_bwd():
+        q.grad = k.grad = v.grad = None
+        fwd().backward(g)
+
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        f = median_ms(fwd, reps)
+        fb = median_ms(fwd_bwd, reps)
+    return f, fb
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ours", required=True)
+    ap.add_argument("--json")
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    rows = [json.loads(l) for l in open(args.ours) if l.strip()]
+    out = []
+    print(f"{'L':>6} {'P':>3} {'sdpa fwd':>9} {'sdpa f+b':>9} {'ours fwd':>9} {'ours f+b':>9} {'f+b ratio':>9}")
+    for L in sorted({r["L"] for r in rows}):
+        torch.cuda.empty_cache()
+        f, fb = sdpa_fwd_bwd_ms(L, args.reps)
+        for r in [x for x in rows if x["L"] == L]:
+            ratio = r["fwd_bwd_ms"] / fb
+            print(f"{L:6d} {r['page_size']:3d} {f:9.2f} {fb:9.2f} {r['fwd_ms']:9.2f} {r['fwd_bwd_ms']:9.2f} "
+                  f"{ratio:8.2f}x")
+            out.append(dict(L=L, page_size=r["page_size"], sdpa_fwd_ms=f, sdpa_fwd_bwd_ms=fb, ours_fwd_ms=r["fwd_ms"],
+                            ours_bwd_ms=r["bwd_ms"], ours_fwd_bwd_ms=r["fwd_bwd_ms"], ratio=ratio))
+    if args.json:
+        json.dump(out, open(args.json, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()

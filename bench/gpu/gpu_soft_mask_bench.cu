@@ -1,0 +1,100 @@
+// GPU benchmark of soft-mask attention (include/unique/soft_mask.h): forward, backward and
+// forward+backward milliseconds (median of CUDA-event-timed runs) and TFLOP/s counted as
+// causal attention flops (fwd 2 matmuls, bwd 5 matmuls of L^2/2 x D per query head), for
+// L in {4096, 8192, 16384, 32768}, B 1, Hq 32 / Hkv 8, D 128, bf16, P 16 and 64, budget L/16.
+// One JSON line per row with --json (read by bench/gpu/compare_soft_mask.py).
+//
+//   unique_bench_soft_mask [--json] [--reps N] [--max-len L]
+#include <cuda_runtime_api.h>
+
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench_util.h"
+#include "unique/soft_mask.h"
+#include "unique/stream.h"
+
+using namespace unique;
+
+namespace {
+
+void fill_random_bf16(void* dst, size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<uint16_t> h(n);
+  for (auto& x : h) x = float_to_bf16_bits(nd(rng));
+  CK(cudaMemcpy(dst, h.data(), n * 2, cudaMemcpyHostToDevice));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool json = false;
+  int reps = 5;
+  long max_len = 32768;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--json")) json = true;
+    else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--max-len") && i + 1 < argc) max_len = std::atol(argv[++i]);
+    else {
+      std::fprintf(stderr, "usage: %s [--json] [--reps N] [--max-len L]\n", argv[0]);
+      return 2;
+    }
+  }
+  const int B = 1, Hq = 32, Hkv = 8, D = 128;
+  if (!json)
+    std::printf("%7s %3s %7s %9s %9s %9s %9s %9s\n", "L", "P", "budget", "fwd ms", "bwd ms", "f+b ms", "fwd TF/s",
+                "f+b TF/s");
+  for (long L : {4096L, 8192L, 16384L, 32768L}) {
+    if (L > max_len) break;
+    const size_t nq = size_t(B) * L * Hq * D, nk = size_t(B) * L * Hkv * D;
+    void *q, *k, *v, *o, *go, *dq, *dk, *dv;
+    float* lse;
+    CK(cudaMalloc(&q, nq * 2));
+    CK(cudaMalloc(&k, nk * 2));
+    CK(cudaMalloc(&v, nk * 2));
+    CK(cudaMalloc(&o, nq * 2));
+    CK(cudaMalloc(&go, nq * 2));
+    CK(cudaMalloc(&dq, nq * 2));
+    CK(cudaMalloc(&dk, nk * 2));
+    CK(cudaMalloc(&dv, nk * 2));
+    CK(cudaMalloc(&lse, size_t(B) * L * Hq * 4));
+    fill_random_bf16(q, nq, 1);
+    fill_random_bf16(k, nk, 2);
+    fill_random_bf16(v, nk, 3);
+    fill_random_bf16(go, nq, 4);
+    auto view = [&](void* p, int H) { return make_view(p, DType::bf16, {B, L, H, D}, Device::cuda); };
+    const TensorView Q = view(q, Hq), K = view(k, Hkv), V = view(v, Hkv), O = view(o, Hq), GO = view(go, Hq);
+    const TensorView GQ = view(dq, Hq), GK = view(dk, Hkv), GV = view(dv, Hkv);
+    const TensorView LSE = make_view(lse, DType::f32, {B, L, Hq}, Device::cuda);
+    for (int P : {16, 64}) {
+      AttentionConfig cfg;
+      cfg.page_size = P;
+      cfg.budget_tokens = int(L / 16);
+      cfg.temperature = 0.1f;
+      auto fwd = [&] { soft_mask_attention_forward(cfg, Q, K, V, O, LSE); };
+      auto bwd = [&] { soft_mask_attention_backward(cfg, Q, K, V, O, LSE, GO, GQ, GK, GV); };
+      auto none = [](int) {};
+      const double f_ms = median_event_ms(fwd, reps, 1, none);
+      fwd();
+      const double b_ms = median_event_ms(bwd, reps, 1, none);
+      const double fb_ms = median_event_ms([&] { fwd(); bwd(); }, reps, 1, none);
+      // Causal: half of the L x L score matrix; 2 flops per multiply-add.
+      const double mm = 2.0 * double(L) * double(L) / 2.0 * D * Hq * B;
+      const double f_tf = 2 * mm / (f_ms * 1e9), fb_tf = 7 * mm / (fb_ms * 1e9);
+      if (json)
+        std::printf("{\"L\": %ld, \"page_size\": %d, \"budget\": %d, \"fwd_ms\": %.4f, \"bwd_ms\": %.4f, "
+                    "\"fwd_bwd_ms\": %.4f, \"fwd_tflops\": %.2f, \"fwd_bwd_tflops\": %.2f}\n",
+                    L, P, cfg.budget_tokens, f_ms, b_ms, fb_ms, f_tf, fb_tf);
+      else
+        std::printf("%7ld %3d %7d %9.3f %9.3f %9.3f %9.1f %9.1f\n", L, P, cfg.budget_tokens, f_ms, b_ms, fb_ms, f_tf,
+                    fb_tf);
+      std::fflush(stdout);
+    }
+    for (void* p : {q, k, v, o, go, dq, dk, dv, static_cast<void*>(lse)}) CK(cudaFree(p));
+  }
+  return 0;
+}

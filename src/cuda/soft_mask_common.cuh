@@ -1,0 +1,76 @@
+// Internal: device helpers shared by the soft-mask attention kernels: the candidate-page
+// rule, the stable log-sigmoid, and the per-(query row, page) log-weight of a key tile
+// recomputed from q, mu, sigma and tau (cheaper than storing a [rows x pages] bias).
+#pragma once
+#include "cuda/common.cuh"
+#include "cuda/mma.cuh"
+#include "cuda/soft_mask_kernels.h"
+
+namespace unique::cuda::soft_mask {
+
+constexpr int kTile = 64;     // query rows and keys per tile
+constexpr int kThreads = 128; // 4 warps of 16 rows (forward) or 16 keys (backward)
+constexpr int kMaxPagesPerTile = kTile / 16;
+
+// log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)): never log(0), exact 0 at +inf.
+__device__ __forceinline__ float log_sigmoid(float x) { return fminf(x, 0.0f) - log1pf(__expf(-fabsf(x))); }
+
+// Candidate pages of query t: sink <= j <= t / P - max(recent, 1).
+__device__ __forceinline__ int last_candidate(const SoftMaskArgs& a, int64_t t) {
+  return static_cast<int>(t / a.P) - max(a.recent, 1);
+}
+
+// Element offset of row t, head h of a [B, L, H, D] view.
+__device__ __forceinline__ int64_t row_off(const Strides4& s, int b, int64_t t, int h) {
+  return b * s.b + t * s.t + h * s.h;
+}
+
+// Loads the mu/sigma rows of the key tile's pages (fp32 [kMaxPagesPerTile][D], pages past
+// the complete ones as zeros) into shared memory; every thread of the block takes part.
+template <int D>
+__device__ __forceinline__ void load_tile_stats(const SoftMaskArgs& a, int b, int h, int key_tile, float* mu_s,
+                                                float* sig_s) {
+  const int npg = kTile / a.P;
+  for (int i = threadIdx.x; i < npg * D; i += blockDim.x) {
+    const int pi = i / D, d = i % D, j = key_tile * npg + pi;
+    float m = 0.0f, s = 0.0f;
+    if (j < a.NC) {
+      const int64_t o = ((int64_t(b) * a.Hkv + h) * a.NC + j) * D + d;
+      m = a.mu[o];
+      s = a.sig[o];
+    }
+    mu_s[pi * D + d] = m;
+    sig_s[pi * D + d] = s;
+  }
+}
+
+// bias_s[r * kMaxPagesPerTile + pi] = log m of query row0 + r and page pi of key tile
+// `key_tile` (0 where the page is not a candidate or the row has no mask). q_s is the
+// swizzled [kTile][D] tile of the queries in T; tau_s their thresholds.
+template <class T, int D>
+__device__ __forceinline__ void tile_log_weights(const SoftMaskArgs& a, const T* q_s, const float* mu_s,
+                                                 const float* sig_s, const float* tau_s, int64_t row0,
+                                                 int key_tile, float* bias_s) {
+  const int npg = kTile / a.P;
+  for (int i = threadIdx.x; i < kTile * npg; i += blockDim.x) {
+    const int r = i % kTile, pi = i / kTile;
+    const int64_t t = row0 + r;
+    const int j = key_tile * npg + pi;
+    float lw = 0.0f;
+    const float tau = tau_s[r];
+    if (t < a.L && tau != -INFINITY && j >= a.sink && j <= last_candidate(a, t)) {
+      float dot = 0.0f, off = 0.0f;
+#pragma unroll 8
+      for (int d = 0; d < D; ++d) {
+        const float x = to_f<T>(q_s[swz(r, d / 8, D / 8) * 8 + d % 8]);
+        dot = fmaf(x, mu_s[pi * D + d], dot);
+        off = fmaf(fabsf(x), sig_s[pi * D + d], off);
+      }
+      const float s = a.scale * (dot + a.alpha * off);
+      lw = log_sigmoid((s - tau) * a.inv_T);
+    }
+    bias_s[r * kMaxPagesPerTile + pi] = lw;
+  }
+}
+
+}  // namespace unique::cuda::soft_mask

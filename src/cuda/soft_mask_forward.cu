@@ -1,0 +1,199 @@
+// Soft-mask attention forward: the prefill kernel's flash-attention 2 scheme (one 128-thread
+// block per 64-row query tile and query head, Q in registers, K/V tiles double-buffered
+// through shared memory with cp.async, QK^T and PV on tensor cores, online softmax in
+// exp2) plus one step per key tile: the log page weights of the tile's 64/P pages for the
+// block's 64 rows, recomputed from q, mu, sigma and tau (2D FMAs per row and page, ~1/P of
+// the tile's attention work) and added to the logits of the page's keys.
+#include <algorithm>
+
+#include "cuda/soft_mask_common.cuh"
+
+namespace unique::cuda {
+
+namespace soft_mask {
+namespace {
+
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) forward_kernel(const SoftMaskArgs a) {
+  constexpr int CH = D / 8;
+  extern __shared__ uint4 smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + kTile * D;
+  T* sV = sK + 2 * kTile * D;
+  float* mu_s = reinterpret_cast<float*>(sV + 2 * kTile * D);  // [4][D]
+  float* sig_s = mu_s + kMaxPagesPerTile * D;                  // [4][D]
+  float* bias_s = sig_s + kMaxPagesPerTile * D;                // [64][4]
+  float* tau_s = bias_s + kTile * kMaxPagesPerTile;            // [64]
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int hq = blockIdx.y, b = blockIdx.z, h = hq / a.group;
+  const int num_q_tiles = (a.L + kTile - 1) / kTile;
+  const int qt = num_q_tiles - 1 - static_cast<int>(blockIdx.x);  // heaviest first
+  const int64_t row0 = int64_t(qt) * kTile;
+  const int64_t last_row = std::min<int64_t>(row0 + kTile, a.L) - 1;
+  const int n_tiles = static_cast<int>(last_row / kTile) + 1;
+  const T* Q = static_cast<const T*>(a.q);
+  const T* K = static_cast<const T*>(a.k);
+  const T* V = static_cast<const T*>(a.v);
+
+  auto load_tile = [&](int tile, int stage) {
+    T* dk = sK + stage * kTile * D;
+    T* dv = sV + stage * kTile * D;
+    for (int idx = tid; idx < kTile * CH; idx += kThreads) {
+      const int r = idx / CH, c = idx % CH;
+      const int64_t s = int64_t(tile) * kTile + r;
+      const T* srck = K;
+      const T* srcv = V;
+      int bytes = 0;
+      if (s < a.L) {
+        srck = K + row_off(a.ks, b, s, h) + c * 8;
+        srcv = V + row_off(a.vs, b, s, h) + c * 8;
+        bytes = 16;
+      }
+      cp_async16(dk + swz(r, c, CH) * 8, srck, bytes);
+      cp_async16(dv + swz(r, c, CH) * 8, srcv, bytes);
+    }
+    cp_async_commit();
+  };
+  load_tile(0, 0);
+
+  for (int idx = tid; idx < kTile * D; idx += kThreads) {
+    const int r = idx / D, d = idx % D;
+    const int64_t t = row0 + r;
+    sQ[swz(r, d / 8, CH) * 8 + d % 8] = t < a.L ? Q[row_off(a.qs, b, t, hq) + d] : from_f<T>(0.0f);
+  }
+  for (int r = tid; r < kTile; r += kThreads) {
+    const int64_t t = row0 + r;
+    tau_s[r] = t < a.L ? a.tau[(int64_t(b) * a.Hq + hq) * a.L + t] : -INFINITY;
+  }
+  __syncthreads();
+  uint32_t qf[D / 16][4];
+  load_q_fragments<T, D>(sQ, warp * 16, lane, qf);
+
+  float o[D / 8][4] = {};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  const int g = lane / 4, t4 = lane % 4;
+  const int64_t my_row[2] = {row0 + warp * 16 + g, row0 + warp * 16 + g + 8};
+
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    const int stage = tile & 1;
+    if (tile + 1 < n_tiles) {
+      load_tile(tile + 1, stage ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    load_tile_stats<D>(a, b, h, tile, mu_s, sig_s);
+    __syncthreads();
+    tile_log_weights<T, D>(a, sQ, mu_s, sig_s, tau_s, row0, tile, bias_s);
+    __syncthreads();
+    const T* k_s = sK + stage * kTile * D;
+    const T* v_s = sV + stage * kTile * D;
+
+    float s[kTile / 8][4] = {};
+    qk_tile<T, D, kTile>(qf, k_s, lane, s);
+
+    const bool diag = int64_t(tile + 1) * kTile - 1 > row0;
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int nt = 0; nt < kTile / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int kl = nt * 8 + 2 * t4 + (e & 1);  // key within the tile
+        const int64_t key = int64_t(tile) * kTile + kl;
+        const int rl = warp * 16 + g + 8 * (e / 2);
+        float x = s[nt][e] * a.scale_log2 + bias_s[rl * kMaxPagesPerTile + kl / a.P] * kLog2e;
+        if (diag && (key > my_row[e / 2] || key >= a.L)) x = -INFINITY;
+        s[nt][e] = x;
+        mx[e / 2] = fmaxf(mx[e / 2], x);
+      }
+    float corr[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float base = mx[r] == -INFINITY ? 0.0f : mx[r];
+      corr[r] = fast_exp2(m[r] - base);
+      m[r] = mx[r];
+      l[r] *= corr[r];
+    }
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) {
+      o[nt][0] *= corr[0];
+      o[nt][1] *= corr[0];
+      o[nt][2] *= corr[1];
+      o[nt][3] *= corr[1];
+    }
+#pragma unroll
+    for (int nt = 0; nt < kTile / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float base = m[e / 2] == -INFINITY ? 0.0f : m[e / 2];
+        const float p = fast_exp2(s[nt][e] - base);
+        s[nt][e] = p;
+        l[e / 2] += p;
+      }
+#pragma unroll
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+      const uint32_t pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                              pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int n2 = 0; n2 < D / 16; ++n2) {
+        uint32_t bf[4];
+        const int m8 = lane / 8;
+        ldmatrix_x4_trans(bf, v_s + swz(kk * 16 + (m8 % 2) * 8 + lane % 8, n2 * 2 + m8 / 2, CH) * 8);
+        mma16816<T>(o[2 * n2], pa, bf);
+        mma16816<T>(o[2 * n2 + 1], pa, bf + 2);
+      }
+    }
+    __syncthreads();  // the next iteration's prefetch, stats and bias overwrite shared memory
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t t = my_row[r];
+    if (t >= a.L) continue;
+    const float inv = 1.0f / l[r];
+    const int64_t base = row_off(a.os, b, t, hq);
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) {
+      const int d = nt * 8 + 2 * t4;
+      store_any(a.out, a.o_dtype, base + d, o[nt][2 * r] * inv);
+      store_any(a.out, a.o_dtype, base + d + 1, o[nt][2 * r + 1] * inv);
+    }
+    if (t4 == 0) a.lse[b * a.ls.b + t * a.ls.t + hq * a.ls.h] = (m[r] + log2f(l[r])) * kLn2;
+  }
+}
+
+template <class T, int D>
+void launch_typed(const SoftMaskArgs& a, cudaStream_t stream) {
+  const size_t smem = size_t(5) * kTile * D * sizeof(T) +
+                      (2 * kMaxPagesPerTile * D + kTile * kMaxPagesPerTile + kTile) * sizeof(float);
+  auto kernel = forward_kernel<T, D>;
+  UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  const dim3 grid((a.L + kTile - 1) / kTile, a.Hq, a.B);
+  kernel<<<grid, kThreads, smem, stream>>>(a);
+  UNIQUE_CUDA_LAUNCH("soft_mask forward_kernel");
+}
+
+}  // namespace
+}  // namespace soft_mask
+
+void launch_soft_mask_forward(const SoftMaskArgs& a, int D, cudaStream_t stream) {
+  using namespace soft_mask;
+  if (a.dtype == DType::bf16) {
+    if (D == 64) launch_typed<bf16, 64>(a, stream);
+    else launch_typed<bf16, 128>(a, stream);
+  } else {
+    if (D == 64) launch_typed<f16, 64>(a, stream);
+    else launch_typed<f16, 128>(a, stream);
+  }
+}
+
+}  // namespace unique::cuda

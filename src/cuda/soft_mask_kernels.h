@@ -1,0 +1,69 @@
+// Internal: the CUDA soft-mask attention kernels (include/unique/soft_mask.h on the GPU)
+// and the one argument block they all read. Pipeline:
+//   forward:  page stats (mu, sigma) -> thresholds tau -> attention (out, lse)
+//   backward: page stats -> thresholds -> delta = rowsum(dout * out) -> attention backward
+//             (fp32 dq/dk/dv/dmu/dsigma accumulators) -> finalize (dk += stats path; casts)
+// The backward recomputes stats and thresholds (deterministic, so they equal the
+// forward's) instead of asking the caller to keep them.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "unique/config.h"
+#include "unique/tensor.h"
+
+namespace unique::cuda {
+
+// Strides in elements of a [B, L, H, D] view (D stride is 1) and of lse [B, L, Hq].
+struct Strides4 {
+  int64_t b = 0, t = 0, h = 0;
+};
+
+struct SoftMaskArgs {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  Strides4 qs, ks, vs;
+  DType dtype = DType::bf16;  // of q, k, v (and dout, out in the backward)
+  void* out = nullptr;
+  DType o_dtype = DType::bf16;
+  Strides4 os;
+  float* lse = nullptr;
+  Strides4 ls;  // .h unused: lse[b * ls.b + t * ls.t + h * ls.h]
+  int B = 1, L = 1, Hq = 1, Hkv = 1, group = 1, P = 16, NC = 0;  // NC = complete pages L / P
+  int sink = 1, recent = 1, kpages = 1;
+  float scale = 1.0f, scale_log2 = 1.0f, alpha = 1.0f, inv_T = 10.0f;
+  // Workspace (fp32): mu, sigma [B][Hkv][NC][D]; tau [B][Hq][L] (-inf: no mask).
+  float* mu = nullptr;
+  float* sig = nullptr;
+  float* tau = nullptr;
+  // Backward only.
+  const void* dout = nullptr;
+  Strides4 dos;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  DType dq_dtype = DType::bf16, dk_dtype = DType::bf16, dv_dtype = DType::bf16;
+  Strides4 dqs, dks, dvs;
+  float* delta = nullptr;                               // [B][Hq][L]
+  float* dq_acc = nullptr;                              // [B][L][Hq][D]
+  float* dk_acc = nullptr;                              // [B][L][Hkv][D]
+  float* dv_acc = nullptr;                              // [B][L][Hkv][D]
+  float* dmu = nullptr;                                 // [B][Hkv][NC][D]
+  float* dsig = nullptr;                                // [B][Hkv][NC][D]
+};
+
+// Fills everything but the workspace pointers from validated views.
+SoftMaskArgs make_soft_mask_args(const AttentionConfig& cfg, const TensorView& q, const TensorView& k,
+                                 const TensorView& v, const TensorView& out, const TensorView& lse);
+
+void launch_soft_mask_stats(const SoftMaskArgs& a, int D, cudaStream_t stream);
+void launch_soft_mask_threshold(const SoftMaskArgs& a, int D, cudaStream_t stream);
+void launch_soft_mask_forward(const SoftMaskArgs& a, int D, cudaStream_t stream);
+void launch_soft_mask_delta(const SoftMaskArgs& a, int D, cudaStream_t stream);
+void launch_soft_mask_backward(const SoftMaskArgs& a, int D, cudaStream_t stream);
+void launch_soft_mask_finalize(const SoftMaskArgs& a, int D, cudaStream_t stream);
+
+}  // namespace unique::cuda
