@@ -118,7 +118,7 @@ def main(argv=None):
         print(f"train: resumed {a.ckpt} at step {step}, {elapsed:.0f}s done", flush=True)
     fwd = torch.compile(model) if a.compile else model
     budget = a.minutes * 60.0
-    print(f"train: {a.size} model, {nparams / 1e6:.2f}M parameters, context {a.context}, "
+    print(f"train: {a.init or a.size} model, {nparams / 1e6:.2f}M parameters, context {a.context}, "
           f"{a.tokens_per_step} tokens/step, {a.minutes} min, device {dev}", flush=True)
 
     def save_ckpt():
