@@ -229,3 +229,25 @@ def test_transformers_generate_with_cache():
         with hf.soft_mask_options(mode=mode, page_size=8, budget=256):
             out = m.generate(ids, max_new_tokens=8, do_sample=False)
         assert torch.equal(out, ref), mode
+
+
+@pytest.mark.skipif(not hasattr(getattr(sm, "_core", None), "soft_mask_forward"),
+                    reason="needs unique_attn._core with soft_mask_forward (the library's float64 reference)")
+@pytest.mark.parametrize("Hq,Hkv,P,budget,sink,recent,T", [(2, 2, 4, 8, 1, 1, 0.3), (4, 2, 4, 12, 0, 2, 0.1),
+                                                           (4, 1, 8, 16, 1, 1, 0.05)])
+def test_matches_library_reference(Hq, Hkv, P, budget, sink, recent, T):
+    """The torch path against the C++ float64 reference (_core on CPU), forward and backward."""
+    import types
+    q, k, v = rand(2, Hq, Hkv, 53, 16, seed=Hq * 7 + P)
+    out = sm.soft_mask_attention(q, k, v, P, budget, T, sink, recent, backend="torch")
+    dout = torch.randn_like(out)
+    gq, gk, gv = torch.autograd.grad(out, (q, k, v), dout)
+    ctx = types.SimpleNamespace(P=P, budget=budget, sink=sink, recent=recent, T=T, alpha=1.0,
+                                scale=1 / math.sqrt(16), device=q.device)
+    with torch.no_grad():
+        ref_out, ref_lse = sm._cuda_forward(ctx, q, k, v)  # CPU arrays: the float64 reference
+        torch.testing.assert_close(out, ref_out.transpose(1, 2))
+        dq, dk, dv = sm._cuda_backward(ctx, q, k, v, ref_out, ref_lse, dout.contiguous())
+    torch.testing.assert_close(gq, dq)
+    torch.testing.assert_close(gk, dk)
+    torch.testing.assert_close(gv, dv)

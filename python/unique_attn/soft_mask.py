@@ -282,26 +282,35 @@ def cuda_kernels_available() -> bool:
             and bool(getattr(_core, "cuda_available", lambda: False)()))
 
 
-def _use_cuda(q: torch.Tensor, backend: Optional[str]) -> bool:
+def _kernel_shape_ok(q: torch.Tensor, k: torch.Tensor, page_size: int) -> bool:
+    """What the CUDA kernels take (include/unique/soft_mask.h): bf16/fp16 q/k/v, head_dim 64 or
+    128, page_size 16/32/64, self-attention (Lq == Lk)."""
+    return (q.dtype in (torch.bfloat16, torch.float16) and q.dtype == k.dtype and q.shape[-1] in (64, 128)
+            and page_size in (16, 32, 64) and q.shape[2] == k.shape[2])
+
+
+def _use_cuda(q: torch.Tensor, k: torch.Tensor, page_size: int, backend: Optional[str]) -> bool:
     b = (backend or os.environ.get("UNIQUE_SOFT_MASK_BACKEND", "auto")).lower()
     if b not in ("auto", "torch", "cuda"):
         raise ValueError(f"backend: expected auto, torch or cuda, got {b!r}")
     if b == "torch":
         return False
-    ok = q.is_cuda and cuda_kernels_available()
+    ok = q.is_cuda and cuda_kernels_available() and _kernel_shape_ok(q, k, page_size)
     if b == "cuda" and not ok:
-        raise RuntimeError("backend=cuda: needs CUDA tensors and unique_attn._core built with the soft-mask "
-                           "kernels (UNIQUE_PY_CUDA=ON)")
+        raise RuntimeError("backend=cuda: needs CUDA tensors, unique_attn._core built with the soft-mask kernels "
+                           "(UNIQUE_PY_CUDA=ON) and what they take: bf16/fp16, head_dim 64/128, page_size "
+                           f"16/32/64, Lq == Lk (got {q.dtype}, D {q.shape[-1]}, P {page_size}, on {q.device})")
     return ok
 
 
 def _dl(x: torch.Tensor):
-    return x.__dlpack__(stream=-1)
+    # stream=-1: no cross-stream synchronisation (the kernels run on torch's current stream)
+    return x.__dlpack__(stream=-1) if x.is_cuda else x.__dlpack__()
 
 
 def _cfg_args(ctx):
-    return (ctx.P, ctx.budget, ctx.sink, ctx.recent, float(ctx.T), float(ctx.alpha), float(ctx.scale),
-            int(torch.cuda.current_stream(ctx.device).cuda_stream))
+    stream = int(torch.cuda.current_stream(ctx.device).cuda_stream) if ctx.device.type == "cuda" else 0
+    return (ctx.P, ctx.budget, ctx.sink, ctx.recent, float(ctx.T), float(ctx.alpha), float(ctx.scale), stream)
 
 
 def _cuda_forward(ctx, q, k, v):
@@ -393,7 +402,7 @@ def soft_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, page_
         raise ValueError(f"temperature: expected > 0 (use hard_topk_attention for T -> 0), got {temperature}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     chunk = int(chunk or DEFAULT_CHUNK)
-    use_cuda = threshold is None and q.shape[2] == k.shape[2] and _use_cuda(q, backend)
+    use_cuda = threshold is None and _use_cuda(q, k, int(page_size), backend)
     return SoftMaskAttention.apply(q, k, v, int(page_size), int(budget), float(temperature), int(sink),
                                    int(recent), float(alpha), scale, chunk, use_cuda, threshold)
 

@@ -169,8 +169,8 @@ def main(argv=None):
             history.append(rec)
             print("train: step {step} t={time}s L={seq_len} lr={lr:.2e} text {text_loss:.3f} answer {al} "
                   "acc {ac} gn {grad_norm:.2f} {tok_per_s:.0f} tok/s".format(
-                      al="-" if ansl is None else f"{float(ansl):.3f}",
-                      ac="-" if acc is None else f"{float(acc):.2f}", **rec), flush=True)
+                      al="-" if ansl is None else f"{rec['answer_loss']:.3f}",
+                      ac="-" if acc is None else f"{rec['answer_acc']:.2f}", **rec), flush=True)
             tok_count, t_log = 0, time.time()
         if time.time() - t_last_ckpt > a.ckpt_every:
             elapsed = time.time() - t0
