@@ -305,6 +305,7 @@ def _use_cuda(q: torch.Tensor, k: torch.Tensor, page_size: int, backend: Optiona
 
 def _dl(x: torch.Tensor):
     # stream=-1: no cross-stream synchronisation (the kernels run on torch's current stream)
+    x = x.detach()  # the kernels neither need nor keep the autograd graph
     return x.__dlpack__(stream=-1) if x.is_cuda else x.__dlpack__()
 
 
