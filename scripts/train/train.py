@@ -44,7 +44,7 @@ def parse(argv=None):
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--ckpt-every", type=float, default=60.0, help="seconds between checkpoints")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
-    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--init", default=None, help="start from this HF directory (fine-tuning) instead of scratch")
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "unique_soft_mask"],
                     help="attention in training: dense SDPA or UNIQUE's soft mask (python/unique_attn)")
