@@ -203,6 +203,13 @@ def test_transformers_registration():
     with hf.soft_mask_options(mode="hard", estimator="quest"):
         h = m(ids).logits
     assert torch.isfinite(h).all()
+    # an all-ones attention mask is fine; padding is rejected, not silently ignored
+    ones = torch.ones_like(ids)
+    torch.testing.assert_close(m(ids, attention_mask=ones).logits, m(ids).logits)
+    pad = ones.clone()
+    pad[0, :5] = 0
+    with pytest.raises(ValueError, match="padding"):
+        m(ids, attention_mask=pad)
 
 
 def test_autocast_keeps_fp32_math():

@@ -109,11 +109,27 @@ def unique_soft_mask_attention(module, query, key, value, attention_mask=None, s
     return out.transpose(1, 2).contiguous(), None
 
 
+def _no_padding_mask(batch_size=None, cache_position=None, kv_length=None, kv_offset=0, mask_function=None,
+                     attention_mask=None, **kwargs):
+    """Mask function for transformers' AttentionMaskInterface: the attention is causal by
+    construction, so no mask is built; a padding mask (zeros in the 2-D attention_mask) is
+    rejected instead of silently ignored."""
+    if attention_mask is not None and not bool(attention_mask.all()):
+        raise ValueError("unique_soft_mask: padding masks are not supported (causal attention without padding)")
+    return None
+
+
 def register_transformers(name: str = NAME) -> str:
-    """Registers the attention function with transformers' AttentionInterface under `name`
-    (default "unique_soft_mask") and returns the name. Idempotent."""
+    """Registers the attention function with transformers' AttentionInterface (and a mask
+    function that builds no mask and rejects padding with AttentionMaskInterface) under
+    `name` (default "unique_soft_mask") and returns the name. Idempotent."""
     from transformers import AttentionInterface
     AttentionInterface.register(name, unique_soft_mask_attention)
+    try:
+        from transformers.masking_utils import AttentionMaskInterface
+        AttentionMaskInterface.register(name, _no_padding_mask)
+    except ImportError:  # older transformers: no mask interface, no mask is built for unknown names
+        pass
     return name
 
 
