@@ -14,6 +14,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "attention/cuda_backend.h"
 #include "cuda/common.cuh"
@@ -57,6 +58,7 @@ struct ScoreParams {
   int max_selected;
   int sink, recent, topk;
   int chunks, chunk_pages;
+  int prefetch;  // L2 prefetch of the next iteration's statistics rows
 };
 
 __device__ __forceinline__ uint32_t order_key(float f) {
@@ -88,7 +90,7 @@ __device__ float block_sum(float x, Reduce::TempStorage& tmp, float* bcast) {
 
 // One block per (b, hk): aggregation where it needs every page, scores_out, top-k.
 // KPT keys per thread in registers cover n <= KPT * kSelThreads pages.
-template <int KPT>
+template <int KPT, int W>
 __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p) {
   __shared__ union {
     typename Scan::TempStorage scan;
@@ -160,40 +162,61 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
     const int j = tid * KPT + i;  // consecutive pages per thread: one scan orders the output
     keys[i] = (!all && j >= lo && j < hi) ? order_key(agg[j]) : 0u;
   }
-  // Threshold T = the topk-th largest key, found bit by bit from the top: keep a bit when at
-  // least topk keys are >= the candidate. One block-wide count per bit (warp reductions,
-  // one shared atomic per warp, three rotating counters so one barrier per bit suffices).
-  __shared__ uint32_t s_cnt[3];
-  if (tid < 3) s_cnt[tid] = 0;
+  // Threshold T = the topk-th largest key, found W bits at a time from the top: per pass the
+  // 2^W - 1 candidates T | v << s are counted (keys >= candidate) and the largest v whose count
+  // reaches topk is kept. One block-wide count per pass (warp reductions, one shared atomic per
+  // warp and candidate, three rotating counter rows so one barrier per pass suffices).
+  constexpr int NC = (1 << W) - 1 > 2 ? (1 << W) - 1 : 2;
+  __shared__ uint32_t s_cnt[3][NC];
+  if (tid < 3 * NC) (&s_cnt[0][0])[tid] = 0;
   __syncthreads();
-  auto block_count = [&](int it, uint32_t c) {
-    c = __reduce_add_sync(0xffffffffu, c);
-    if ((tid & 31) == 0 && c) atomicAdd(&s_cnt[it % 3], c);
+  auto block_counts = [&](int it, uint32_t* c, int nc) {
+    for (int v = 0; v < nc; ++v) {
+      const uint32_t w = __reduce_add_sync(0xffffffffu, c[v]);
+      if ((tid & 31) == 0 && w) atomicAdd(&s_cnt[it % 3][v], w);
+    }
     __syncthreads();
-    const uint32_t total = s_cnt[it % 3];
-    if (tid == 0) s_cnt[(it + 2) % 3] = 0;  // read before this barrier by everyone
-    return total;
+    for (int v = 0; v < nc; ++v) c[v] = s_cnt[it % 3][v];
+    if (tid < NC) s_cnt[(it + 2) % 3][tid] = 0;  // read before this barrier by everyone
   };
   uint32_t T = 0, need_eq = 0, eq_total = 0;
   if (!all) {
     const uint32_t k = uint32_t(p.topk);
-    int it = 0;
-    for (int bit = 31; bit >= 0; --bit, ++it) {
-      const uint32_t cand = T | (1u << bit);
-      uint32_t c = 0;
+    constexpr int kPasses = (32 + W - 1) / W;
 #pragma unroll
-      for (int i = 0; i < KPT; ++i) c += keys[i] >= cand ? 1u : 0u;
-      if (block_count(it, c) >= k) T = cand;
+    for (int it = 0; it < kPasses; ++it) {
+      const int hi = 32 - it * W;
+      const int w = hi < W ? hi : W;
+      const int sh = hi - w;
+      const int nc = (1 << w) - 1;
+      uint32_t c[NC];
+#pragma unroll
+      for (int v = 0; v < NC; ++v) {
+        c[v] = 0;
+        if (v < nc) {
+          const uint32_t cand = T | (uint32_t(v + 1) << sh);
+#pragma unroll
+          for (int i = 0; i < KPT; ++i) c[v] += keys[i] >= cand ? 1u : 0u;
+        }
+      }
+      block_counts(it, c, nc);
+      uint32_t best = 0;
+#pragma unroll
+      for (int v = 0; v < NC; ++v)
+        if (v < nc && c[v] >= k) best = uint32_t(v + 1);
+      T |= best << sh;
     }
-    uint32_t gt = 0, eq = 0;
+    uint32_t c[NC];
+#pragma unroll
+    for (int v = 0; v < NC; ++v) c[v] = 0;
 #pragma unroll
     for (int i = 0; i < KPT; ++i) {
-      gt += keys[i] > T ? 1u : 0u;
-      eq += keys[i] == T ? 1u : 0u;
+      c[0] += keys[i] > T ? 1u : 0u;
+      c[1] += keys[i] == T ? 1u : 0u;
     }
-    const uint32_t n_gt = block_count(it++, gt);
-    eq_total = block_count(it++, eq);
-    need_eq = k - n_gt;
+    block_counts(kPasses, c, 2);
+    eq_total = c[1];
+    need_eq = k - c[0];
   }
 
   int32_t* pages = p.sel_pages + (int64_t(b) * p.Hk + hk) * p.max_selected;
@@ -231,8 +254,8 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
   if (tid == 0) p.sel_counts[b * p.Hk + hk] = count;
 }
 
-template <class S, int D, Form F>
-__global__ void __launch_bounds__(kThreads, 2) score_kernel(const ScoreParams p) {
+template <class S, int D, Form F, int G, int MINB>
+__global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams p) {
   constexpr int SV = Vec<S>::n;
   constexpr int LPP = (D / SV) < 32 ? (D / SV) : 32;  // lanes per page
   constexpr int NV = D / (SV * LPP);
@@ -265,9 +288,9 @@ __global__ void __launch_bounds__(kThreads, 2) score_kernel(const ScoreParams p)
   }
   // This lane's channels of every head, in registers (shared-memory reads per page would
   // make the kernel bound by shared-memory bandwidth).
-  float qr[kHeads][NV * SV];
+  float qr[G][NV * SV];
 #pragma unroll
-  for (int g = 0; g < kHeads; ++g)
+  for (int g = 0; g < G; ++g)
 #pragma unroll
     for (int nv = 0; nv < NV; ++nv)
 #pragma unroll
@@ -301,6 +324,19 @@ __global__ void __launch_bounds__(kThreads, 2) score_kernel(const ScoreParams p)
         if constexpr (F != Form::mean)
           rb[u][nv] = off[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(B + e)) : make_uint4(0, 0, 0, 0);
       }
+    // The next iteration's rows into L2 (no registers held): twice the bytes in flight.
+    if (p.prefetch) {
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (id_next[u] >= 0) {
+#pragma unroll
+          for (int nv = 0; nv < NV; ++nv) {
+            const int64_t e = (int64_t(id_next[u]) * p.Hk + hk) * D + (nv * LPP + sub) * SV;
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(A + e));
+            if constexpr (F != Form::mean) asm volatile("prefetch.global.L2 [%0];" ::"l"(B + e));
+          }
+        }
+    }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (base + u * NW * PPW >= end) break;  // warp-uniform
@@ -320,7 +356,7 @@ __global__ void __launch_bounds__(kThreads, 2) score_kernel(const ScoreParams p)
       }
       float best = -INFINITY;
 #pragma unroll
-      for (int g = 0; g < kHeads; ++g) {
+      for (int g = 0; g < G; ++g) {
         if (g >= ng) break;  // block-uniform
         float s = 0.0f, s2 = 0.0f;
 #pragma unroll
@@ -400,6 +436,12 @@ __global__ void __launch_bounds__(kThreads) oracle_kernel(const ScoreParams p) {
   }
 }
 
+// Benchmark-only knobs (UNIQUE_SEL_*), read once.
+int env_knob(const char* name, int dflt) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : dflt;
+}
+
 }  // namespace
 
 SelectSizes select_sizes(int batch, int num_qo_heads, int num_kv_heads, int max_pages) {
@@ -454,12 +496,22 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
   p.recent = cfg.recent_pages;
   p.topk = cfg.topk_pages();
   const int rows = kv.batch * Hk * (p.raw_mode ? p.subgroups : 1);
+  static const int k_waves = env_knob("UNIQUE_SEL_WAVES", 8);
+  static const int k_min_pages = env_knob("UNIQUE_SEL_MIN_PAGES", 256);
+  static const int k_prefetch = env_knob("UNIQUE_SEL_PREFETCH", 1);
+  static const int k_bits = env_knob("UNIQUE_SEL_BITS", 2);
+  static const int k_g8 = env_knob("UNIQUE_SEL_G8", 0);
+  const int ghead = std::min(group, kHeads);
+  const bool g4 = ghead <= 4 && !k_g8;
+  static const int k_mb3 = env_knob("UNIQUE_SEL_MB3", 0);
+  const int minb = g4 && k_mb3 ? 3 : 2;  // resident score blocks per SM (launch bounds)
+  p.prefetch = k_prefetch;
   int chunks = 1;
   if (per_page) {
-    // Up to 8 waves of blocks (two 256-thread blocks per SM), at least 256 pages each (a
-    // block's fixed costs, loading the queries, are worth it only over a few iterations).
-    const int want = std::max(1, (16 * num_sms() + rows - 1) / rows);
-    chunks = std::min(want, std::max(1, (max_pages + 255) / 256));
+    // Up to k_waves waves of blocks, at least k_min_pages pages each (a block's fixed
+    // costs, loading the queries, are worth it only over a few iterations).
+    const int want = std::max(1, (k_waves * minb * num_sms() + rows - 1) / rows);
+    chunks = std::min(want, std::max(1, (max_pages + k_min_pages - 1) / k_min_pages));
   }
   p.chunks = chunks;
   p.chunk_pages = (max_pages + chunks - 1) / chunks;
@@ -484,12 +536,18 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
       using S = decltype(t);
       auto go = [&](auto dtag) {
         constexpr int DD = decltype(dtag)::value;
-        switch (f) {
-          case Form::quest: score_kernel<S, DD, Form::quest><<<grid, kThreads, 0, stream>>>(p); break;
-          case Form::norm: score_kernel<S, DD, Form::norm><<<grid, kThreads, 0, stream>>>(p); break;
-          case Form::channel: score_kernel<S, DD, Form::channel><<<grid, kThreads, 0, stream>>>(p); break;
-          default: score_kernel<S, DD, Form::mean><<<grid, kThreads, 0, stream>>>(p); break;
-        }
+        auto launch = [&](auto gtag, auto mtag) {
+          constexpr int GG = decltype(gtag)::value, MB = decltype(mtag)::value;
+          switch (f) {
+            case Form::quest: score_kernel<S, DD, Form::quest, GG, MB><<<grid, kThreads, 0, stream>>>(p); break;
+            case Form::norm: score_kernel<S, DD, Form::norm, GG, MB><<<grid, kThreads, 0, stream>>>(p); break;
+            case Form::channel: score_kernel<S, DD, Form::channel, GG, MB><<<grid, kThreads, 0, stream>>>(p); break;
+            default: score_kernel<S, DD, Form::mean, GG, MB><<<grid, kThreads, 0, stream>>>(p); break;
+          }
+        };
+        if (g4 && minb == 3) launch(std::integral_constant<int, 4>{}, std::integral_constant<int, 3>{});
+        else if (g4) launch(std::integral_constant<int, 4>{}, std::integral_constant<int, 2>{});
+        else launch(std::integral_constant<int, 8>{}, std::integral_constant<int, 2>{});
       };
       switch (D) {
         case 64: go(std::integral_constant<int, 64>{}); break;
@@ -500,10 +558,19 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
     UNIQUE_CUDA_LAUNCH("score_kernel");
   }
   const dim3 sgrid(Hk, kv.batch);
-  if (max_pages <= 4 * kSelThreads) select_kernel<4><<<sgrid, kSelThreads, 0, stream>>>(p);
-  else if (max_pages <= 8 * kSelThreads) select_kernel<8><<<sgrid, kSelThreads, 0, stream>>>(p);
-  else if (max_pages <= 16 * kSelThreads) select_kernel<16><<<sgrid, kSelThreads, 0, stream>>>(p);
-  else select_kernel<32><<<sgrid, kSelThreads, 0, stream>>>(p);
+  auto sel_go = [&](auto wtag) {
+    constexpr int W = decltype(wtag)::value;
+    if (max_pages <= 4 * kSelThreads) select_kernel<4, W><<<sgrid, kSelThreads, 0, stream>>>(p);
+    else if (max_pages <= 8 * kSelThreads) select_kernel<8, W><<<sgrid, kSelThreads, 0, stream>>>(p);
+    else if (max_pages <= 16 * kSelThreads) select_kernel<16, W><<<sgrid, kSelThreads, 0, stream>>>(p);
+    else select_kernel<32, W><<<sgrid, kSelThreads, 0, stream>>>(p);
+  };
+  switch (k_bits) {
+    case 1: sel_go(std::integral_constant<int, 1>{}); break;
+    case 3: sel_go(std::integral_constant<int, 3>{}); break;
+    case 4: sel_go(std::integral_constant<int, 4>{}); break;
+    default: sel_go(std::integral_constant<int, 2>{}); break;
+  }
   UNIQUE_CUDA_LAUNCH("select_kernel");
 }
 
