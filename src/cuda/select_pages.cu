@@ -90,7 +90,7 @@ __device__ float block_sum(float x, Reduce::TempStorage& tmp, float* bcast) {
 
 // One block per (b, hk): aggregation where it needs every page, scores_out, top-k.
 // KPT keys per thread in registers cover n <= KPT * kSelThreads pages.
-template <int KPT, int W>
+template <int KPT>
 __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p) {
   __shared__ union {
     typename Scan::TempStorage scan;
@@ -99,6 +99,8 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
   __shared__ float head_m[kMaxGroup], head_z[kMaxGroup];
   __shared__ float bcast;
 
+  // Launched as a programmatic dependent of the score kernel: wait for its results.
+  asm volatile("griddepcontrol.wait;" ::: "memory");
   const int b = blockIdx.y, hk = blockIdx.x;
   const int tid = threadIdx.x;
   const int n = p.indptr[b + 1] - p.indptr[b];
@@ -162,61 +164,40 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
     const int j = tid * KPT + i;  // consecutive pages per thread: one scan orders the output
     keys[i] = (!all && j >= lo && j < hi) ? order_key(agg[j]) : 0u;
   }
-  // Threshold T = the topk-th largest key, found W bits at a time from the top: per pass the
-  // 2^W - 1 candidates T | v << s are counted (keys >= candidate) and the largest v whose count
-  // reaches topk is kept. One block-wide count per pass (warp reductions, one shared atomic per
-  // warp and candidate, three rotating counter rows so one barrier per pass suffices).
-  constexpr int NC = (1 << W) - 1 > 2 ? (1 << W) - 1 : 2;
-  __shared__ uint32_t s_cnt[3][NC];
-  if (tid < 3 * NC) (&s_cnt[0][0])[tid] = 0;
+  // Threshold T = the topk-th largest key, found bit by bit from the top: keep a bit when at
+  // least topk keys are >= the candidate. One block-wide count per bit (warp reductions,
+  // one shared atomic per warp, three rotating counters so one barrier per bit suffices).
+  __shared__ uint32_t s_cnt[3];
+  if (tid < 3) s_cnt[tid] = 0;
   __syncthreads();
-  auto block_counts = [&](int it, uint32_t* c, int nc) {
-    for (int v = 0; v < nc; ++v) {
-      const uint32_t w = __reduce_add_sync(0xffffffffu, c[v]);
-      if ((tid & 31) == 0 && w) atomicAdd(&s_cnt[it % 3][v], w);
-    }
+  auto block_count = [&](int it, uint32_t c) {
+    c = __reduce_add_sync(0xffffffffu, c);
+    if ((tid & 31) == 0 && c) atomicAdd(&s_cnt[it % 3], c);
     __syncthreads();
-    for (int v = 0; v < nc; ++v) c[v] = s_cnt[it % 3][v];
-    if (tid < NC) s_cnt[(it + 2) % 3][tid] = 0;  // read before this barrier by everyone
+    const uint32_t total = s_cnt[it % 3];
+    if (tid == 0) s_cnt[(it + 2) % 3] = 0;  // read before this barrier by everyone
+    return total;
   };
   uint32_t T = 0, need_eq = 0, eq_total = 0;
   if (!all) {
     const uint32_t k = uint32_t(p.topk);
-    constexpr int kPasses = (32 + W - 1) / W;
+    int it = 0;
+    for (int bit = 31; bit >= 0; --bit, ++it) {
+      const uint32_t cand = T | (1u << bit);
+      uint32_t c = 0;
 #pragma unroll
-    for (int it = 0; it < kPasses; ++it) {
-      const int hi = 32 - it * W;
-      const int w = hi < W ? hi : W;
-      const int sh = hi - w;
-      const int nc = (1 << w) - 1;
-      uint32_t c[NC];
-#pragma unroll
-      for (int v = 0; v < NC; ++v) {
-        c[v] = 0;
-        if (v < nc) {
-          const uint32_t cand = T | (uint32_t(v + 1) << sh);
-#pragma unroll
-          for (int i = 0; i < KPT; ++i) c[v] += keys[i] >= cand ? 1u : 0u;
-        }
-      }
-      block_counts(it, c, nc);
-      uint32_t best = 0;
-#pragma unroll
-      for (int v = 0; v < NC; ++v)
-        if (v < nc && c[v] >= k) best = uint32_t(v + 1);
-      T |= best << sh;
+      for (int i = 0; i < KPT; ++i) c += keys[i] >= cand ? 1u : 0u;
+      if (block_count(it, c) >= k) T = cand;
     }
-    uint32_t c[NC];
-#pragma unroll
-    for (int v = 0; v < NC; ++v) c[v] = 0;
+    uint32_t gt = 0, eq = 0;
 #pragma unroll
     for (int i = 0; i < KPT; ++i) {
-      c[0] += keys[i] > T ? 1u : 0u;
-      c[1] += keys[i] == T ? 1u : 0u;
+      gt += keys[i] > T ? 1u : 0u;
+      eq += keys[i] == T ? 1u : 0u;
     }
-    block_counts(kPasses, c, 2);
-    eq_total = c[1];
-    need_eq = k - c[0];
+    const uint32_t n_gt = block_count(it++, gt);
+    eq_total = block_count(it++, eq);
+    need_eq = k - n_gt;
   }
 
   int32_t* pages = p.sel_pages + (int64_t(b) * p.Hk + hk) * p.max_selected;
@@ -496,22 +477,16 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
   p.recent = cfg.recent_pages;
   p.topk = cfg.topk_pages();
   const int rows = kv.batch * Hk * (p.raw_mode ? p.subgroups : 1);
-  static const int k_waves = env_knob("UNIQUE_SEL_WAVES", 8);
-  static const int k_min_pages = env_knob("UNIQUE_SEL_MIN_PAGES", 256);
-  static const int k_prefetch = env_knob("UNIQUE_SEL_PREFETCH", 1);
-  static const int k_bits = env_knob("UNIQUE_SEL_BITS", 2);
-  static const int k_g8 = env_knob("UNIQUE_SEL_G8", 0);
-  const int ghead = std::min(group, kHeads);
-  const bool g4 = ghead <= 4 && !k_g8;
-  static const int k_mb3 = env_knob("UNIQUE_SEL_MB3", 0);
-  const int minb = g4 && k_mb3 ? 3 : 2;  // resident score blocks per SM (launch bounds)
+  // Groups of <= 4 query heads keep only 4 heads' queries in registers (fewer registers).
+  const bool g4 = std::min(group, kHeads) <= 4;
+  static const int k_prefetch = env_knob("UNIQUE_SEL_PREFETCH", 1);  // benchmark knob
   p.prefetch = k_prefetch;
   int chunks = 1;
   if (per_page) {
-    // Up to k_waves waves of blocks, at least k_min_pages pages each (a block's fixed
-    // costs, loading the queries, are worth it only over a few iterations).
-    const int want = std::max(1, (k_waves * minb * num_sms() + rows - 1) / rows);
-    chunks = std::min(want, std::max(1, (max_pages + k_min_pages - 1) / k_min_pages));
+    // Up to 8 waves of blocks (two 256-thread blocks per SM), at least 256 pages each (a
+    // block's fixed costs, loading the queries, are worth it only over a few iterations).
+    const int want = std::max(1, (16 * num_sms() + rows - 1) / rows);
+    chunks = std::min(want, std::max(1, (max_pages + 255) / 256));
   }
   p.chunks = chunks;
   p.chunk_pages = (max_pages + chunks - 1) / chunks;
@@ -545,8 +520,7 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
             default: score_kernel<S, DD, Form::mean, GG, MB><<<grid, kThreads, 0, stream>>>(p); break;
           }
         };
-        if (g4 && minb == 3) launch(std::integral_constant<int, 4>{}, std::integral_constant<int, 3>{});
-        else if (g4) launch(std::integral_constant<int, 4>{}, std::integral_constant<int, 2>{});
+        if (g4) launch(std::integral_constant<int, 4>{}, std::integral_constant<int, 2>{});
         else launch(std::integral_constant<int, 8>{}, std::integral_constant<int, 2>{});
       };
       switch (D) {
@@ -558,19 +532,25 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
     UNIQUE_CUDA_LAUNCH("score_kernel");
   }
   const dim3 sgrid(Hk, kv.batch);
-  auto sel_go = [&](auto wtag) {
-    constexpr int W = decltype(wtag)::value;
-    if (max_pages <= 4 * kSelThreads) select_kernel<4, W><<<sgrid, kSelThreads, 0, stream>>>(p);
-    else if (max_pages <= 8 * kSelThreads) select_kernel<8, W><<<sgrid, kSelThreads, 0, stream>>>(p);
-    else if (max_pages <= 16 * kSelThreads) select_kernel<16, W><<<sgrid, kSelThreads, 0, stream>>>(p);
-    else select_kernel<32, W><<<sgrid, kSelThreads, 0, stream>>>(p);
+  // Programmatic dependent launch: the select grid's launch overlaps the score kernel's
+  // tail; its blocks wait (griddepcontrol.wait) until the score grid has completed.
+  static const int k_pdl = env_knob("UNIQUE_SEL_PDL", 1);
+  auto sel_go = [&](auto kernel) {
+    cudaLaunchConfig_t lc{};
+    lc.gridDim = sgrid;
+    lc.blockDim = dim3(kSelThreads);
+    lc.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    lc.attrs = attr;
+    lc.numAttrs = k_pdl ? 1 : 0;
+    UNIQUE_CUDA_CHECK(cudaLaunchKernelEx(&lc, kernel, p));
   };
-  switch (k_bits) {
-    case 1: sel_go(std::integral_constant<int, 1>{}); break;
-    case 3: sel_go(std::integral_constant<int, 3>{}); break;
-    case 4: sel_go(std::integral_constant<int, 4>{}); break;
-    default: sel_go(std::integral_constant<int, 2>{}); break;
-  }
+  if (max_pages <= 4 * kSelThreads) sel_go(select_kernel<4>);
+  else if (max_pages <= 8 * kSelThreads) sel_go(select_kernel<8>);
+  else if (max_pages <= 16 * kSelThreads) sel_go(select_kernel<16>);
+  else sel_go(select_kernel<32>);
   UNIQUE_CUDA_LAUNCH("select_kernel");
 }
 
