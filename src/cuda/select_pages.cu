@@ -581,7 +581,7 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
             constexpr int NAA = FF == Form::mean ? 1 : 2;
             const size_t smem = STT > 0 ? size_t(kThreads / 32) * STT * 4 * NAA * NVV * 32 * 16 : 0;
             auto kern = score_kernel<S, DD, FF, GG, MB, STT>;
-            if (smem > 0) {  // the 48 KB default limit counts static + dynamic shared memory
+            if (smem > 48 * 1024) {
               static const cudaError_t once = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
               UNIQUE_CUDA_CHECK(once);
             }
