@@ -235,10 +235,7 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
   if (tid == 0) p.sel_counts[b * p.Hk + hk] = count;
 }
 
-// ST = 0: statistics loaded straight into registers; ST >= 2: a ST-stage cp.async pipeline per
-// warp through (dynamic) shared memory, ST - 1 iterations of loads in flight beyond the one
-// being scored, without holding registers for them.
-template <class S, int D, Form F, int G, int MINB, int ST>
+template <class S, int D, Form F, int G, int MINB>
 __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams p) {
   constexpr int SV = Vec<S>::n;
   constexpr int LPP = (D / SV) < 32 ? (D / SV) : 32;  // lanes per page
@@ -281,71 +278,15 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
       for (int e = 0; e < SV; ++e) qr[g][nv * SV + e] = q_s[g][(nv * LPP + sub) * SV + e];
   const S* A = static_cast<const S*>(p.sa);
   const S* B = static_cast<const S*>(p.sb);
-  constexpr int NA = F == Form::mean ? 1 : 2;  // statistics arrays read
-  constexpr int STEP = NW * PPW * U;            // pages per block iteration
-  extern __shared__ __align__(16) uint4 pipe_s[];
-  uint4* const my = pipe_s + size_t(warp) * (ST > 0 ? ST : 1) * U * NA * NV * 32 + lane;
-  auto slot_at = [&](int slot, int u, int a, int nv) { return my + (((slot * U + u) * NA + a) * NV + nv) * 32; };
-  auto issue = [&](const int32_t* ids, int slot) {
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (ids[u] >= 0) {
-        const int64_t off = (int64_t(ids[u]) * p.Hk + hk) * D;
-#pragma unroll
-        for (int nv = 0; nv < NV; ++nv) {
-          const int64_t e = off + (nv * LPP + sub) * SV;
-          asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(
-                           uint32_t(__cvta_generic_to_shared(slot_at(slot, u, 0, nv)))),
-                       "l"(A + e));
-          if constexpr (NA == 2)
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(
-                             uint32_t(__cvta_generic_to_shared(slot_at(slot, u, 1, nv)))),
-                         "l"(B + e));
-        }
-      }
-    asm volatile("cp.async.commit_group;" ::: "memory");
-  };
-  // Page ids one iteration ahead of their use: their latency overlaps statistics loads.
+  // Page ids one iteration ahead: their latency overlaps this iteration's statistics loads.
   int32_t id_next[U];
-  if constexpr (ST > 0) {
-    for (int st = 0; st < ST - 1; ++st) {
-      int32_t ids[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int j = begin + warp * PPW + st * STEP + u * NW * PPW + lane / LPP;
-        ids[u] = j < end ? p.indices[seq0 + j] : -1;
-      }
-      issue(ids, st);
-    }
-  }
 #pragma unroll
   for (int u = 0; u < U; ++u) {
-    const int j = begin + warp * PPW + (ST > 0 ? ST - 1 : 0) * STEP + u * NW * PPW + lane / LPP;
+    const int j = begin + warp * PPW + u * NW * PPW + lane / LPP;
     id_next[u] = j < end ? p.indices[seq0 + j] : -1;
   }
-  int it = 0;
-  for (int base = begin + warp * PPW; base < end; base += STEP, ++it) {
+  for (int base = begin + warp * PPW; base < end; base += NW * PPW * U) {
     int jj[U];
-    uint4 ra[U][NV], rb[U][NV];
-    if constexpr (ST > 0) {
-      issue(id_next, (it + ST - 1) % ST);
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        jj[u] = base + u * NW * PPW + lane / LPP;
-        const int jn = jj[u] + ST * STEP;
-        id_next[u] = jn < end ? p.indices[seq0 + jn] : -1;
-      }
-      asm volatile("cp.async.wait_group %0;" ::"n"(ST - 1) : "memory");
-      const int slot = it % ST;
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-#pragma unroll
-        for (int nv = 0; nv < NV; ++nv) {
-          const bool v = jj[u] < end;
-          ra[u][nv] = v ? *slot_at(slot, u, 0, nv) : make_uint4(0, 0, 0, 0);
-          if constexpr (NA == 2) rb[u][nv] = v ? *slot_at(slot, u, 1, nv) : make_uint4(0, 0, 0, 0);
-        }
-    } else {
     int64_t off[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -354,6 +295,7 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
       const int jn = jj[u] + NW * PPW * U;
       id_next[u] = jn < end ? p.indices[seq0 + jn] : -1;
     }
+    uint4 ra[U][NV], rb[U][NV];
 #pragma unroll
     for (int u = 0; u < U; ++u)
 #pragma unroll
@@ -375,7 +317,6 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
             if constexpr (F != Form::mean) asm volatile("prefetch.global.L2 [%0];" ::"l"(B + e));
           }
         }
-    }
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -540,7 +481,6 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
   const bool g4 = std::min(group, kHeads) <= 4;
   static const int k_prefetch = env_knob("UNIQUE_SEL_PREFETCH", 1);  // benchmark knob
   p.prefetch = k_prefetch;
-  static const int k_pipe = env_knob("UNIQUE_SEL_PIPE", 1);  // benchmark knob
   int chunks = 1;
   if (per_page) {
     // Up to 8 waves of blocks (two 256-thread blocks per SM), at least 256 pages each (a
@@ -573,31 +513,11 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
         constexpr int DD = decltype(dtag)::value;
         auto launch = [&](auto gtag, auto mtag) {
           constexpr int GG = decltype(gtag)::value, MB = decltype(mtag)::value;
-          // 3-stage pipeline where a stage is 16 bytes per lane and array (4 KB per warp).
-          constexpr int NVV = DD / (Vec<S>::n * ((DD / Vec<S>::n) < 32 ? (DD / Vec<S>::n) : 32));
-          auto go_f = [&](auto ftag, auto sttag) {
-            constexpr Form FF = decltype(ftag)::value;
-            constexpr int STT = decltype(sttag)::value;
-            constexpr int NAA = FF == Form::mean ? 1 : 2;
-            const size_t smem = STT > 0 ? size_t(kThreads / 32) * STT * 4 * NAA * NVV * 32 * 16 : 0;
-            auto kern = score_kernel<S, DD, FF, GG, MB, STT>;
-            if (smem > 48 * 1024) {
-              static const cudaError_t once = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-              UNIQUE_CUDA_CHECK(once);
-            }
-            kern<<<grid, kThreads, smem, stream>>>(p);
-          };
-          auto go_st = [&](auto ftag) {
-            if constexpr (NVV == 1) {
-              if (k_pipe) return go_f(ftag, std::integral_constant<int, 3>{});
-            }
-            go_f(ftag, std::integral_constant<int, 0>{});
-          };
           switch (f) {
-            case Form::quest: go_st(std::integral_constant<Form, Form::quest>{}); break;
-            case Form::norm: go_st(std::integral_constant<Form, Form::norm>{}); break;
-            case Form::channel: go_st(std::integral_constant<Form, Form::channel>{}); break;
-            default: go_st(std::integral_constant<Form, Form::mean>{}); break;
+            case Form::quest: score_kernel<S, DD, Form::quest, GG, MB><<<grid, kThreads, 0, stream>>>(p); break;
+            case Form::norm: score_kernel<S, DD, Form::norm, GG, MB><<<grid, kThreads, 0, stream>>>(p); break;
+            case Form::channel: score_kernel<S, DD, Form::channel, GG, MB><<<grid, kThreads, 0, stream>>>(p); break;
+            default: score_kernel<S, DD, Form::mean, GG, MB><<<grid, kThreads, 0, stream>>>(p); break;
           }
         };
         if (g4) launch(std::integral_constant<int, 4>{}, std::integral_constant<int, 2>{});
