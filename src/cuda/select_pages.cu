@@ -1,15 +1,19 @@
 // Page scoring + top-k selection per (sequence, KV head), no host sync, two launches.
 //
 // score_kernel: a block scores a chunk of a sequence's pages for the query heads of one KV
-// head (up to 8 at a time; the queries sit in shared memory). The statistics rows are read
-// once with 16-byte loads, D/VEC lanes per page, 4 page steps in flight per warp; the
-// estimator is folded into one sum per head (unique/channel: q.mu + alpha*|q|.sigma), so one
-// shuffle reduction per head and page remains; GQA max is taken in registers.
-// select_kernel: one 1024-thread block per (sequence, KV head): GQA aggregations that need
-// every page (softmax sums, oracle masses), then an exact top-k by a bitwise threshold search
-// (32 block-wide counts) over the non-forced pages [sink, n - recent), keys in registers, then
-// one ordered compaction (block scans) that writes ascending page positions. Ties go to the
-// lower position, as in the reference.
+// head (up to 8 at a time; the queries sit in shared memory, then each lane's channels in
+// registers: 4 heads' worth when the group has <= 4 query heads, which frees 32 registers).
+// The statistics rows are read once with 16-byte loads, D/VEC lanes per page, 4 page steps in
+// flight per warp, and the next iteration's rows are prefetched into L2 (prefetch.global.L2,
+// no registers held); the estimator is folded into one sum per head (unique/channel:
+// q.mu + alpha*|q|.sigma), so one shuffle reduction per head and page remains; GQA max is
+// taken in registers.
+// select_kernel: one 1024-thread block per (sequence, KV head), launched as a programmatic
+// dependent of the score kernel (its launch overlaps the score kernel's tail): GQA
+// aggregations that need every page (softmax sums, oracle masses), then an exact top-k by a
+// bitwise threshold search (32 block-wide counts) over the non-forced pages [sink, n - recent),
+// keys in registers, then one ordered compaction (block scans) that writes ascending page
+// positions. Ties go to the lower position, as in the reference.
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
