@@ -1,19 +1,24 @@
 // Page scoring + top-k selection per (sequence, KV head), no host sync, two launches.
 //
 // score_kernel: a block scores a chunk of a sequence's pages for the query heads of one KV
-// head (up to 8 at a time; the queries sit in shared memory). The statistics rows are read
-// once with 16-byte loads, D/VEC lanes per page, 4 page steps in flight per warp; the
-// estimator is folded into one sum per head (unique/channel: q.mu + alpha*|q|.sigma), so one
-// shuffle reduction per head and page remains; GQA max is taken in registers.
-// select_kernel: one 1024-thread block per (sequence, KV head): GQA aggregations that need
-// every page (softmax sums, oracle masses), then an exact top-k by a bitwise threshold search
-// (32 block-wide counts) over the non-forced pages [sink, n - recent), keys in registers, then
-// one ordered compaction (block scans) that writes ascending page positions. Ties go to the
-// lower position, as in the reference.
+// head (up to 8 at a time; the queries sit in shared memory, then each lane's channels in
+// registers: 4 heads' worth when the group has <= 4 query heads, which frees 32 registers).
+// The statistics rows are read once with 16-byte loads, D/VEC lanes per page, 4 page steps in
+// flight per warp, and the next iteration's rows are prefetched into L2 (prefetch.global.L2,
+// no registers held); the estimator is folded into one sum per head (unique/channel:
+// q.mu + alpha*|q|.sigma), so one shuffle reduction per head and page remains; GQA max is
+// taken in registers.
+// select_kernel: one 1024-thread block per (sequence, KV head), launched as a programmatic
+// dependent of the score kernel (its launch overlaps the score kernel's tail): GQA
+// aggregations that need every page (softmax sums, oracle masses), then an exact top-k by a
+// bitwise threshold search (32 block-wide counts) over the non-forced pages [sink, n - recent),
+// keys in registers, then one ordered compaction (block scans) that writes ascending page
+// positions. Ties go to the lower position, as in the reference.
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "attention/cuda_backend.h"
 #include "cuda/common.cuh"
@@ -57,6 +62,7 @@ struct ScoreParams {
   int max_selected;
   int sink, recent, topk;
   int chunks, chunk_pages;
+  int prefetch;  // L2 prefetch of the next iteration's statistics rows
 };
 
 __device__ __forceinline__ uint32_t order_key(float f) {
@@ -97,6 +103,8 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
   __shared__ float head_m[kMaxGroup], head_z[kMaxGroup];
   __shared__ float bcast;
 
+  // Launched as a programmatic dependent of the score kernel: wait for its results.
+  asm volatile("griddepcontrol.wait;" ::: "memory");
   const int b = blockIdx.y, hk = blockIdx.x;
   const int tid = threadIdx.x;
   const int n = p.indptr[b + 1] - p.indptr[b];
@@ -231,8 +239,8 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
   if (tid == 0) p.sel_counts[b * p.Hk + hk] = count;
 }
 
-template <class S, int D, Form F>
-__global__ void __launch_bounds__(kThreads, 2) score_kernel(const ScoreParams p) {
+template <class S, int D, Form F, int G, int MINB>
+__global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams p) {
   constexpr int SV = Vec<S>::n;
   constexpr int LPP = (D / SV) < 32 ? (D / SV) : 32;  // lanes per page
   constexpr int NV = D / (SV * LPP);
@@ -265,9 +273,9 @@ __global__ void __launch_bounds__(kThreads, 2) score_kernel(const ScoreParams p)
   }
   // This lane's channels of every head, in registers (shared-memory reads per page would
   // make the kernel bound by shared-memory bandwidth).
-  float qr[kHeads][NV * SV];
+  float qr[G][NV * SV];
 #pragma unroll
-  for (int g = 0; g < kHeads; ++g)
+  for (int g = 0; g < G; ++g)
 #pragma unroll
     for (int nv = 0; nv < NV; ++nv)
 #pragma unroll
@@ -301,6 +309,19 @@ __global__ void __launch_bounds__(kThreads, 2) score_kernel(const ScoreParams p)
         if constexpr (F != Form::mean)
           rb[u][nv] = off[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(B + e)) : make_uint4(0, 0, 0, 0);
       }
+    // The next iteration's rows into L2 (no registers held): twice the bytes in flight.
+    if (p.prefetch) {
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (id_next[u] >= 0) {
+#pragma unroll
+          for (int nv = 0; nv < NV; ++nv) {
+            const int64_t e = (int64_t(id_next[u]) * p.Hk + hk) * D + (nv * LPP + sub) * SV;
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(A + e));
+            if constexpr (F != Form::mean) asm volatile("prefetch.global.L2 [%0];" ::"l"(B + e));
+          }
+        }
+    }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (base + u * NW * PPW >= end) break;  // warp-uniform
@@ -320,7 +341,7 @@ __global__ void __launch_bounds__(kThreads, 2) score_kernel(const ScoreParams p)
       }
       float best = -INFINITY;
 #pragma unroll
-      for (int g = 0; g < kHeads; ++g) {
+      for (int g = 0; g < G; ++g) {
         if (g >= ng) break;  // block-uniform
         float s = 0.0f, s2 = 0.0f;
 #pragma unroll
@@ -400,6 +421,12 @@ __global__ void __launch_bounds__(kThreads) oracle_kernel(const ScoreParams p) {
   }
 }
 
+// Benchmark-only knobs (UNIQUE_SEL_*), read once.
+int env_knob(const char* name, int dflt) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : dflt;
+}
+
 }  // namespace
 
 SelectSizes select_sizes(int batch, int num_qo_heads, int num_kv_heads, int max_pages) {
@@ -454,6 +481,10 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
   p.recent = cfg.recent_pages;
   p.topk = cfg.topk_pages();
   const int rows = kv.batch * Hk * (p.raw_mode ? p.subgroups : 1);
+  // Groups of <= 4 query heads keep only 4 heads' queries in registers (fewer registers).
+  const bool g4 = std::min(group, kHeads) <= 4;
+  static const int k_prefetch = env_knob("UNIQUE_SEL_PREFETCH", 1);  // benchmark knob
+  p.prefetch = k_prefetch;
   int chunks = 1;
   if (per_page) {
     // Up to 8 waves of blocks (two 256-thread blocks per SM), at least 256 pages each (a
@@ -484,12 +515,17 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
       using S = decltype(t);
       auto go = [&](auto dtag) {
         constexpr int DD = decltype(dtag)::value;
-        switch (f) {
-          case Form::quest: score_kernel<S, DD, Form::quest><<<grid, kThreads, 0, stream>>>(p); break;
-          case Form::norm: score_kernel<S, DD, Form::norm><<<grid, kThreads, 0, stream>>>(p); break;
-          case Form::channel: score_kernel<S, DD, Form::channel><<<grid, kThreads, 0, stream>>>(p); break;
-          default: score_kernel<S, DD, Form::mean><<<grid, kThreads, 0, stream>>>(p); break;
-        }
+        auto launch = [&](auto gtag, auto mtag) {
+          constexpr int GG = decltype(gtag)::value, MB = decltype(mtag)::value;
+          switch (f) {
+            case Form::quest: score_kernel<S, DD, Form::quest, GG, MB><<<grid, kThreads, 0, stream>>>(p); break;
+            case Form::norm: score_kernel<S, DD, Form::norm, GG, MB><<<grid, kThreads, 0, stream>>>(p); break;
+            case Form::channel: score_kernel<S, DD, Form::channel, GG, MB><<<grid, kThreads, 0, stream>>>(p); break;
+            default: score_kernel<S, DD, Form::mean, GG, MB><<<grid, kThreads, 0, stream>>>(p); break;
+          }
+        };
+        if (g4) launch(std::integral_constant<int, 4>{}, std::integral_constant<int, 2>{});
+        else launch(std::integral_constant<int, 8>{}, std::integral_constant<int, 2>{});
       };
       switch (D) {
         case 64: go(std::integral_constant<int, 64>{}); break;
@@ -500,10 +536,25 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
     UNIQUE_CUDA_LAUNCH("score_kernel");
   }
   const dim3 sgrid(Hk, kv.batch);
-  if (max_pages <= 4 * kSelThreads) select_kernel<4><<<sgrid, kSelThreads, 0, stream>>>(p);
-  else if (max_pages <= 8 * kSelThreads) select_kernel<8><<<sgrid, kSelThreads, 0, stream>>>(p);
-  else if (max_pages <= 16 * kSelThreads) select_kernel<16><<<sgrid, kSelThreads, 0, stream>>>(p);
-  else select_kernel<32><<<sgrid, kSelThreads, 0, stream>>>(p);
+  // Programmatic dependent launch: the select grid's launch overlaps the score kernel's
+  // tail; its blocks wait (griddepcontrol.wait) until the score grid has completed.
+  static const int k_pdl = env_knob("UNIQUE_SEL_PDL", 1);
+  auto sel_go = [&](auto kernel) {
+    cudaLaunchConfig_t lc{};
+    lc.gridDim = sgrid;
+    lc.blockDim = dim3(kSelThreads);
+    lc.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    lc.attrs = attr;
+    lc.numAttrs = k_pdl ? 1 : 0;
+    UNIQUE_CUDA_CHECK(cudaLaunchKernelEx(&lc, kernel, p));
+  };
+  if (max_pages <= 4 * kSelThreads) sel_go(select_kernel<4>);
+  else if (max_pages <= 8 * kSelThreads) sel_go(select_kernel<8>);
+  else if (max_pages <= 16 * kSelThreads) sel_go(select_kernel<16>);
+  else sel_go(select_kernel<32>);
   UNIQUE_CUDA_LAUNCH("select_kernel");
 }
 
