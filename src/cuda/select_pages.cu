@@ -103,8 +103,11 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
   __shared__ float head_m[kMaxGroup], head_z[kMaxGroup];
   __shared__ float bcast;
 
-  // Launched as a programmatic dependent of the score kernel: wait for its results.
+  // Launched as a programmatic dependent of the score kernel: wait for its results
+  // (sm_90+; older GPUs ignore the launch attribute and run the launches in stream order).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
   const int b = blockIdx.y, hk = blockIdx.x;
   const int tid = threadIdx.x;
   const int n = p.indptr[b + 1] - p.indptr[b];
