@@ -33,8 +33,8 @@ __global__ void stats_kernel(const SoftMaskArgs a, int D) {
 // One warp per query row, kRows rows (consecutive t, one query head) per block sharing
 // each 32-page tile of mu/sigma staged in shared memory (rows padded by one float against
 // bank conflicts: lane = page reads a column). Each warp keeps its row's candidate scores
-// in shared memory and selects the k-th and (k+1)-th largest by a bitwise search over
-// order-preserving integer keys (32 counting passes, exact, no sorting).
+// in shared memory and selects the k-th and (k+1)-th largest by a radix select over
+// order-preserving integer keys (4 histogram passes of 8 bits, exact, no sorting).
 constexpr int kRows = 8;
 
 __device__ __forceinline__ uint32_t order_key(float f) {
@@ -44,17 +44,65 @@ __device__ __forceinline__ uint32_t order_key(float f) {
 __device__ __forceinline__ float key_value(uint32_t k) {
   return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
-// The kth (1-based) largest key among s[0..n) (kth <= n); the whole warp calls it.
-__device__ uint32_t kth_largest(const float* s, int n, int kth, int lane) {
-  uint32_t K = 0;
-  for (int bit = 31; bit >= 0; --bit) {
-    const uint32_t cand = K | (1u << bit);
-    unsigned cnt = 0;
-    for (int i = lane; i < n; i += 32) cnt += order_key(s[i]) >= cand;
-    cnt = __reduce_add_sync(0xffffffffu, cnt);
-    if (cnt >= unsigned(kth)) K = cand;
+// The kth (1-based) largest key among s[0..n) (kth <= n); the whole warp calls it. Radix
+// select, 8 bits a pass (4 passes over the scores instead of 32): a 256-bin histogram of
+// the next digit among the keys matching the prefix found so far (warp-aggregated shared
+// atomics), then the digit whose bin holds the kth.
+__device__ uint32_t kth_largest(const float* s, int n, int kth, int lane, unsigned* hist) {
+  uint32_t prefix = 0, mask = 0;
+  int k = kth;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = lane; i < 256; i += 32) hist[i] = 0;
+    __syncwarp();
+    for (int i0 = 0; i0 < n; i0 += 32) {
+      const int i = i0 + lane;
+      uint32_t bin = 256;
+      if (i < n) {
+        const uint32_t x = order_key(s[i]);
+        if ((x & mask) == prefix) bin = (x >> shift) & 255u;
+      }
+      const unsigned peers = __match_any_sync(0xffffffffu, bin);
+      if (bin < 256 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], unsigned(__popc(peers)));
+    }
+    __syncwarp();
+    // Lane l owns bins 255 - 8l - i (i = 0..7), i.e. the digits in descending order.
+    unsigned c[8], sum = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      c[i] = hist[255 - 8 * lane - i];
+      sum += c[i];
+    }
+    unsigned incl = sum;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const unsigned y = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += y;
+    }
+    const unsigned excl = incl - sum;
+    const bool mine = excl < unsigned(k) && unsigned(k) <= incl;
+    int digit = 0;
+    unsigned above = 0;
+    if (mine) {
+      unsigned cum = excl;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        if (cum + c[i] >= unsigned(k)) {
+          digit = 255 - 8 * lane - i;
+          above = cum;
+          break;
+        }
+        cum += c[i];
+      }
+    }
+    const int src = __ffs(__ballot_sync(0xffffffffu, mine)) - 1;
+    digit = __shfl_sync(0xffffffffu, digit, src);
+    above = __shfl_sync(0xffffffffu, above, src);
+    prefix |= uint32_t(digit) << shift;
+    mask |= 255u << shift;
+    k -= int(above);
+    __syncwarp();  // hist is cleared by the next pass
   }
-  return K;
+  return prefix;
 }
 
 template <class T, int D>
@@ -64,6 +112,7 @@ __global__ void __launch_bounds__(kRows * 32) threshold_kernel(const SoftMaskArg
   float* sig_t = mu_t + 32 * (D + 1);     // [32][D + 1]
   float* q_s = sig_t + 32 * (D + 1);      // [kRows][D]
   float* scores = q_s + kRows * D;        // [kRows][max_cand]
+  unsigned* hist = reinterpret_cast<unsigned*>(scores + size_t(kRows) * max_cand);  // [kRows][256]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int hq = blockIdx.y, b = blockIdx.z, h = hq / a.group;
   const int64_t t0 = int64_t(blockIdx.x) * kRows, t = t0 + warp;
@@ -107,7 +156,7 @@ __global__ void __launch_bounds__(kRows * 32) threshold_kernel(const SoftMaskArg
   const int n = my_last - a.sink + 1;
   float tau = -INFINITY;  // no mask: n <= k candidates all weigh 1
   if (n > a.kpages) {
-    const uint32_t kk = kth_largest(my_scores, n, a.kpages, lane);
+    const uint32_t kk = kth_largest(my_scores, n, a.kpages, lane, hist + warp * 256);
     // (k+1)-th largest: kk itself if it occurs more than once among the top k+1, else the
     // largest key below it.
     unsigned ge = 0;
@@ -188,12 +237,12 @@ void launch_soft_mask_stats(const SoftMaskArgs& a, int D, cudaStream_t stream) {
 template <class T, int D>
 static void launch_threshold_typed(const SoftMaskArgs& a, cudaStream_t stream) {
   const int max_cand = std::max(a.NC, 1);
-  const size_t smem = (2 * 32 * (D + 1) + kRows * D + size_t(kRows) * max_cand) * sizeof(float);
+  const size_t smem = (2 * 32 * (D + 1) + kRows * D + kRows * 256 + size_t(kRows) * max_cand) * sizeof(float);
   int dev = 0, optin = 0;
   UNIQUE_CUDA_CHECK(cudaGetDevice(&dev));
   UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   UNIQUE_CHECK_ARG(smem <= size_t(optin), "seq_len / page_size",
-                   detail::concat("<= ", (size_t(optin) / sizeof(float) - 2 * 32 * (D + 1) - kRows * D) / kRows,
+                   detail::concat("<= ", (size_t(optin) / sizeof(float) - 2 * 32 * (D + 1) - kRows * D - kRows * 256) / kRows,
                                   " complete pages (CUDA soft-mask threshold kernel)"),
                    a.NC);
   auto kernel = threshold_kernel<T, D>;

@@ -84,7 +84,11 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SoftMaskArgs a
     cp_async_wait<0>();
     __syncthreads();
     // (b) log page weights of (row, page of this key tile).
-    tile_log_weights<T, D>(a, sQ, mu_s, sig_s, tau_s, row0, kt, bias_s);
+    {
+      uint32_t qf[D / 16][4];
+      load_q_fragments<T, D>(sQ, warp * 16, lane, qf);
+      warp_log_weights<T, D>(a, qf, mu_s, sig_s, tau_s, row0, warp * 16, kt, lane, bias_s);
+    }
     __syncthreads();
 
     // (c) S^T and dP^T for the warp's 16 keys x 64 queries.
@@ -168,16 +172,19 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SoftMaskArgs a
     __syncthreads();
 
     // (g) dQ = c dS K + dx c (mu + alpha sign(q) sigma) for the warp's 16 query rows.
-    {
-      float dq[D / 8][4] = {};
+    // In halves of D (fewer live registers next to dk/dv: D 128 spilled otherwise).
+    constexpr int DH = D >= 128 ? D / 2 : D;
+#pragma unroll 1
+    for (int d0 = 0; d0 < D; d0 += DH) {
+      float dq[DH / 8][4] = {};
 #pragma unroll
       for (int kk = 0; kk < kTile / 16; ++kk) {
         uint32_t da[4];
         ldmatrix_x4_trans(da, sdS + swz(kk * 16 + (m8 / 2) * 8 + lane % 8, warp * 2 + m8 % 2, SCH) * 8);
 #pragma unroll
-        for (int n2 = 0; n2 < D / 16; ++n2) {
+        for (int n2 = 0; n2 < DH / 16; ++n2) {
           uint32_t kb[4];
-          ldmatrix_x4_trans(kb, sK + swz(kk * 16 + (m8 % 2) * 8 + lane % 8, n2 * 2 + m8 / 2, CH) * 8);
+          ldmatrix_x4_trans(kb, sK + swz(kk * 16 + (m8 % 2) * 8 + lane % 8, d0 / 8 + n2 * 2 + m8 / 2, CH) * 8);
           mma16816<T>(dq[2 * n2], da, kb);
           mma16816<T>(dq[2 * n2 + 1], da, kb + 2);
         }
@@ -189,10 +196,10 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SoftMaskArgs a
         if (t >= a.L) continue;
         float* dst = a.dq_acc + ((int64_t(b) * a.L + t) * a.Hq + hq) * D;
 #pragma unroll
-        for (int nt = 0; nt < D / 8; ++nt)
+        for (int nt = 0; nt < DH / 8; ++nt)
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
-            const int d = nt * 8 + 2 * t4 + c;
+            const int d = d0 + nt * 8 + 2 * t4 + c;
             float x = dq[nt][2 * r + c] * a.scale;
             const float qv = to_f<T>(sQ[swz(ql, d / 8, CH) * 8 + d % 8]);
             const float sgn = qv > 0.0f ? 1.0f : (qv < 0.0f ? -1.0f : 0.0f);
