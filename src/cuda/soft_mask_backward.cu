@@ -57,8 +57,10 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SoftMaskArgs a
   load_tile_stats<D>(a, b, h, kt, mu_s, sig_s);
 
   float dk[D / 8][4] = {}, dv[D / 8][4] = {};
-  constexpr int kPairs = kMaxPagesPerTile * D / kThreads;  // (page, channel) pairs per thread
-  float dmu_r[kPairs] = {}, dsig_r[kPairs] = {};
+  // dmu^T / dsigma^T [D x pages] accumulated on tensor cores: warp w owns channels
+  // [w * D / 4, (w + 1) * D / 4) as MT m16 tiles, the tile's pages as one n8 tile.
+  constexpr int MT = D / 64;
+  float dmu_acc[MT][4] = {}, dsig_acc[MT][4] = {};
   const int my_page = (warp * 16) / a.P;  // the page of this warp's 16 keys (P >= 16)
 
   for (int qt = kt; qt < num_tiles; ++qt) {
@@ -189,39 +191,77 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SoftMaskArgs a
           mma16816<T>(dq[2 * n2 + 1], da, kb + 2);
         }
       }
+      // Page term on tensor cores, one n8 tile of channels at a time: DX [16 rows x pages]
+      // times mu / sigma [pages x 8], both split hi + lo (hi*hi + lo*hi + hi*lo).
+      uint32_t xh[4] = {0u, 0u, 0u, 0u}, xl[4] = {0u, 0u, 0u, 0u};  // k 8..15 (pages >= 8) stay 0
+      {
+        const int r = warp * 16 + g, p0 = 2 * t4;
+        const float y0 = p0 < npg ? dbias_s[r * kMaxPagesPerTile + p0] : 0.0f;
+        const float y1 = p0 + 1 < npg ? dbias_s[r * kMaxPagesPerTile + p0 + 1] : 0.0f;
+        const float y2 = p0 < npg ? dbias_s[(r + 8) * kMaxPagesPerTile + p0] : 0.0f;
+        const float y3 = p0 + 1 < npg ? dbias_s[(r + 8) * kMaxPagesPerTile + p0 + 1] : 0.0f;
+        split2<T>(y0, y1, xh[0], xl[0]);
+        split2<T>(y2, y3, xh[1], xl[1]);
+      }
+      float* dst[2];
+      bool in[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const int ql = warp * 16 + g + 8 * r;
-        const int64_t t = row0 + ql;
-        if (t >= a.L) continue;
-        float* dst = a.dq_acc + ((int64_t(b) * a.L + t) * a.Hq + hq) * D;
+        const int64_t t = row0 + warp * 16 + g + 8 * r;
+        in[r] = t < a.L;
+        dst[r] = a.dq_acc + ((int64_t(b) * a.L + (in[r] ? t : 0)) * a.Hq + hq) * D;
+      }
 #pragma unroll
-        for (int nt = 0; nt < DH / 8; ++nt)
+      for (int nt = 0; nt < DH / 8; ++nt) {
+        const int dn = d0 + nt * 8 + g, p0 = 2 * t4;  // B column (channel) and rows (pages)
+        const float m0 = p0 < npg ? mu_s[p0 * D + dn] : 0.0f, m1 = p0 + 1 < npg ? mu_s[(p0 + 1) * D + dn] : 0.0f;
+        const float s0 = p0 < npg ? sig_s[p0 * D + dn] : 0.0f, s1 = p0 + 1 < npg ? sig_s[(p0 + 1) * D + dn] : 0.0f;
+        uint32_t mh[2] = {0u, 0u}, ml[2] = {0u, 0u}, sh[2] = {0u, 0u}, sl[2] = {0u, 0u};
+        split2<T>(m0, m1, mh[0], ml[0]);
+        split2<T>(s0, s1, sh[0], sl[0]);
+        float pm[4] = {}, ps[4] = {};
+        mma16816<T>(pm, xh, mh);
+        mma16816<T>(pm, xl, mh);
+        mma16816<T>(pm, xh, ml);
+        mma16816<T>(ps, xh, sh);
+        mma16816<T>(ps, xl, sh);
+        mma16816<T>(ps, xh, sl);
 #pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const int d = d0 + nt * 8 + 2 * t4 + c;
-            float x = dq[nt][2 * r + c] * a.scale;
-            const float qv = to_f<T>(sQ[swz(ql, d / 8, CH) * 8 + d % 8]);
-            const float sgn = qv > 0.0f ? 1.0f : (qv < 0.0f ? -1.0f : 0.0f);
-            for (int pi = 0; pi < npg; ++pi) {
-              const float dx = dbias_s[ql * kMaxPagesPerTile + pi];
-              if (dx != 0.0f) x += dx * (mu_s[pi * D + d] + a.alpha * sgn * sig_s[pi * D + d]);
-            }
-            atomicAdd(dst + d, x);
-          }
+        for (int e = 0; e < 4; ++e) {
+          const int r = e / 2, ql = warp * 16 + g + 8 * r, d = d0 + nt * 8 + 2 * t4 + (e & 1);
+          const float qv = to_f<T>(sQ[swz(ql, d / 8, CH) * 8 + d % 8]);
+          const float sgn = qv > 0.0f ? 1.0f : (qv < 0.0f ? -1.0f : 0.0f);
+          const float x = dq[nt][e] * a.scale + pm[e] + a.alpha * sgn * ps[e];
+          if (in[r]) atomicAdd(dst[r] + d, x);
+        }
       }
     }
     // dmu += dx c q, dsigma += dx c alpha |q| over the tile's rows, per (page, channel).
+    // dmu^T += Q^T DX, dsigma^T += |Q|^T DX (alpha at the end): A = Q^T by transposed
+    // ldmatrix of sQ, B = DX [rows x pages] split hi + lo.
 #pragma unroll
-    for (int i = 0; i < kPairs; ++i) {
-      const int pair = tid + i * kThreads, pi = pair / D, d = pair % D;
-      if (pi >= npg) continue;
-      for (int r = 0; r < kTile; ++r) {
-        const float dx = dbias_s[r * kMaxPagesPerTile + pi];
-        if (dx == 0.0f) continue;
-        const float x = to_f<T>(sQ[swz(r, d / 8, CH) * 8 + d % 8]);
-        dmu_r[i] = fmaf(dx, x, dmu_r[i]);
-        dsig_r[i] = fmaf(dx * a.alpha, fabsf(x), dsig_r[i]);
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+      float x0 = 0.0f, x1 = 0.0f, x2 = 0.0f, x3 = 0.0f;
+      if (g < npg) {
+        const int r = kk * 16 + 2 * t4;
+        x0 = dbias_s[r * kMaxPagesPerTile + g];
+        x1 = dbias_s[(r + 1) * kMaxPagesPerTile + g];
+        x2 = dbias_s[(r + 8) * kMaxPagesPerTile + g];
+        x3 = dbias_s[(r + 9) * kMaxPagesPerTile + g];
+      }
+      uint32_t bh[2], bl[2];
+      split2<T>(x0, x1, bh[0], bl[0]);
+      split2<T>(x2, x3, bh[1], bl[1]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        uint32_t x[4];
+        ldmatrix_x4_trans(x, sQ + swz(kk * 16 + (m8 % 2) * 8 + lane % 8, (warp * MT + mt) * 2 + m8 / 2, CH) * 8);
+        const uint32_t qa[4] = {x[0], x[2], x[1], x[3]};
+        const uint32_t aa[4] = {x[0] & 0x7fff7fffu, x[2] & 0x7fff7fffu, x[1] & 0x7fff7fffu, x[3] & 0x7fff7fffu};
+        mma16816<T>(dmu_acc[mt], qa, bh);
+        mma16816<T>(dmu_acc[mt], qa, bl);
+        mma16816<T>(dsig_acc[mt], aa, bh);
+        mma16816<T>(dsig_acc[mt], aa, bl);
       }
     }
     __syncthreads();  // the next query tile overwrites sQ, sdO, sdS, dbias_s
@@ -244,14 +284,16 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SoftMaskArgs a
       }
   }
 #pragma unroll
-  for (int i = 0; i < kPairs; ++i) {
-    const int pair = tid + i * kThreads, pi = pair / D, d = pair % D;
-    const int j = kt * npg + pi;
-    if (pi >= npg || j >= a.NC) continue;
-    const int64_t o = ((int64_t(b) * a.Hkv + h) * a.NC + j) * D + d;
-    if (dmu_r[i] != 0.0f) atomicAdd(a.dmu + o, dmu_r[i]);
-    if (dsig_r[i] != 0.0f) atomicAdd(a.dsig + o, dsig_r[i]);
-  }
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int pi = 2 * t4 + (e & 1), d = (warp * MT + mt) * 16 + g + 8 * (e / 2);
+      const int j = kt * npg + pi;
+      if (pi >= npg || j >= a.NC) continue;
+      const int64_t o = ((int64_t(b) * a.Hkv + h) * a.NC + j) * D + d;
+      if (dmu_acc[mt][e] != 0.0f) atomicAdd(a.dmu + o, dmu_acc[mt][e]);
+      if (dsig_acc[mt][e] != 0.0f) atomicAdd(a.dsig + o, dsig_acc[mt][e] * a.alpha);
+    }
 }
 
 template <class T, int D>
