@@ -144,7 +144,7 @@ __global__ void __launch_bounds__(kMWarps * 32) threshold_mma_kernel(const SoftM
   float* scores = reinterpret_cast<float*>(q_s + kMRows * D);       // [16][max_cand]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const int hq = blockIdx.y, b = blockIdx.z, h = hq / a.group;
-  const int64_t t0 = int64_t(blockIdx.x) * kMRows;
+  const int64_t t0 = int64_t(gridDim.x - 1 - blockIdx.x) * kMRows;  // heaviest (most pages) first
   const T* Q = static_cast<const T*>(a.q);
   constexpr int CH = D / 8;
   for (int i = threadIdx.x; i < kMRows * D; i += blockDim.x) {  // q need not be 16-byte aligned here

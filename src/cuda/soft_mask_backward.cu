@@ -16,6 +16,16 @@ namespace unique::cuda {
 namespace soft_mask {
 namespace {
 
+// p[0] += x, p[1] += y (p 8-byte aligned): one vector atomic on sm_90.
+__device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(p), make_float2(x, y));
+#else
+  atomicAdd(p, x);
+  atomicAdd(p + 1, y);
+#endif
+}
+
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads) backward_kernel(const SoftMaskArgs a) {
   constexpr int CH = D / 8;
@@ -23,10 +33,9 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SoftMaskArgs a
   extern __shared__ uint4 smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + kTile * D;
-  T* sQ = sV + kTile * D;
-  T* sdO = sQ + kTile * D;
-  T* sdS = sdO + kTile * D;                                      // [64 keys][64 queries]
-  float* mu_s = reinterpret_cast<float*>(sdS + kTile * kTile);   // [4][D]
+  T* sQ0 = sV + kTile * D;                                       // [2 stages][64][D]
+  T* sdO0 = sQ0 + 2 * kTile * D;                                 // [2 stages][64][D]
+  float* mu_s = reinterpret_cast<float*>(sdO0 + 2 * kTile * D);  // [4][D]
   float* sig_s = mu_s + kMaxPagesPerTile * D;                    // [4][D]
   float* bias_s = sig_s + kMaxPagesPerTile * D;                  // [64][4]
   float* dbias_s = bias_s + kTile * kMaxPagesPerTile;            // [64][4], then dx * c
@@ -63,17 +72,29 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SoftMaskArgs a
   float dmu_acc[MT][4] = {}, dsig_acc[MT][4] = {};
   const int my_page = (warp * 16) / a.P;  // the page of this warp's 16 keys (P >= 16)
 
-  for (int qt = kt; qt < num_tiles; ++qt) {
-    const int64_t row0 = int64_t(qt) * kTile;
-    // (a) Q and dO tiles, per-row constants.
+  // Q and dO tiles double-buffered: tile qt + 1 loads while qt is processed.
+  auto load_q_tile = [&](int qt, int stage) {
+    T* dq_ = sQ0 + stage * kTile * D;
+    T* do_ = sdO0 + stage * kTile * D;
     for (int idx = tid; idx < kTile * CH; idx += kThreads) {
       const int r = idx / CH, c = idx % CH;
-      const int64_t t = row0 + r;
+      const int64_t t = int64_t(qt) * kTile + r;
       const bool in = t < a.L;
-      cp_async16(sQ + swz(r, c, CH) * 8, in ? Q + row_off(a.qs, b, t, hq) + c * 8 : Q, in ? 16 : 0);
-      cp_async16(sdO + swz(r, c, CH) * 8, in ? dO + row_off(a.dos, b, t, hq) + c * 8 : dO, in ? 16 : 0);
+      cp_async16(dq_ + swz(r, c, CH) * 8, in ? Q + row_off(a.qs, b, t, hq) + c * 8 : Q, in ? 16 : 0);
+      cp_async16(do_ + swz(r, c, CH) * 8, in ? dO + row_off(a.dos, b, t, hq) + c * 8 : dO, in ? 16 : 0);
     }
     cp_async_commit();
+  };
+  load_q_tile(kt, 0);
+
+  for (int qt = kt; qt < num_tiles; ++qt) {
+    const int64_t row0 = int64_t(qt) * kTile;
+    const int stage = (qt - kt) & 1;
+    T* sQ = sQ0 + stage * kTile * D;
+    T* sdO = sdO0 + stage * kTile * D;
+    T* sdS = sdO;  // [64 keys][64 queries]: reuses this stage's dO once (c)/(d) are done
+    // (a) prefetch the next Q and dO tiles; per-row constants.
+    if (qt + 1 < num_tiles) load_q_tile(qt + 1, stage ^ 1);
     for (int r = tid; r < kTile; r += kThreads) {
       const int64_t t = row0 + r;
       const bool in = t < a.L;
@@ -83,7 +104,8 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SoftMaskArgs a
       tau_s[r] = in ? a.tau[row] : -INFINITY;
     }
     for (int i = tid; i < kTile * kMaxPagesPerTile; i += kThreads) dbias_s[i] = 0.0f;
-    cp_async_wait<0>();
+    if (qt + 1 < num_tiles) cp_async_wait<1>();
+    else cp_async_wait<0>();
     __syncthreads();
     // (b) log page weights of (row, page of this key tile).
     {
@@ -119,7 +141,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SoftMaskArgs a
         const int64_t key = key0 + kl, t = row0 + ql;
         float p = 0.0f;
         if (t < a.L && key <= t)
-          p = fast_exp2(st[nt][e] * a.scale_log2 + bias_s[ql * kMaxPagesPerTile + kl / a.P] * kLog2e - lse_s[ql]);
+          p = fast_exp2(st[nt][e] * a.scale_log2 + bias_s[ql * kMaxPagesPerTile + my_page] * kLog2e - lse_s[ql]);
         st[nt][e] = p;
         dpt[nt][e] = p * (dpt[nt][e] - delta_s[ql]);
       }
@@ -156,6 +178,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SoftMaskArgs a
         x += __shfl_xor_sync(0xffffffffu, x, 16);
         if (g == 0 && x != 0.0f) atomicAdd(&dbias_s[(nt * 8 + 2 * t4 + c) * kMaxPagesPerTile + my_page], x);
       }
+    __syncthreads();  // every warp is done reading this stage's dO: dS^T overwrites it
 #pragma unroll
     for (int nt = 0; nt < kTile / 8; ++nt)
 #pragma unroll
@@ -192,16 +215,22 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SoftMaskArgs a
         }
       }
       // Page term on tensor cores, one n8 tile of channels at a time: DX [16 rows x pages]
-      // times mu / sigma [pages x 8], both split hi + lo (hi*hi + lo*hi + hi*lo).
-      uint32_t xh[4] = {0u, 0u, 0u, 0u}, xl[4] = {0u, 0u, 0u, 0u};  // k 8..15 (pages >= 8) stay 0
+      // times mu / sigma [pages x 8], both split hi + lo, packed into one k16 step (a
+      // tile has <= 4 pages): k 0-3 DXhi x mu_hi, 4-7 DXlo x mu_hi, 8-11 DXhi x mu_lo,
+      // 12-15 DXlo x mu_lo. Lane t4 holds A/B k rows 2 t4, 2 t4 + 1 (+ 8): pages p0, p0 + 1.
+      const int p0 = 2 * (t4 & 1);
+      uint32_t xa[4];
       {
-        const int r = warp * 16 + g, p0 = 2 * t4;
+        const int r = warp * 16 + g;
         const float y0 = p0 < npg ? dbias_s[r * kMaxPagesPerTile + p0] : 0.0f;
         const float y1 = p0 + 1 < npg ? dbias_s[r * kMaxPagesPerTile + p0 + 1] : 0.0f;
         const float y2 = p0 < npg ? dbias_s[(r + 8) * kMaxPagesPerTile + p0] : 0.0f;
         const float y3 = p0 + 1 < npg ? dbias_s[(r + 8) * kMaxPagesPerTile + p0 + 1] : 0.0f;
-        split2<T>(y0, y1, xh[0], xl[0]);
-        split2<T>(y2, y3, xh[1], xl[1]);
+        uint32_t h01, l01, h23, l23;
+        split2<T>(y0, y1, h01, l01);
+        split2<T>(y2, y3, h23, l23);
+        xa[0] = xa[2] = t4 < 2 ? h01 : l01;
+        xa[1] = xa[3] = t4 < 2 ? h23 : l23;
       }
       float* dst[2];
       bool in[2];
@@ -213,27 +242,26 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SoftMaskArgs a
       }
 #pragma unroll
       for (int nt = 0; nt < DH / 8; ++nt) {
-        const int dn = d0 + nt * 8 + g, p0 = 2 * t4;  // B column (channel) and rows (pages)
+        const int dn = d0 + nt * 8 + g;  // B column (channel)
         const float m0 = p0 < npg ? mu_s[p0 * D + dn] : 0.0f, m1 = p0 + 1 < npg ? mu_s[(p0 + 1) * D + dn] : 0.0f;
         const float s0 = p0 < npg ? sig_s[p0 * D + dn] : 0.0f, s1 = p0 + 1 < npg ? sig_s[(p0 + 1) * D + dn] : 0.0f;
-        uint32_t mh[2] = {0u, 0u}, ml[2] = {0u, 0u}, sh[2] = {0u, 0u}, sl[2] = {0u, 0u};
-        split2<T>(m0, m1, mh[0], ml[0]);
-        split2<T>(s0, s1, sh[0], sl[0]);
+        uint32_t bm[2], bs[2];
+        split2<T>(m0, m1, bm[0], bm[1]);
+        split2<T>(s0, s1, bs[0], bs[1]);
         float pm[4] = {}, ps[4] = {};
-        mma16816<T>(pm, xh, mh);
-        mma16816<T>(pm, xl, mh);
-        mma16816<T>(pm, xh, ml);
-        mma16816<T>(ps, xh, sh);
-        mma16816<T>(ps, xl, sh);
-        mma16816<T>(ps, xh, sl);
+        mma16816<T>(pm, xa, bm);
+        mma16816<T>(ps, xa, bs);
+        float x[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = e / 2, ql = warp * 16 + g + 8 * r, d = d0 + nt * 8 + 2 * t4 + (e & 1);
           const float qv = to_f<T>(sQ[swz(ql, d / 8, CH) * 8 + d % 8]);
           const float sgn = qv > 0.0f ? 1.0f : (qv < 0.0f ? -1.0f : 0.0f);
-          const float x = dq[nt][e] * a.scale + pm[e] + a.alpha * sgn * ps[e];
-          if (in[r]) atomicAdd(dst[r] + d, x);
+          x[e] = dq[nt][e] * a.scale + pm[e] + a.alpha * sgn * ps[e];
         }
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+          if (in[r]) atomic_add2(dst[r] + d0 + nt * 8 + 2 * t4, x[2 * r], x[2 * r + 1]);
       }
     }
     // dmu += dx c q, dsigma += dx c alpha |q| over the tile's rows, per (page, channel).
@@ -264,7 +292,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SoftMaskArgs a
         mma16816<T>(dsig_acc[mt], aa, bl);
       }
     }
-    __syncthreads();  // the next query tile overwrites sQ, sdO, sdS, dbias_s
+    __syncthreads();  // the next iteration's prefetch overwrites this stage; dbias_s, row constants
   }
 
   // Epilogue: dK (times c), dV, dmu, dsigma into the fp32 accumulators (query heads of a
@@ -275,13 +303,11 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SoftMaskArgs a
     if (key >= a.L) continue;
     const int64_t base = ((int64_t(b) * a.L + key) * a.Hkv + h) * D;
 #pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt)
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int d = nt * 8 + 2 * t4 + c;
-        atomicAdd(a.dk_acc + base + d, dk[nt][2 * r + c] * a.scale);
-        atomicAdd(a.dv_acc + base + d, dv[nt][2 * r + c]);
-      }
+    for (int nt = 0; nt < D / 8; ++nt) {
+      const int d = nt * 8 + 2 * t4;
+      atomic_add2(a.dk_acc + base + d, dk[nt][2 * r] * a.scale, dk[nt][2 * r + 1] * a.scale);
+      atomic_add2(a.dv_acc + base + d, dv[nt][2 * r], dv[nt][2 * r + 1]);
+    }
   }
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
@@ -298,7 +324,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const SoftMaskArgs a
 
 template <class T, int D>
 void launch_typed(const SoftMaskArgs& a, cudaStream_t stream) {
-  const size_t smem = (size_t(4) * kTile * D + kTile * kTile) * sizeof(T) +
+  const size_t smem = size_t(6) * kTile * D * sizeof(T) +
                       (2 * kMaxPagesPerTile * D + 2 * kTile * kMaxPagesPerTile + 3 * kTile) * sizeof(float);
   auto kernel = backward_kernel<T, D>;
   UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));

@@ -106,18 +106,22 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const SoftMaskArgs a)
 
     const bool diag = int64_t(tile + 1) * kTile - 1 > row0;
     float mx[2] = {m[0], m[1]};
+    const int pshift = __ffs(a.P) - 1;  // P is 16, 32 or 64: the 8 keys of an n8 tile share a page
 #pragma unroll
-    for (int nt = 0; nt < kTile / 8; ++nt)
+    for (int nt = 0; nt < kTile / 8; ++nt) {
+      const int pg = (nt * 8) >> pshift;
+      const float bw[2] = {bias_s[(warp * 16 + g) * kMaxPagesPerTile + pg] * kLog2e,
+                           bias_s[(warp * 16 + g + 8) * kMaxPagesPerTile + pg] * kLog2e};
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int kl = nt * 8 + 2 * t4 + (e & 1);  // key within the tile
         const int64_t key = int64_t(tile) * kTile + kl;
-        const int rl = warp * 16 + g + 8 * (e / 2);
-        float x = s[nt][e] * a.scale_log2 + bias_s[rl * kMaxPagesPerTile + kl / a.P] * kLog2e;
+        float x = s[nt][e] * a.scale_log2 + bw[e / 2];
         if (diag && (key > my_row[e / 2] || key >= a.L)) x = -INFINITY;
         s[nt][e] = x;
         mx[e / 2] = fmaxf(mx[e / 2], x);
       }
+    }
     float corr[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
