@@ -2,11 +2,14 @@
 // forward+backward milliseconds (median of CUDA-event-timed runs) and TFLOP/s counted as
 // causal attention flops (fwd 2 matmuls, bwd 5 matmuls of L^2/2 x D per query head), for
 // L in {4096, 8192, 16384, 32768}, B 1, Hq 32 / Hkv 8, D 128, bf16, P 16 and 64, budget L/16.
+// Each row also gets a per-kernel breakdown (stats / thresholds / attention / delta /
+// finalize, from a separate serialised run; src/cuda/soft_mask_profile.h).
 // One JSON line per row with --json (read by bench/gpu/compare_soft_mask.py).
 //
 //   unique_bench_soft_mask [--json] [--reps N] [--max-len L]
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -14,6 +17,7 @@
 #include <vector>
 
 #include "bench_util.h"
+#include "cuda/soft_mask_profile.h"
 #include "unique/soft_mask.h"
 #include "unique/stream.h"
 
@@ -83,15 +87,30 @@ int main(int argc, char** argv) {
       const double b_ms = median_event_ms(bwd, reps, 1, none);
       const double fb_ms = median_event_ms([&] { fwd(); bwd(); }, reps, 1, none);
       // Causal: half of the L x L score matrix; 2 flops per multiply-add.
+      // Per-kernel breakdown (events between the kernels; a separate, serialised run).
+      cuda::soft_mask_profile_enable(true);
+      for (int i = 0; i < reps; ++i) fwd();
+      const cuda::SoftMaskProfile pf = cuda::soft_mask_profile_take();
+      for (int i = 0; i < reps; ++i) bwd();
+      const cuda::SoftMaskProfile pb = cuda::soft_mask_profile_take();
+      cuda::soft_mask_profile_enable(false);
+      const double nf = std::max(pf.fwd_calls, 1), nb = std::max(pb.bwd_calls, 1);
+      char brk[512];
+      std::snprintf(brk, sizeof brk,
+                    "\"fwd_stats_ms\": %.4f, \"fwd_threshold_ms\": %.4f, \"fwd_attn_ms\": %.4f, "
+                    "\"bwd_stats_ms\": %.4f, \"bwd_threshold_ms\": %.4f, \"bwd_delta_ms\": %.4f, "
+                    "\"bwd_attn_ms\": %.4f, \"bwd_finalize_ms\": %.4f",
+                    pf.stats / nf, pf.threshold / nf, pf.forward / nf, pb.stats / nb, pb.threshold / nb,
+                    pb.delta / nb, pb.backward / nb, pb.finalize / nb);
       const double mm = 2.0 * double(L) * double(L) / 2.0 * D * Hq * B;
       const double f_tf = 2 * mm / (f_ms * 1e9), fb_tf = 7 * mm / (fb_ms * 1e9);
       if (json)
         std::printf("{\"L\": %ld, \"page_size\": %d, \"budget\": %d, \"fwd_ms\": %.4f, \"bwd_ms\": %.4f, "
-                    "\"fwd_bwd_ms\": %.4f, \"fwd_tflops\": %.2f, \"fwd_bwd_tflops\": %.2f}\n",
-                    L, P, cfg.budget_tokens, f_ms, b_ms, fb_ms, f_tf, fb_tf);
+                    "\"fwd_bwd_ms\": %.4f, \"fwd_tflops\": %.2f, \"fwd_bwd_tflops\": %.2f, %s}\n",
+                    L, P, cfg.budget_tokens, f_ms, b_ms, fb_ms, f_tf, fb_tf, brk);
       else
-        std::printf("%7ld %3d %7d %9.3f %9.3f %9.3f %9.1f %9.1f\n", L, P, cfg.budget_tokens, f_ms, b_ms, fb_ms, f_tf,
-                    fb_tf);
+        std::printf("%7ld %3d %7d %9.3f %9.3f %9.3f %9.1f %9.1f\n    breakdown (ms): %s\n", L, P, cfg.budget_tokens,
+                    f_ms, b_ms, fb_ms, f_tf, fb_tf, brk);
       std::fflush(stdout);
     }
     for (void* p : {q, k, v, o, go, dq, dk, dv, static_cast<void*>(lse)}) CK(cudaFree(p));

@@ -9,6 +9,7 @@
 #include "cuda/common.cuh"
 #include "cuda/grow_buffer.h"
 #include "cuda/soft_mask_kernels.h"
+#include "cuda/soft_mask_profile.h"
 
 namespace unique {
 
@@ -64,6 +65,48 @@ SoftMaskArgs make_soft_mask_args(const AttentionConfig& cfg, const TensorView& q
 
 }  // namespace cuda
 
+namespace cuda {
+namespace {
+struct ProfileState {
+  bool on = false;
+  SoftMaskProfile sums;
+  cudaEvent_t ev[7] = {};
+};
+ProfileState& profile_state() {
+  static ProfileState* p = new ProfileState;
+  return *p;
+}
+// Marks stage boundaries: mark(st, i) records event i; done(st, n, out) waits and adds
+// the n - 1 intervals to out[0..n-1).
+void profile_mark(cudaStream_t st, int i) {
+  ProfileState& p = profile_state();
+  if (!p.on) return;
+  if (!p.ev[i]) UNIQUE_CUDA_CHECK(cudaEventCreate(&p.ev[i]));
+  UNIQUE_CUDA_CHECK(cudaEventRecord(p.ev[i], st));
+}
+void profile_done(int n, double* const* out) {
+  ProfileState& p = profile_state();
+  if (!p.on) return;
+  UNIQUE_CUDA_CHECK(cudaEventSynchronize(p.ev[n - 1]));
+  for (int i = 0; i + 1 < n; ++i) {
+    float ms = 0;
+    UNIQUE_CUDA_CHECK(cudaEventElapsedTime(&ms, p.ev[i], p.ev[i + 1]));
+    *out[i] += ms;
+  }
+}
+}  // namespace
+
+void soft_mask_profile_enable(bool on) {
+  profile_state().on = on;
+  profile_state().sums = {};
+}
+SoftMaskProfile soft_mask_profile_take() {
+  const SoftMaskProfile r = profile_state().sums;
+  profile_state().sums = {};
+  return r;
+}
+}  // namespace cuda
+
 namespace cuda_backend {
 
 namespace {
@@ -112,9 +155,17 @@ void soft_mask_forward(const AttentionConfig& cfg, const TensorView& q, const Te
   Scratch& s = scratch();
   std::lock_guard<std::mutex> lock(s.mu);
   carve(a, D, false, s.buf.get(carve(a, D, false, nullptr)));
+  cuda::profile_mark(st, 0);
   cuda::launch_soft_mask_stats(a, D, st);
+  cuda::profile_mark(st, 1);
   cuda::launch_soft_mask_threshold(a, D, st);
+  cuda::profile_mark(st, 2);
   cuda::launch_soft_mask_forward(a, D, st);
+  cuda::profile_mark(st, 3);
+  cuda::SoftMaskProfile& ps = cuda::profile_state().sums;
+  double* const outs[3] = {&ps.stats, &ps.threshold, &ps.forward};
+  cuda::profile_done(4, outs);
+  if (cuda::profile_state().on) ++ps.fwd_calls;
 }
 
 void soft_mask_backward(const AttentionConfig& cfg, const TensorView& q, const TensorView& k, const TensorView& v,
@@ -143,11 +194,21 @@ void soft_mask_backward(const AttentionConfig& cfg, const TensorView& q, const T
   // The accumulators (everything after tau) start at zero.
   char* zero_from = reinterpret_cast<char*>(a.dq_acc);
   UNIQUE_CUDA_CHECK(cudaMemsetAsync(zero_from, 0, bytes - size_t(zero_from - static_cast<char*>(s.buf.ptr)), st));
+  cuda::profile_mark(st, 0);
   cuda::launch_soft_mask_stats(a, D, st);
+  cuda::profile_mark(st, 1);
   cuda::launch_soft_mask_threshold(a, D, st);
+  cuda::profile_mark(st, 2);
   cuda::launch_soft_mask_delta(a, D, st);
+  cuda::profile_mark(st, 3);
   cuda::launch_soft_mask_backward(a, D, st);
+  cuda::profile_mark(st, 4);
   cuda::launch_soft_mask_finalize(a, D, st);
+  cuda::profile_mark(st, 5);
+  cuda::SoftMaskProfile& ps = cuda::profile_state().sums;
+  double* const outs[5] = {&ps.stats, &ps.threshold, &ps.delta, &ps.backward, &ps.finalize};
+  cuda::profile_done(6, outs);
+  if (cuda::profile_state().on) ++ps.bwd_calls;
 }
 
 }  // namespace cuda_backend

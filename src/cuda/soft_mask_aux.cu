@@ -57,6 +57,29 @@ __device__ uint32_t kth_largest(const float* s, int n, int kth, int lane) {
   return K;
 }
 
+// tau of one row from its n candidate scores (whole warp): -inf (no mask) when n <= k,
+// else the midpoint of the k-th and (k+1)-th largest.
+__device__ float tau_from_scores(const SoftMaskArgs& a, const float* my_scores, int n, int lane) {
+  float tau = -INFINITY;  // no mask: n <= k candidates all weigh 1
+  if (n > a.kpages) {
+    const uint32_t kk = kth_largest(my_scores, n, a.kpages, lane);
+    // (k+1)-th largest: kk itself if it occurs more than once among the top k+1, else the
+    // largest key below it.
+    unsigned ge = 0;
+    uint32_t below = 0;
+    for (int i = lane; i < n; i += 32) {
+      const uint32_t x = order_key(my_scores[i]);
+      ge += x >= kk;
+      if (x < kk) below = max(below, x);
+    }
+    ge = __reduce_add_sync(0xffffffffu, ge);
+    below = __reduce_max_sync(0xffffffffu, below);
+    const uint32_t k1 = ge >= unsigned(a.kpages + 1) ? kk : below;
+    tau = 0.5f * (key_value(kk) + key_value(k1));
+  }
+  return tau;
+}
+
 template <class T, int D>
 __global__ void __launch_bounds__(kRows * 32) threshold_kernel(const SoftMaskArgs a, int max_cand) {
   extern __shared__ float sm[];
@@ -104,24 +127,80 @@ __global__ void __launch_bounds__(kRows * 32) threshold_kernel(const SoftMaskArg
   }
   __syncwarp();
   if (t >= a.L) return;
-  const int n = my_last - a.sink + 1;
-  float tau = -INFINITY;  // no mask: n <= k candidates all weigh 1
-  if (n > a.kpages) {
-    const uint32_t kk = kth_largest(my_scores, n, a.kpages, lane);
-    // (k+1)-th largest: kk itself if it occurs more than once among the top k+1, else the
-    // largest key below it.
-    unsigned ge = 0;
-    uint32_t below = 0;
-    for (int i = lane; i < n; i += 32) {
-      const uint32_t x = order_key(my_scores[i]);
-      ge += x >= kk;
-      if (x < kk) below = max(below, x);
-    }
-    ge = __reduce_add_sync(0xffffffffu, ge);
-    below = __reduce_max_sync(0xffffffffu, below);
-    const uint32_t k1 = ge >= unsigned(a.kpages + 1) ? kk : below;
-    tau = 0.5f * (key_value(kk) + key_value(k1));
+  const float tau = tau_from_scores(a, my_scores, my_last - a.sink + 1, lane);
+  if (lane == 0) a.tau[(int64_t(b) * a.Hq + hq) * a.L + t] = tau;
+}
+
+// Tensor-core thresholds: one block of kMRows = 16 query rows (one m16 tile, one query
+// head) and kMWarps warps. Scores [q, |q|] x [mu, sigma]^T with mu/sigma split hi + lo
+// (as warp_log_weights), B fragments straight from global memory (L2), warp w taking
+// the 8-page column tiles w, w + kMWarps, ...; then warp w selects row w's threshold.
+constexpr int kMRows = 16, kMWarps = 16;
+
+template <class T, int D>
+__global__ void __launch_bounds__(kMWarps * 32) threshold_mma_kernel(const SoftMaskArgs a, int max_cand) {
+  extern __shared__ uint4 smem_raw[];
+  T* q_s = reinterpret_cast<T*>(smem_raw);                          // [16][D] swizzled
+  float* scores = reinterpret_cast<float*>(q_s + kMRows * D);       // [16][max_cand]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int hq = blockIdx.y, b = blockIdx.z, h = hq / a.group;
+  const int64_t t0 = int64_t(gridDim.x - 1 - blockIdx.x) * kMRows;  // heaviest (most pages) first
+  const T* Q = static_cast<const T*>(a.q);
+  constexpr int CH = D / 8;
+  for (int i = threadIdx.x; i < kMRows * D; i += blockDim.x) {  // q need not be 16-byte aligned here
+    const int r = i / D, d = i % D;
+    const int64_t tt = t0 + r;
+    q_s[swz(r, d / 8, CH) * 8 + d % 8] = tt < a.L ? Q[row_off(a.qs, b, tt, hq) + d] : from_f<T>(0.0f);
   }
+  __syncthreads();
+  uint32_t qf[D / 16][4];
+  load_q_fragments<T, D>(q_s, 0, lane, qf);
+  const int64_t t_last = std::min<int64_t>(t0 + kMRows, a.L) - 1;
+  const int block_last = last_candidate(a, t_last);
+  int row_last[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t tt = t0 + g + 8 * r;
+    row_last[r] = tt < a.L ? last_candidate(a, tt) : -1;
+  }
+  const float* mu = a.mu + (int64_t(b) * a.Hkv + h) * a.NC * D;
+  const float* sg = a.sig + (int64_t(b) * a.Hkv + h) * a.NC * D;
+  for (int j0 = a.sink + warp * 8; j0 <= block_last; j0 += kMWarps * 8) {
+    const int jb = j0 + g;  // this lane's B column (page)
+    const bool has = jb <= block_last;
+    float dot[4] = {}, off[4] = {};
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      float2 m0 = make_float2(0.0f, 0.0f), m1 = m0, s0 = m0, s1 = m0;
+      if (has) {
+        const int64_t o = int64_t(jb) * D + kk * 16 + 2 * t4;
+        m0 = *reinterpret_cast<const float2*>(mu + o);
+        m1 = *reinterpret_cast<const float2*>(mu + o + 8);
+        s0 = *reinterpret_cast<const float2*>(sg + o);
+        s1 = *reinterpret_cast<const float2*>(sg + o + 8);
+      }
+      uint32_t mh[2], ml[2], sh[2], sl[2];
+      split2<T>(m0.x, m0.y, mh[0], ml[0]);
+      split2<T>(m1.x, m1.y, mh[1], ml[1]);
+      split2<T>(s0.x, s0.y, sh[0], sl[0]);
+      split2<T>(s1.x, s1.y, sh[1], sl[1]);
+      const uint32_t qa[4] = {qf[kk][0] & 0x7fff7fffu, qf[kk][1] & 0x7fff7fffu, qf[kk][2] & 0x7fff7fffu,
+                              qf[kk][3] & 0x7fff7fffu};
+      mma16816<T>(dot, qf[kk], mh);
+      mma16816<T>(dot, qf[kk], ml);
+      mma16816<T>(off, qa, sh);
+      mma16816<T>(off, qa, sl);
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = e / 2, j = j0 + 2 * t4 + (e & 1);
+      if (j <= row_last[r]) scores[(g + 8 * r) * max_cand + (j - a.sink)] = a.scale * (dot[e] + a.alpha * off[e]);
+    }
+  }
+  __syncthreads();
+  const int64_t t = t0 + warp;
+  if (warp >= kMRows || t >= a.L) return;
+  const float tau = tau_from_scores(a, scores + warp * max_cand, last_candidate(a, t) - a.sink + 1, lane);
   if (lane == 0) a.tau[(int64_t(b) * a.Hq + hq) * a.L + t] = tau;
 }
 
@@ -188,10 +267,20 @@ void launch_soft_mask_stats(const SoftMaskArgs& a, int D, cudaStream_t stream) {
 template <class T, int D>
 static void launch_threshold_typed(const SoftMaskArgs& a, cudaStream_t stream) {
   const int max_cand = std::max(a.NC, 1);
-  const size_t smem = (2 * 32 * (D + 1) + kRows * D + size_t(kRows) * max_cand) * sizeof(float);
   int dev = 0, optin = 0;
   UNIQUE_CUDA_CHECK(cudaGetDevice(&dev));
   UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  // Tensor-core kernel while 16 rows of scores fit in shared memory (L / P up to ~3.5K).
+  const size_t smem_mma = size_t(kMRows) * D * sizeof(T) + size_t(kMRows) * max_cand * sizeof(float);
+  if (smem_mma <= size_t(optin)) {
+    auto kernel = threshold_mma_kernel<T, D>;
+    UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_mma)));
+    const dim3 grid((a.L + kMRows - 1) / kMRows, a.Hq, a.B);
+    kernel<<<grid, kMWarps * 32, smem_mma, stream>>>(a, max_cand);
+    UNIQUE_CUDA_LAUNCH("soft_mask threshold_mma_kernel");
+    return;
+  }
+  const size_t smem = (2 * 32 * (D + 1) + kRows * D + size_t(kRows) * max_cand) * sizeof(float);
   UNIQUE_CHECK_ARG(smem <= size_t(optin), "seq_len / page_size",
                    detail::concat("<= ", (size_t(optin) / sizeof(float) - 2 * 32 * (D + 1) - kRows * D) / kRows,
                                   " complete pages (CUDA soft-mask threshold kernel)"),

@@ -20,9 +20,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const SoftMaskArgs a)
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + kTile * D;
   T* sV = sK + 2 * kTile * D;
-  float* mu_s = reinterpret_cast<float*>(sV + 2 * kTile * D);  // [4][D]
-  float* sig_s = mu_s + kMaxPagesPerTile * D;                  // [4][D]
-  float* bias_s = sig_s + kMaxPagesPerTile * D;                // [64][4]
+  float* mu_s = reinterpret_cast<float*>(sV + 2 * kTile * D);  // [2 stages][4][D]
+  float* sig_s = mu_s + 2 * kMaxPagesPerTile * D;              // [2 stages][4][D]
+  float* bias_s = sig_s + 2 * kMaxPagesPerTile * D;            // [64][4]
   float* tau_s = bias_s + kTile * kMaxPagesPerTile;            // [64]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -52,6 +52,17 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const SoftMaskArgs a)
       }
       cp_async16(dk + swz(r, c, CH) * 8, srck, bytes);
       cp_async16(dv + swz(r, c, CH) * 8, srcv, bytes);
+    }
+    // mu/sigma of the tile's pages (contiguous [npg][D] fp32; zeros past the complete pages).
+    const int npg = kTile / a.P;
+    float* dmu = mu_s + stage * kMaxPagesPerTile * D;
+    float* dsg = sig_s + stage * kMaxPagesPerTile * D;
+    for (int idx = tid; idx < npg * D / 4; idx += kThreads) {
+      const int j = tile * npg + idx / (D / 4);
+      const bool in = j < a.NC;
+      const int64_t o = in ? ((int64_t(b) * a.Hkv + h) * a.NC + tile * npg) * D + idx * 4 : 0;
+      cp_async16(dmu + idx * 4, a.mu + o, in ? 16 : 0);
+      cp_async16(dsg + idx * 4, a.sig + o, in ? 16 : 0);
     }
     cp_async_commit();
   };
@@ -83,10 +94,10 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const SoftMaskArgs a)
     } else {
       cp_async_wait<0>();
     }
-    load_tile_stats<D>(a, b, h, tile, mu_s, sig_s);
-    __syncthreads();
-    tile_log_weights<T, D>(a, sQ, mu_s, sig_s, tau_s, row0, tile, bias_s);
-    __syncthreads();
+    __syncthreads();  // tile `tile` (K, V, mu, sigma) visible to all warps
+    warp_log_weights<T, D>(a, qf, mu_s + stage * kMaxPagesPerTile * D, sig_s + stage * kMaxPagesPerTile * D, tau_s,
+                           row0, warp * 16, tile, lane, bias_s);
+    __syncwarp();  // each warp reads only its own 16 rows of bias_s
     const T* k_s = sK + stage * kTile * D;
     const T* v_s = sV + stage * kTile * D;
 
@@ -95,18 +106,22 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const SoftMaskArgs a)
 
     const bool diag = int64_t(tile + 1) * kTile - 1 > row0;
     float mx[2] = {m[0], m[1]};
+    const int pshift = __ffs(a.P) - 1;  // P is 16, 32 or 64: the 8 keys of an n8 tile share a page
 #pragma unroll
-    for (int nt = 0; nt < kTile / 8; ++nt)
+    for (int nt = 0; nt < kTile / 8; ++nt) {
+      const int pg = (nt * 8) >> pshift;
+      const float bw[2] = {bias_s[(warp * 16 + g) * kMaxPagesPerTile + pg] * kLog2e,
+                           bias_s[(warp * 16 + g + 8) * kMaxPagesPerTile + pg] * kLog2e};
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int kl = nt * 8 + 2 * t4 + (e & 1);  // key within the tile
         const int64_t key = int64_t(tile) * kTile + kl;
-        const int rl = warp * 16 + g + 8 * (e / 2);
-        float x = s[nt][e] * a.scale_log2 + bias_s[rl * kMaxPagesPerTile + kl / a.P] * kLog2e;
+        float x = s[nt][e] * a.scale_log2 + bw[e / 2];
         if (diag && (key > my_row[e / 2] || key >= a.L)) x = -INFINITY;
         s[nt][e] = x;
         mx[e / 2] = fmaxf(mx[e / 2], x);
       }
+    }
     float corr[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -174,7 +189,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const SoftMaskArgs a)
 template <class T, int D>
 void launch_typed(const SoftMaskArgs& a, cudaStream_t stream) {
   const size_t smem = size_t(5) * kTile * D * sizeof(T) +
-                      (2 * kMaxPagesPerTile * D + kTile * kMaxPagesPerTile + kTile) * sizeof(float);
+                      (4 * kMaxPagesPerTile * D + kTile * kMaxPagesPerTile + kTile) * sizeof(float);
   auto kernel = forward_kernel<T, D>;
   UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const dim3 grid((a.L + kTile - 1) / kTile, a.Hq, a.B);
