@@ -44,35 +44,6 @@ __device__ __forceinline__ void load_tile_stats(const SoftMaskArgs& a, int b, in
   }
 }
 
-// bias_s[r * kMaxPagesPerTile + pi] = log m of query row0 + r and page pi of key tile
-// `key_tile` (0 where the page is not a candidate or the row has no mask). q_s is the
-// swizzled [kTile][D] tile of the queries in T; tau_s their thresholds.
-template <class T, int D>
-__device__ __forceinline__ void tile_log_weights(const SoftMaskArgs& a, const T* q_s, const float* mu_s,
-                                                 const float* sig_s, const float* tau_s, int64_t row0,
-                                                 int key_tile, float* bias_s) {
-  const int npg = kTile / a.P;
-  for (int i = threadIdx.x; i < kTile * npg; i += blockDim.x) {
-    const int r = i % kTile, pi = i / kTile;
-    const int64_t t = row0 + r;
-    const int j = key_tile * npg + pi;
-    float lw = 0.0f;
-    const float tau = tau_s[r];
-    if (t < a.L && tau != -INFINITY && j >= a.sink && j <= last_candidate(a, t)) {
-      float dot = 0.0f, off = 0.0f;
-#pragma unroll 8
-      for (int d = 0; d < D; ++d) {
-        const float x = to_f<T>(q_s[swz(r, d / 8, D / 8) * 8 + d % 8]);
-        dot = fmaf(x, mu_s[pi * D + d], dot);
-        off = fmaf(fabsf(x), sig_s[pi * D + d], off);
-      }
-      const float s = a.scale * (dot + a.alpha * off);
-      lw = log_sigmoid((s - tau) * a.inv_T);
-    }
-    bias_s[r * kMaxPagesPerTile + pi] = lw;
-  }
-}
-
 // x ~= hi + lo as two packed pairs of T (hi = round(x), lo = round(x - hi)): about twice
 // T's mantissa, so a tensor-core product with an exact T operand is good to ~1e-5.
 template <class T>
@@ -90,8 +61,9 @@ __device__ __forceinline__ void split2(float x, float y, uint32_t& hi, uint32_t&
   lo = pack2<T>(x - hx, y - hy);
 }
 
-// Tensor-core version of tile_log_weights for one warp's 16 query rows [r0, r0 + 16) of the
-// block's tile (qf: their A fragments; rows row0 + r0 + ...): the scores of the tile's
+// The page bias log m (0 for rows without a mask and pages that are not candidates) of one
+// warp's 16 query rows [r0, r0 + 16) of the block's tile (qf: their A fragments; rows
+// row0 + r0 + ...), on tensor cores: the scores of the tile's
 // pages are [q, |q|] x [mu, sigma]^T (|q| by clearing the sign bits of the packed pairs;
 // mu/sigma split hi + lo, fp32 accumulation), 2 mma per 16 channels. The warp writes only
 // bias_s rows [r0, r0 + 16).
