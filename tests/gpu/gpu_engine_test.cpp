@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -79,11 +80,16 @@ EngineOptions options(Device dev, Estimator e = Estimator::dense, int budget = 2
 
 double tolerance(const std::string& dt) { return dt == "F32" ? 5e-3 : 5e-2; }
 
+// A random tiny model written to a fresh directory and loaded back.
+std::unique_ptr<Model> tiny_model(const std::string& name, const enginetest::TinySpec& sp) {
+  const std::string dir = enginetest::temp_dir(name);
+  enginetest::write_tiny(dir, sp);
+  return Model::load(dir);
+}
+
 // Prefill (3 chunks) + teacher-forced decode steps on both backends.
 void compare_backends(const enginetest::TinySpec& sp, const EngineOptions& base, int prompt_len, int steps) {
-  const std::string dir = enginetest::temp_dir("gpu_engine");
-  enginetest::write_tiny(dir, sp);
-  auto model = Model::load(dir);
+  auto model = tiny_model("gpu_engine", sp);
   const int V = model->config().vocab_size;
   EngineOptions oc = base, og = base;
   oc.device = Device::cpu;
@@ -169,9 +175,7 @@ TEST(GpuEngine, UnisparsePrefillMatchesCpu) {
 // Sparse with budget >= context reads every page: the dense step's logits.
 TEST(GpuEngine, BudgetAtLeastContextEqualsDense) {
   SKIP_WITHOUT_GPU();
-  const std::string dir = enginetest::temp_dir("gpu_engine_budget");
-  enginetest::write_tiny(dir, spec("LlamaForCausalLM", "BF16", true, true, false, false));
-  auto model = Model::load(dir);
+  auto model = tiny_model("gpu_engine_budget", spec("LlamaForCausalLM", "BF16", true, true, false, false));
   const int V = model->config().vocab_size;
   Engine dense(*model, options(Device::cuda)), sparse(*model, options(Device::cuda, Estimator::unique, 1024));
   const int a = dense.add_sequence(), b = sparse.add_sequence();
@@ -192,9 +196,7 @@ TEST(GpuEngine, BudgetAtLeastContextEqualsDense) {
 // (default) equals eager launches; a fork continues like its source.
 TEST(GpuEngine, RaggedBatchGraphAndFork) {
   SKIP_WITHOUT_GPU();
-  const std::string dir = enginetest::temp_dir("gpu_engine_batch");
-  enginetest::write_tiny(dir, spec("Qwen3ForCausalLM", "BF16", false, false, false, true));
-  auto model = Model::load(dir);
+  auto model = tiny_model("gpu_engine_batch", spec("Qwen3ForCausalLM", "BF16", false, false, false, true));
   const int V = model->config().vocab_size;
   EngineOptions og = options(Device::cuda, Estimator::unique, 64);
   EngineOptions oe = og;
@@ -244,9 +246,7 @@ TEST(GpuEngine, RaggedBatchGraphAndFork) {
 
 TEST(GpuEngine, FillSyntheticThenDecode) {
   SKIP_WITHOUT_GPU();
-  const std::string dir = enginetest::temp_dir("gpu_engine_fill");
-  enginetest::write_tiny(dir, spec("LlamaForCausalLM", "BF16", true, true, false, false));
-  auto model = Model::load(dir);
+  auto model = tiny_model("gpu_engine_fill", spec("LlamaForCausalLM", "BF16", true, true, false, false));
   const int V = model->config().vocab_size;
   EngineOptions o = options(Device::cuda, Estimator::unique, 128);
   o.max_context = 4096;
@@ -265,9 +265,7 @@ TEST(GpuEngine, FillSyntheticThenDecode) {
 // the library's per-thread stream must not be left pointing at a stream the engine destroys.
 TEST(GpuEngine, RestoresTheLibraryStream) {
   SKIP_WITHOUT_GPU();
-  const std::string dir = enginetest::temp_dir("gpu_engine_stream");
-  enginetest::write_tiny(dir, spec("LlamaForCausalLM", "BF16", true, true, false, false));
-  auto model = Model::load(dir);
+  auto model = tiny_model("gpu_engine_stream", spec("LlamaForCausalLM", "BF16", true, true, false, false));
   void* before = cuda_stream();
   {
     Engine eng(*model, options(Device::cuda, Estimator::unique, 64));
@@ -283,9 +281,7 @@ TEST(GpuEngine, RestoresTheLibraryStream) {
 
 TEST(GpuEngine, BadInput) {
   SKIP_WITHOUT_GPU();
-  const std::string dir = enginetest::temp_dir("gpu_engine_bad");
-  enginetest::write_tiny(dir, spec("LlamaForCausalLM", "F32", true, true, false, false));
-  auto model = Model::load(dir);
+  auto model = tiny_model("gpu_engine_bad", spec("LlamaForCausalLM", "F32", true, true, false, false));
   EngineOptions o = options(Device::cuda);
   o.kv_dtype = DType::f32;
   try {

@@ -36,8 +36,6 @@ namespace {
 
 namespace k = ::unique::engine::cuda;
 
-#define ENGINE_CUDA(call) UNIQUE_CUDA_CHECK(call)
-
 void check_cublas(cublasStatus_t s, const char* call) {
   if (s != CUBLAS_STATUS_SUCCESS)
     throw RuntimeError(concat("cuBLAS error in ", call, ": ", cublasGetStatusName(s), " (", cublasGetStatusString(s), ")"));
@@ -91,12 +89,11 @@ class StreamScope {
   void* prev_;
 };
 
-// A host weight converted to `dt` and copied to dst (at row offset `row0` of a matrix with
-// the same number of columns).
+// A host weight converted to `dt` and copied to dst.
 void upload(const Weight& w, DType dt, void* dst, cudaStream_t stream) {
   if (w.dtype == dt) {
-    ENGINE_CUDA(cudaMemcpyAsync(dst, w.data, w.bytes(), cudaMemcpyHostToDevice, stream));
-    ENGINE_CUDA(cudaStreamSynchronize(stream));  // w.data may be a memory map; keep it simple
+    UNIQUE_CUDA_CHECK(cudaMemcpyAsync(dst, w.data, w.bytes(), cudaMemcpyHostToDevice, stream));
+    UNIQUE_CUDA_CHECK(cudaStreamSynchronize(stream));  // w.data may be a memory map; keep it simple
     return;
   }
   const int64_t n = w.rows * w.cols, chunk = int64_t(1) << 22;
@@ -104,7 +101,7 @@ void upload(const Weight& w, DType dt, void* dst, cudaStream_t stream) {
   for (int64_t s = 0; s < n; s += chunk) {
     const int64_t m = std::min(chunk, n - s);
     for (int64_t i = 0; i < m; ++i) store_from_float(buf.data(), dt, size_t(i), load_as_float(w.data, w.dtype, s + i));
-    ENGINE_CUDA(cudaMemcpy(static_cast<uint8_t*>(dst) + s * dtype_size(dt), buf.data(), m * dtype_size(dt),
+    UNIQUE_CUDA_CHECK(cudaMemcpy(static_cast<uint8_t*>(dst) + s * dtype_size(dt), buf.data(), m * dtype_size(dt),
                            cudaMemcpyHostToDevice));
   }
 }
@@ -112,7 +109,7 @@ void upload(const Weight& w, DType dt, void* dst, cudaStream_t stream) {
 float* upload_floats(DeviceArena& arena, const std::vector<float>& v, const char* what) {
   if (v.empty()) return nullptr;
   float* d = arena.alloc<float>(v.size() * 4, what);
-  ENGINE_CUDA(cudaMemcpy(d, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
+  UNIQUE_CUDA_CHECK(cudaMemcpy(d, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
   return d;
 }
 
@@ -207,7 +204,7 @@ void CudaEngine::Impl::init() {
   UNIQUE_CHECK_ARG(kvo.dtype == DType::bf16 || kvo.dtype == DType::f16, "kv_dtype",
                    "bf16 or fp16 with --device cuda (the prefill runs on tensor cores)", to_string(kvo.dtype));
   UNIQUE_CHECK_ARG(c.head_dim == 64 || c.head_dim == 128, "head_dim", "64 or 128 with --device cuda", c.head_dim);
-  ENGINE_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  UNIQUE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   ENGINE_CUBLAS(cublasCreate(&blas));
   ENGINE_CUBLAS(cublasSetStream(blas, stream));
   // A fixed workspace: cuBLAS allocates nothing inside a graph capture.
@@ -230,12 +227,12 @@ void CudaEngine::Impl::init() {
   h = arena.alloc(rows_cap * std::max(H, I) * ws_, "activations");
   att = arena.alloc(rows_cap * qd * ws_, "activations");
   logits = arena.alloc<float>(int64_t(opt.max_batch) * c.vocab_size * 4, "logits");
-  ENGINE_CUDA(cudaMallocHost(&logits_h, size_t(opt.max_batch) * c.vocab_size * 4));
+  UNIQUE_CUDA_CHECK(cudaMallocHost(&logits_h, size_t(opt.max_batch) * c.vocab_size * 4));
 
   pages_per_seq = static_cast<int>((opt.max_context + kvo.page_size - 1) / kvo.page_size);
   meta = MetaLayout(rows_cap, opt.max_batch, pages_per_seq);
   meta_d = arena.alloc<int32_t>(meta.total * 4, "page table");
-  ENGINE_CUDA(cudaMallocHost(&meta_h, meta.total * 4));
+  UNIQUE_CUDA_CHECK(cudaMallocHost(&meta_h, meta.total * 4));
 
   // The KV pool: every layer has the same pages (one allocator).
   const size_t page_elems = size_t(kvo.num_kv_heads) * kvo.page_size * kvo.head_dim;
@@ -258,7 +255,7 @@ void CudaEngine::Impl::init() {
 
 void CudaEngine::Impl::upload_weights() {
   const ModelConfig& c = model.config();
-  const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
+  const int64_t D = c.head_dim;
   const int64_t qd = int64_t(c.num_heads) * D, kd = int64_t(c.num_kv_heads) * D;
   const size_t es = dtype_size(wdt);
   auto matrix = [&](std::initializer_list<const Weight*> parts, const char* what) {
@@ -297,8 +294,6 @@ void CudaEngine::Impl::upload_weights() {
     }
     layers.push_back(L);
   }
-  (void)H;
-  (void)I;
 }
 
 PagedKV CudaEngine::Impl::layer_kv(int l, int batch) const {
@@ -389,8 +384,8 @@ void CudaEngine::Impl::layers_forward(int T, int batch, bool decode, int64_t kv_
       select_prefill_blocks(cfg, qv, kv, 0, kv_len, sel);
       sparse_prefill(cfg, qv, kv, 0, kv_len, &sel, ov, TensorView{});
       std::vector<int32_t> counts(size_t(Hq) * pb.num_q_blocks);
-      ENGINE_CUDA(cudaMemcpyAsync(counts.data(), pf_counts, counts.size() * 4, cudaMemcpyDeviceToHost, stream));
-      ENGINE_CUDA(cudaStreamSynchronize(stream));
+      UNIQUE_CUDA_CHECK(cudaMemcpyAsync(counts.data(), pf_counts, counts.size() * 4, cudaMemcpyDeviceToHost, stream));
+      UNIQUE_CUDA_CHECK(cudaStreamSynchronize(stream));
       for (int32_t n : counts) stats->blocks_kept += n;
       for (int i = 0; i < pb.num_q_blocks; ++i) stats->blocks_dense += int64_t(Hq) * (pb.first_q_block + i + 1);
     } else {
@@ -435,7 +430,7 @@ void CudaEngine::Impl::write_table(const std::vector<int>& seqs, const std::vect
 void CudaEngine::Impl::upload_meta(int rows, int batch, int n_out) {
   auto put = [&](int64_t off, int64_t n) {
     if (n > 0)
-      ENGINE_CUDA(cudaMemcpyAsync(meta_d + off, meta_h + off, n * 4, cudaMemcpyHostToDevice, stream));
+      UNIQUE_CUDA_CHECK(cudaMemcpyAsync(meta_d + off, meta_h + off, n * 4, cudaMemcpyHostToDevice, stream));
   };
   put(meta.tokens, rows);
   put(meta.pos, rows);
@@ -508,7 +503,7 @@ int CudaEngine::fork_sequence(int seq) {
   int32_t* src = s.meta_h + s.meta.indices;
   std::copy(s.seq_pages[seq].begin(), s.seq_pages[seq].end(), src);
   std::copy(s.seq_pages[id].begin(), s.seq_pages[id].end(), src + n);
-  ENGINE_CUDA(cudaMemcpyAsync(s.meta_d + s.meta.indices, src, 2 * n * 4, cudaMemcpyHostToDevice, s.stream));
+  UNIQUE_CUDA_CHECK(cudaMemcpyAsync(s.meta_d + s.meta.indices, src, 2 * n * 4, cudaMemcpyHostToDevice, s.stream));
   const int32_t* sd = s.meta_d + s.meta.indices;
   const int64_t kv_row = int64_t(s.kvo.num_kv_heads) * s.kvo.page_size * s.kvo.head_dim * dtype_size(s.kvo.dtype);
   const int64_t st_row = int64_t(s.kvo.num_kv_heads) * s.kvo.head_dim * dtype_size(s.kvo.stats_dtype);
@@ -517,7 +512,7 @@ int CudaEngine::fork_sequence(int seq) {
     for (void* base : {L.mean, L.std, L.kmin, L.kmax})
       if (base) k::copy_rows(base, st_row, sd, sd + n, n, s.stream);
   }
-  ENGINE_CUDA(cudaStreamSynchronize(s.stream));
+  UNIQUE_CUDA_CHECK(cudaStreamSynchronize(s.stream));
   return id;
 }
 
@@ -557,7 +552,7 @@ void CudaEngine::forward(const std::vector<int>& seqs, const std::vector<int>& c
       if (s.opt.attention.estimator != Estimator::dense && s.opt.dense_layers < s.model.config().num_layers)
         s.plan_for(B, false);
       cudaGraph_t g = nullptr;
-      ENGINE_CUDA(cudaStreamBeginCapture(s.stream, cudaStreamCaptureModeThreadLocal));
+      UNIQUE_CUDA_CHECK(cudaStreamBeginCapture(s.stream, cudaStreamCaptureModeThreadLocal));
       try {
         s.layers_forward(T, B, true, 0, n_out, nullptr);
       } catch (...) {
@@ -565,24 +560,24 @@ void CudaEngine::forward(const std::vector<int>& seqs, const std::vector<int>& c
         if (g) cudaGraphDestroy(g);
         throw;
       }
-      ENGINE_CUDA(cudaStreamEndCapture(s.stream, &g));
+      UNIQUE_CUDA_CHECK(cudaStreamEndCapture(s.stream, &g));
       cudaGraphExec_t exec = nullptr;
       const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
       cudaGraphDestroy(g);
-      ENGINE_CUDA(e);
+      UNIQUE_CUDA_CHECK(e);
       it = s.graphs.emplace(B, exec).first;
     }
-    ENGINE_CUDA(cudaGraphLaunch(it->second, s.stream));
+    UNIQUE_CUDA_CHECK(cudaGraphLaunch(it->second, s.stream));
   } else {
     s.layers_forward(T, B, decode, decode ? 0 : lens[0], n_out, &stats);
   }
   if (n_out > 0) {
     const size_t bytes = size_t(n_out) * s.model.config().vocab_size * 4;
-    ENGINE_CUDA(cudaMemcpyAsync(s.logits_h, s.logits, bytes, cudaMemcpyDeviceToHost, s.stream));
-    ENGINE_CUDA(cudaStreamSynchronize(s.stream));
+    UNIQUE_CUDA_CHECK(cudaMemcpyAsync(s.logits_h, s.logits, bytes, cudaMemcpyDeviceToHost, s.stream));
+    UNIQUE_CUDA_CHECK(cudaStreamSynchronize(s.stream));
     std::memcpy(logits, s.logits_h, bytes);
   } else {
-    ENGINE_CUDA(cudaStreamSynchronize(s.stream));
+    UNIQUE_CUDA_CHECK(cudaStreamSynchronize(s.stream));
   }
   for (int b = 0; b < B; ++b) s.seq_len[seqs[b]] = lens[b];
 }
@@ -605,7 +600,7 @@ void CudaEngine::fill_synthetic(int seq, int64_t tokens, uint64_t seed) {
       append_kv(s.layer_kv(l, 1), make_view(s.knew, DType::f32, {n, Hk, D}, Device::cuda),
                 make_view(s.vnew, DType::f32, {n, Hk, D}, Device::cuda), s.meta_d + s.meta.append_indptr);
     }
-    ENGINE_CUDA(cudaStreamSynchronize(s.stream));
+    UNIQUE_CUDA_CHECK(cudaStreamSynchronize(s.stream));
     s.seq_len[seq] = len;
   }
 }
