@@ -11,7 +11,7 @@
 # Needs the corpus .train/corpus (scripts/train/prepare_corpus.py on a machine with the
 # Debian packages bible-kjv-text and python3.11; carry it). Checkpoints go to
 # CKPT (default .train/ckpt): a call cut short resumes from them; FRESH=1 deletes them and WORK first.
-#   OUT=dir  WORK=dir  PYTHON=python3  DENSE_MIN=4.5  FT_MIN=1.75  EVAL_MIN=1.5  TINY=1 (CPU smoke test)
+#   OUT=dir  WORK=dir  PYTHON=python3  DENSE_MIN=7.5  FT_MIN=1.75  EVAL_MIN=1.5  TINY=1 (CPU smoke test)
 #   STAGES="dense ft control eval plot" (default: all; control only with CONTROL_MIN): run a subset,
 #     e.g. a longer dense run in one call (STAGES=dense DENSE_MIN=9.5; a later call with a larger
 #     DENSE_MIN resumes it) and "ft eval plot" in the next (rm $CKPT/softmask.pt to redo a fine-tune)
@@ -24,7 +24,7 @@ PY=${PYTHON:-python3}
 OUTDIR=${WORK:-.train/experiment}
 CORPUS=${CORPUS:-.train/corpus}
 CKPT=${CKPT:-.train/ckpt}
-DENSE_MIN=${DENSE_MIN:-4.5}
+DENSE_MIN=${DENSE_MIN:-7.5}
 FT_MIN=${FT_MIN:-1.75}
 EVAL_MIN=${EVAL_MIN:-1.5}
 TINY_FLAG=()

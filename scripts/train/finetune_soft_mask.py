@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train  # noqa: E402
 
 DEFAULTS = ["--attn", "unique_soft_mask", "--lr", "3e-4", "--minutes", "2", "--curriculum", "",
-            "--tokens-per-step", "32768", "--out", ".train/model-softmask", "--seed", "4321", "--wd", "0.0"]
+            "--tokens-per-step", "32768", "--retrieval-first", "0", "--out", ".train/model-softmask", "--seed", "4321", "--wd", "0.0"]
 
 if __name__ == "__main__":
     argv = sys.argv[1:]

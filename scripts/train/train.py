@@ -32,14 +32,22 @@ def parse(argv=None):
     ap.add_argument("--ckpt", default=None, help="checkpoint file (default OUT/../<name>.ckpt.pt)")
     ap.add_argument("--size", default="demo", choices=sorted(C.MODEL_SIZES))
     ap.add_argument("--context", type=int, default=8192)
-    ap.add_argument("--curriculum", default="0.2:1024,0.45:4096",
+    ap.add_argument("--curriculum", default="0.3:2048",
                     help="frac:len,... : before time fraction frac train at len (then --context)")
-    ap.add_argument("--tokens-per-step", type=int, default=65536)
-    ap.add_argument("--minutes", type=float, default=5.0, help="training wall-clock budget (all runs together)")
+    ap.add_argument("--tokens-per-step", type=int, default=16384)
+    ap.add_argument("--minutes", type=float, default=7.5, help="training wall-clock budget (all runs together)")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: time only)")
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--wd", type=float, default=0.1)
     ap.add_argument("--synth-frac", type=float, default=0.5, help="fraction of retrieval sequences")
+    ap.add_argument("--retrieval-first", type=float, default=0.95, metavar="ACC",
+                    help="first train on retrieval sequences only, at --retrieval-len tokens, until the answer "
+                         "accuracy (mean of the last 4 logs) reaches ACC or --retrieval-max-frac of the time is "
+                         "spent; then --synth-frac and --curriculum apply, their fractions counted over the rest "
+                         "of the time (0: off). Retrieval forms as a sudden phase change that mixed text delays "
+                         "past a short run's end (docs/RESULTS.md, issue 7)")
+    ap.add_argument("--retrieval-len", type=int, default=512)
+    ap.add_argument("--retrieval-max-frac", type=float, default=0.6)
     ap.add_argument("--answer-weight", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--ckpt-every", type=float, default=60.0, help="seconds between checkpoints")
@@ -62,6 +70,7 @@ def parse(argv=None):
         a.size, a.context, a.tokens_per_step = "tiny", 512, 2048
         if not a.init:
             a.curriculum = "0.3:384"
+            a.retrieval_len = 384
         a.ckpt_every = min(a.ckpt_every, 5.0)
         a.log_every = min(a.log_every, 2)
     if a.ckpt is None:
@@ -70,6 +79,7 @@ def parse(argv=None):
 
 
 def seq_len_at(frac, a):
+    """frac: the fraction of the curriculum's time spent (after the retrieval-first phase)."""
     for part in filter(None, a.curriculum.split(",")):
         f, n = part.split(":")
         if frac < float(f):
@@ -108,11 +118,13 @@ def main(argv=None):
     corpus = C.Corpus(a.corpus, "train")
     rng = np.random.default_rng(a.seed)
     step, elapsed, history = 0, 0.0, []
+    switch_frac = None if a.retrieval_first > 0 else 0.0  # time fraction at which retrieval-first ended
     if os.path.exists(a.ckpt):
         ck = torch.load(a.ckpt, map_location=dev, weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step, elapsed, history = ck["step"], ck["elapsed"], ck["history"]
+        switch_frac = ck.get("switch_frac", switch_frac)
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
         print(f"train: resumed {a.ckpt} at step {step}, {elapsed:.0f}s done", flush=True)
@@ -124,7 +136,7 @@ def main(argv=None):
     def save_ckpt():
         tmp = a.ckpt + ".tmp"
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
-                    "history": history, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                    "history": history, "switch_frac": switch_frac, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                     "args": vars(a)}, tmp)
         os.replace(tmp, a.ckpt)
 
@@ -138,7 +150,16 @@ def main(argv=None):
         frac = elapsed / budget
         if frac >= 1.0 or (a.max_steps and step >= a.max_steps):
             break
-        L = seq_len_at(frac, a)
+        if switch_frac is None:
+            recent_acc = [h["answer_acc"] for h in history[-4:] if h["answer_acc"] is not None]
+            if frac >= a.retrieval_max_frac or (len(recent_acc) == 4 and np.mean(recent_acc) >= a.retrieval_first):
+                switch_frac = frac
+                print(f"train: retrieval-first phase done at step {step}, {elapsed:.0f}s "
+                      f"(answer accuracy {np.mean(recent_acc) if recent_acc else 0:.2f}); text mix from here", flush=True)
+        if switch_frac is None:
+            L, synth = min(a.retrieval_len, a.context), 1.0
+        else:
+            L, synth = seq_len_at((frac - switch_frac) / max(1e-9, 1 - switch_frac), a), a.synth_frac
         B = max(1, a.tokens_per_step // L)
         lr = C.lr_at(frac, a.lr)
         for g in opt.param_groups:
@@ -147,7 +168,7 @@ def main(argv=None):
             f = sm_fracs[int(rng.integers(len(sm_fracs)))]
             model.config.unique_budget = max(a.sm_page_size, L // f)
             model.config.unique_temperature = t_start * (t_end / t_start) ** min(1.0, frac)
-        toks, ans = C.make_batch(rng, corpus, B, L, a.synth_frac)
+        toks, ans = C.make_batch(rng, corpus, B, L, synth)
         x = torch.from_numpy(toks).to(dev, non_blocking=True)
         am = torch.from_numpy(ans).to(dev, non_blocking=True)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
@@ -178,7 +199,7 @@ def main(argv=None):
             t_last_ckpt = time.time()
     elapsed = time.time() - t0
     save_ckpt()
-    info = {"script": sys.argv[0], "args": vars(a), "steps": step, "seconds": elapsed,
+    info = {"script": sys.argv[0], "args": vars(a), "steps": step, "seconds": elapsed, "switch_frac": switch_frac,
             "parameters": nparams, "history": history}
     C.save_hf_dir(model, a.out, a.context, info)
     print(f"train: done: {step} steps in {elapsed:.0f}s; wrote {a.out}", flush=True)
