@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train  # noqa: E402
 
-DEFAULTS = ["--attn", "unique_soft_mask", "--lr", "3e-4", "--minutes", "2", "--curriculum", "",
+DEFAULTS = ["--attn", "unique_soft_mask", "--lr", "1e-4", "--minutes", "2", "--curriculum", "",
             "--tokens-per-step", "32768", "--retrieval-first", "0", "--out", ".train/model-softmask", "--seed", "4321", "--wd", "0.0"]
 
 if __name__ == "__main__":
