@@ -23,8 +23,7 @@ add_test(NAME cli_eval_plot COMMAND ${_smoke} --plot ${_ev}_plots)
 set_tests_properties(cli_eval_plot PROPERTIES FIXTURES_REQUIRED "retrieval_model;eval_rows" DEPENDS cli_eval_resume
                      PASS_REGULAR_EXPRESSION "plot_eval: wrote 2 plots .*passkey_1024.png, recall_1024_p16_b256.png")
 # Any model directory: the random GQA bf16 tiny model (8 query / 2 KV heads, 4 layers).
-add_test(NAME cli_eval_tiny_gqa COMMAND ${CMAKE_COMMAND} -E env UNIQUE_CACHE_DIR=${CMAKE_CURRENT_BINARY_DIR}/unused_cache
-         $<TARGET_FILE:unique> eval --model ${CMAKE_CURRENT_BINARY_DIR}/tiny_model --tasks passkey,ppl,recall
+add_test(NAME cli_eval_tiny_gqa COMMAND $<TARGET_FILE:unique> eval --model ${CMAKE_CURRENT_BINARY_DIR}/tiny_model --tasks passkey,ppl,recall
          --contexts 512 --depths 50 --ppl-prefix 384 --estimators dense,unique,quest --budgets 64 --page-sizes 16,32 --threads 1
          --out ${_ev}_tiny.jsonl --quiet)
 set_tests_properties(cli_eval_tiny_gqa PROPERTIES FIXTURES_REQUIRED "tiny_model;eval_clean" LABELS cli

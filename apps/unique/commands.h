@@ -3,6 +3,7 @@
 #pragma once
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <string>
 
 namespace unique::cli {
 
@@ -24,6 +25,12 @@ Runner add_make_tiny_model(CLI::App& app);
 Runner add_make_retrieval_model(CLI::App& app);
 // `eval`: accuracy harness over estimators x budgets x page sizes (eval.cpp).
 Runner add_eval(CLI::App& app);
+// `make-prompt`: writes a retrieval task's prompt (make_prompt.cpp).
+Runner add_make_prompt(CLI::App& app);
+// The model directory of a command run without --model: $UNIQUE_MODEL, else the in-house
+// demo model models/unique-demo of the source tree (or of the working directory); throws
+// unique::Error naming --model when there is none. Says which on stderr as `command`.
+std::string demo_model_dir(const char* command);
 // `tokenize`: token ids of a text with a model's tokenizer.json (model_tools.cpp).
 Runner add_tokenize(CLI::App& app);
 

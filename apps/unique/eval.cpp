@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "commands.h"
-#include "unique/engine/retrieval_model.h"
 #include "unique/error.h"
 #include "unique/eval/eval.h"
 
@@ -61,32 +60,6 @@ std::vector<T> numbers(const std::string& flag, const std::string& s) {
   return v;
 }
 
-std::string cache_dir() {
-  if (const char* d = std::getenv("UNIQUE_CACHE_DIR")) return d;
-  if (const char* d = std::getenv("XDG_CACHE_HOME")) return std::string(d) + "/unique";
-  if (const char* d = std::getenv("HOME")) return std::string(d) + "/.cache/unique";
-  return "/tmp/unique-cache-" + std::to_string(::getuid());
-}
-
-void mkdirs(const std::string& path) {
-  for (size_t i = 1; i <= path.size(); ++i)
-    if (i == path.size() || path[i] == '/') ::mkdir(path.substr(0, i).c_str(), 0755);
-}
-
-// The retrieval model (make-retrieval-model defaults) in the cache, built once.
-std::string default_model() {
-  const std::string dir = cache_dir() + "/retrieval-model-v1";
-  struct stat st;
-  if (::stat((dir + "/model.safetensors").c_str(), &st) == 0 && ::stat((dir + "/tokenizer.json").c_str(), &st) == 0) {
-    std::fprintf(stderr, "eval: no --model: using the retrieval model in %s\n", dir.c_str());
-    return dir;
-  }
-  mkdirs(dir);
-  engine::write_retrieval_model(dir, engine::RetrievalModelOptions{});
-  std::fprintf(stderr, "eval: no --model: built the retrieval model (make-retrieval-model) into %s\n", dir.c_str());
-  return dir;
-}
-
 std::string python() {
   if (const char* p = std::getenv("PYTHON")) return p;
   struct stat st;
@@ -107,7 +80,7 @@ std::string quote(const std::string& s) {
 int run(const Flags& f) {
   if (f.threads > 0) omp_set_num_threads(f.threads);
   eval::EvalOptions o;
-  o.model_dir = f.model.empty() ? default_model() : f.model;
+  o.model_dir = f.model.empty() ? demo_model_dir("eval") : f.model;
   o.tasks = split(f.tasks);
   o.estimators.clear();
   for (auto& e : split(f.estimators)) o.estimators.push_back(parse_estimator(e));
@@ -162,8 +135,9 @@ int run(const Flags& f) {
 Runner add_eval(CLI::App& app) {
   auto f = std::make_shared<Flags>();
   app.add_option("--model", f->model,
-                 "Hugging Face model directory. Default: the hand-set retrieval model (make-retrieval-model),\n"
-                 "built once into $UNIQUE_CACHE_DIR, $XDG_CACHE_HOME/unique or ~/.cache/unique");
+                 "Hugging Face model directory. Default: $UNIQUE_MODEL, else the in-house demo model\n"
+                 "models/unique-demo (byte-level Llama trained to 8K with passkey retrieval); the hand-set\n"
+                 "induction model of make-retrieval-model is another choice");
   app.add_option("--tasks", f->tasks,
                  "Comma-separated: passkey (5-digit pass key in real text), needle (3-word secret code),\n"
                  "kv (RULER multi-key / multi-value), vartrack (variable chains, one hop per question),\n"

@@ -68,9 +68,10 @@ void stream_utf8(std::string& pending, const std::string& add) {
   pending.erase(0, end);
 }
 
-int run(const GenOptions& o) {
+int run(GenOptions o) {
   UNIQUE_CHECK_ARG(o.device == "cpu" || o.device == "cuda", "--device", "cpu or cuda", o.device);
   if (o.threads > 0) omp_set_num_threads(o.threads);
+  if (o.model.empty()) o.model = demo_model_dir("generate");
   const auto t_load0 = std::chrono::steady_clock::now();
   engine::LoadOptions lo;
   if (o.weights == "fp32") lo.weights_fp32 = true;
@@ -218,7 +219,9 @@ int run(const GenOptions& o) {
 
 Runner add_generate(CLI::App& app) {
   auto o = std::make_shared<GenOptions>();
-  app.add_option("--model", o->model, "Hugging Face model directory (config.json, *.safetensors, tokenizer.json)")->required();
+  app.add_option("--model", o->model,
+                 "Hugging Face model directory (config.json, *.safetensors, tokenizer.json); default: $UNIQUE_MODEL, else\n"
+                 "the in-house demo model models/unique-demo (byte-level Llama, 8K context)");
   app.add_option("--prompt", o->prompts, "Prompt text (repeat for a batch of prompts)");
   app.add_option("--prompt-file", o->prompt_files,
                  "File whose whole content is one prompt (repeatable; named, not echoed, in the output)");

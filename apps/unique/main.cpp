@@ -45,6 +45,10 @@ int main(int argc, char** argv) {
       "eval", "Accuracy of every estimator x budget x page size through sparse decode: passkey, needle,\n"
               "RULER-style kv and variable tracking, perplexity, per-head attention-mass recall.");
   runners[ev] = unique::cli::add_eval(*ev);
+  auto* prompt = app.add_subcommand(
+      "make-prompt", "Write one prompt of the eval's retrieval tasks (passkey, needle, kv, vartrack) as text\n"
+                     "and print its expected answer, e.g. for `unique generate --prompt-file`.");
+  runners[prompt] = unique::cli::add_make_prompt(*prompt);
   auto* tok = app.add_subcommand("tokenize", "Token ids of a text with a model directory's tokenizer.json.");
   runners[tok] = unique::cli::add_tokenize(*tok);
 #endif
