@@ -17,7 +17,10 @@ Runs where torch + transformers + tokenizers are installed (the GPU machine; no 
    `unique tokenize` gives the same ids as the library for texts with unicode, whitespace
    runs, digits and special tokens.
 
-Usage: python3 scripts/check_vs_transformers.py [--unique build/unique] [--steps 32] [--quick]
+3. --model DIR (repeatable): the same logit comparison on a given model directory in its
+   stored dtype, e.g. the in-house model models/unique-demo.
+
+Usage: python3 scripts/check_vs_transformers.py [--unique build/unique] [--steps 32] [--quick] [--model DIR]
 Exit status 0 when everything matches; a table of results is printed either way.
 """
 import argparse
@@ -99,13 +102,25 @@ def load(path, dtype):
 
 def check_model(args, arch, dtype, results):
     name = f"{arch}-{'fp32' if dtype == torch.float32 else 'bf16'}"
-    tol = 1e-4 if dtype == torch.float32 else 2e-2
     with tempfile.TemporaryDirectory() as d:
         make_model(arch, dtype, d, seed=zlib.crc32(name.encode()) % 1000)
+        compare_dir(args, name, d, dtype, results)
+
+
+def check_model_dir(args, path, results):
+    """A model directory given with --model (e.g. models/unique-demo), in its stored dtype."""
+    cfg = json.load(open(os.path.join(path, "config.json")))
+    dtype = torch.float32 if cfg.get("dtype", cfg.get("torch_dtype")) == "float32" else torch.bfloat16
+    compare_dir(args, os.path.basename(path.rstrip("/")), path, dtype, results)
+
+
+def compare_dir(args, name, d, dtype, results):
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    with tempfile.TemporaryDirectory() as tmp:
         model = load(d, dtype)
         g = torch.Generator().manual_seed(7)
-        prompt = torch.randint(0, 512, (args.prompt_len,), generator=g).tolist()
-        dump = os.path.join(d, "logits.json")
+        prompt = torch.randint(0, min(512, model.config.vocab_size), (args.prompt_len,), generator=g).tolist()
+        dump = os.path.join(tmp, "logits.json")
         run([args.unique, "generate", "--model", d, "--prompt-ids", ",".join(map(str, prompt)),
              "--max-new-tokens", str(args.steps), "--attention", "dense", "--ignore-eos", "--quiet",
              "--kv-dtype", "fp32", "--weights", "auto", "--prefill-chunk", "16", "--dump-logits", dump])
@@ -229,6 +244,9 @@ def main():
     ap.add_argument("--steps", type=int, default=33, help="generated tokens (prefill + steps-1 decode steps)")
     ap.add_argument("--prompt-len", type=int, default=40)
     ap.add_argument("--quick", action="store_true", help="fp32 llama + qwen3 and the tokenizers only")
+    ap.add_argument("--model", action="append", default=[],
+                    help="also compare this model directory (repeatable; e.g. models/unique-demo)")
+    ap.add_argument("--only-models", action="store_true", help="only the --model directories")
     args = ap.parse_args()
     if args.unique is None:
         for c in ("build/unique", "build-gpu/unique", "build-eng/unique"):
@@ -241,14 +259,20 @@ def main():
     results = []
     archs = ["llama", "qwen3"] if args.quick else ["llama", "mistral", "qwen2", "qwen3"]
     dtypes = [torch.float32] if args.quick else [torch.float32, torch.bfloat16]
-    for arch in archs:
+    for path in args.model:
+        try:
+            check_model_dir(args, path, results)
+        except Exception as e:
+            results.append((path, False, f"error: {e}"))
+    for arch in (archs if not args.only_models else []):
         for dt in dtypes:
             try:
                 check_model(args, arch, dt, results)
             except Exception as e:  # report and go on with the other models
                 results.append((f"{arch}-{dt}", False, f"error: {e}"))
     try:
-        check_tokenizers(args, results)
+        if not args.only_models:
+            check_tokenizers(args, results)
     except Exception as e:
         results.append(("tokenizers", False, f"error: {e}"))
     width = max(len(r[0]) for r in results)
