@@ -39,6 +39,10 @@ struct SoftMaskArgs {
   float* mu = nullptr;
   float* sig = nullptr;
   float* tau = nullptr;
+  // The same statistics split x = hi + lo into the input type (the tensor-core operand
+  // form of every page-score product): hl[B][Hkv][NC][D / 2], one uint4 per channel pair
+  // (2c, 2c + 1) = {mu hi pair, mu lo pair, sigma hi pair, sigma lo pair}, low half = 2c.
+  uint4* hl = nullptr;
   // Backward only.
   const void* dout = nullptr;
   Strides4 dos;
