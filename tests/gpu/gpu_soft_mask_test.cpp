@@ -98,7 +98,8 @@ TEST_P(GpuSoftMask, ForwardAndBackwardMatchReference) {
   expect_close(gk, rk, bf ? 3e-2 : 1e-2, "dk");
 
   // With tau saved by the forward and read by the backward: the same thresholds (same
-  // kernel), so bitwise the same outputs and gradients.
+  // kernel), so bitwise the same forward outputs; gradients as close to the reference
+  // (fp32 atomics make the backward's summation order vary between runs).
   Dev dtau(nl * 4), dout2(nq * e), dlse2(nl * 4), dgq2(nq * e), dgk2(nk * e), dgv2(nk * e);
   for (Dev* d : {&dtau, &dout2, &dlse2, &dgq2, &dgk2, &dgv2}) d->poison();
   const TensorView TAU = dview(dtau, DType::f32, {c.B, c.Hq, c.L});
@@ -114,9 +115,9 @@ TEST_P(GpuSoftMask, ForwardAndBackwardMatchReference) {
   dgv2.down(gv2.data(), nk * e);
   dtau.down(tau.data(), nl * 4);
   EXPECT_EQ(std::memcmp(o2.data(), o.data(), nq * e), 0) << "out with tau";
-  EXPECT_EQ(std::memcmp(gq2.data(), gq.data(), nq * e), 0) << "dq with tau";
-  EXPECT_EQ(std::memcmp(gk2.data(), gk.data(), nk * e), 0) << "dk with tau";
-  EXPECT_EQ(std::memcmp(gv2.data(), gv.data(), nk * e), 0) << "dv with tau";
+  expect_close(gv2, rv, bf ? 3e-2 : 1e-2, "dv with tau");
+  expect_close(gq2, rq, bf ? 3e-2 : 1e-2, "dq with tau");
+  expect_close(gk2, rk, bf ? 3e-2 : 1e-2, "dk with tau");
   const std::vector<double> rt = ref::soft_mask_thresholds(cfg, q.view(sq), k.view(sk));
   for (size_t i = 0; i < nl; ++i) {
     const double g = tau.get(i), w = rt[i];
