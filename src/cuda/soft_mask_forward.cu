@@ -5,7 +5,6 @@
 // block's 64 rows, recomputed on tensor cores from q, the split mu/sigma and tau
 // (warp_log_weights, 1/8 of the tile's attention mma) and added to the logits of the page's keys.
 #include <algorithm>
-#include <cstdlib>
 
 #include "cuda/soft_mask_common.cuh"
 
@@ -14,24 +13,23 @@ namespace unique::cuda {
 namespace soft_mask {
 namespace {
 
-// NW warps of 16 query rows each: QR = 16 NW rows per block share every K/V tile load.
-template <class T, int D, int NW>
-__global__ void __launch_bounds__(NW * 32) forward_kernel(const SoftMaskArgs a) {
-  constexpr int CH = D / 8, QR = NW * 16, NT = NW * 32;
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) forward_kernel(const SoftMaskArgs a) {
+  constexpr int CH = D / 8;
   extern __shared__ uint4 smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sK = sQ + QR * D;
+  T* sK = sQ + kTile * D;
   T* sV = sK + 2 * kTile * D;
   uint4* hl_s = reinterpret_cast<uint4*>(sV + 2 * kTile * D);  // [2 stages][4][D / 2] split mu/sigma
-  float* bias_s = reinterpret_cast<float*>(hl_s + 2 * kMaxPagesPerTile * D / 2);  // [QR][4]
-  float* tau_s = bias_s + QR * kMaxPagesPerTile;               // [QR]
+  float* bias_s = reinterpret_cast<float*>(hl_s + 2 * kMaxPagesPerTile * D / 2);  // [64][4]
+  float* tau_s = bias_s + kTile * kMaxPagesPerTile;            // [64]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int hq = blockIdx.y, b = blockIdx.z, h = hq / a.group;
-  const int num_q_tiles = (a.L + QR - 1) / QR;
+  const int num_q_tiles = (a.L + kTile - 1) / kTile;
   const int qt = num_q_tiles - 1 - static_cast<int>(blockIdx.x);  // heaviest first
-  const int64_t row0 = int64_t(qt) * QR;
-  const int64_t last_row = std::min<int64_t>(row0 + QR, a.L) - 1;
+  const int64_t row0 = int64_t(qt) * kTile;
+  const int64_t last_row = std::min<int64_t>(row0 + kTile, a.L) - 1;
   const int n_tiles = static_cast<int>(last_row / kTile) + 1;
   const T* Q = static_cast<const T*>(a.q);
   const T* K = static_cast<const T*>(a.k);
@@ -40,7 +38,7 @@ __global__ void __launch_bounds__(NW * 32) forward_kernel(const SoftMaskArgs a) 
   auto load_tile = [&](int tile, int stage) {
     T* dk = sK + stage * kTile * D;
     T* dv = sV + stage * kTile * D;
-    for (int idx = tid; idx < kTile * CH; idx += NT) {
+    for (int idx = tid; idx < kTile * CH; idx += kThreads) {
       const int r = idx / CH, c = idx % CH;
       const int64_t s = int64_t(tile) * kTile + r;
       const T* srck = K;
@@ -54,17 +52,17 @@ __global__ void __launch_bounds__(NW * 32) forward_kernel(const SoftMaskArgs a) 
       cp_async16(dk + swz(r, c, CH) * 8, srck, bytes);
       cp_async16(dv + swz(r, c, CH) * 8, srcv, bytes);
     }
-    load_tile_hl_async<D>(a, b, h, tile, hl_s + stage * kMaxPagesPerTile * D / 2, tid, NT);
+    load_tile_hl_async<D>(a, b, h, tile, hl_s + stage * kMaxPagesPerTile * D / 2, tid, kThreads);
     cp_async_commit();
   };
   load_tile(0, 0);
 
-  for (int idx = tid; idx < QR * D; idx += NT) {
+  for (int idx = tid; idx < kTile * D; idx += kThreads) {
     const int r = idx / D, d = idx % D;
     const int64_t t = row0 + r;
     sQ[swz(r, d / 8, CH) * 8 + d % 8] = t < a.L ? Q[row_off(a.qs, b, t, hq) + d] : from_f<T>(0.0f);
   }
-  for (int r = tid; r < QR; r += NT) {
+  for (int r = tid; r < kTile; r += kThreads) {
     const int64_t t = row0 + r;
     tau_s[r] = t < a.L ? a.tau[(int64_t(b) * a.Hq + hq) * a.L + t] : -INFINITY;
   }
@@ -86,8 +84,6 @@ __global__ void __launch_bounds__(NW * 32) forward_kernel(const SoftMaskArgs a) 
       cp_async_wait<0>();
     }
     __syncthreads();  // tile `tile` (K, V, mu, sigma) visible to all warps
-    // Warps whose 16 rows all precede the tile's first key skip it (only in the last tiles).
-    if (int64_t(tile) * kTile <= row0 + warp * 16 + 15) {
     warp_log_weights<T, D>(a, qf, hl_s + stage * kMaxPagesPerTile * D / 2, tau_s, row0, warp * 16, tile, lane,
                            bias_s);
     __syncwarp();  // each warp reads only its own 16 rows of bias_s
@@ -97,7 +93,7 @@ __global__ void __launch_bounds__(NW * 32) forward_kernel(const SoftMaskArgs a) 
     float s[kTile / 8][4] = {};
     qk_tile<T, D, kTile>(qf, k_s, lane, s);
 
-    const bool diag = int64_t(tile + 1) * kTile - 1 > row0 + warp * 16;
+    const bool diag = int64_t(tile + 1) * kTile - 1 > row0;
     float mx[2] = {m[0], m[1]};
     const int pshift = __ffs(a.P) - 1;  // P is 16, 32 or 64: the 8 keys of an n8 tile share a page
 #pragma unroll
@@ -155,7 +151,6 @@ __global__ void __launch_bounds__(NW * 32) forward_kernel(const SoftMaskArgs a) 
         mma16816<T>(o[2 * n2 + 1], pa, bf + 2);
       }
     }
-    }
     __syncthreads();  // the next iteration's prefetch, stats and bias overwrite shared memory
   }
 
@@ -180,28 +175,15 @@ __global__ void __launch_bounds__(NW * 32) forward_kernel(const SoftMaskArgs a) 
   }
 }
 
-template <class T, int D, int NW>
-void launch_typed(const SoftMaskArgs& a, cudaStream_t stream) {
-  constexpr int QR = NW * 16;
-  const size_t smem = (size_t(QR) * D + size_t(4) * kTile * D) * sizeof(T) +
-                      size_t(2) * kMaxPagesPerTile * D / 2 * sizeof(uint4) +
-                      (QR * kMaxPagesPerTile + QR) * sizeof(float);
-  auto kernel = forward_kernel<T, D, NW>;
-  UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  const dim3 grid((a.L + QR - 1) / QR, a.Hq, a.B);
-  kernel<<<grid, NW * 32, smem, stream>>>(a);
-  UNIQUE_CUDA_LAUNCH("soft_mask forward_kernel");
-}
-
 template <class T, int D>
 void launch_typed(const SoftMaskArgs& a, cudaStream_t stream) {
-  // Experiment knob (to be removed): UNIQUE_SM_FWD_WARPS=4 or 8.
-  static const int nw = [] {
-    const char* e = std::getenv("UNIQUE_SM_FWD_WARPS");
-    return e && std::atoi(e) == 4 ? 4 : 8;
-  }();
-  if (nw == 4) launch_typed<T, D, 4>(a, stream);
-  else launch_typed<T, D, 8>(a, stream);
+  const size_t smem = size_t(5) * kTile * D * sizeof(T) + size_t(2) * kMaxPagesPerTile * D / 2 * sizeof(uint4) +
+                      (kTile * kMaxPagesPerTile + kTile) * sizeof(float);
+  auto kernel = forward_kernel<T, D>;
+  UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  const dim3 grid((a.L + kTile - 1) / kTile, a.Hq, a.B);
+  kernel<<<grid, kThreads, smem, stream>>>(a);
+  UNIQUE_CUDA_LAUNCH("soft_mask forward_kernel");
 }
 
 }  // namespace
