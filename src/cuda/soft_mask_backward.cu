@@ -86,15 +86,23 @@ __global__ void __launch_bounds__(kBThreads) backward_kernel(const SoftMaskArgs 
   const int my_page = (wl * 16) / a.P;  // the page (within the sub-tile) of this warp's 16 keys
 
   // Q and dO tiles double-buffered: tile qt + 1 loads while qt is processed.
+  // Each thread copies chunk lc of rows lr, lr + RSTEP, ...: its sources differ per tile
+  // only by the row offset (address arithmetic hoisted out of the query-tile loop).
+  constexpr int RSTEP = kBThreads / CH;
+  const int lr = tid / CH, lc = tid % CH;
+  const T* q_src = Q + int64_t(b) * a.qs.b + int64_t(hq) * a.qs.h + lc * 8;
+  const T* o_src = dO + int64_t(b) * a.dos.b + int64_t(hq) * a.dos.h + lc * 8;
   auto load_q_tile = [&](int qt, int stage) {
     T* dq_ = sQ0 + stage * kTile * D;
     T* do_ = sdO0 + stage * kTile * D;
-    for (int idx = tid; idx < kTile * CH; idx += kBThreads) {
-      const int r = idx / CH, c = idx % CH;
+#pragma unroll
+    for (int i = 0; i < kTile / RSTEP; ++i) {
+      const int r = lr + i * RSTEP;
       const int64_t t = int64_t(qt) * kTile + r;
       const bool in = t < a.L;
-      cp_async16(dq_ + swz(r, c, CH) * 8, in ? Q + row_off(a.qs, b, t, hq) + c * 8 : Q, in ? 16 : 0);
-      cp_async16(do_ + swz(r, c, CH) * 8, in ? dO + row_off(a.dos, b, t, hq) + c * 8 : dO, in ? 16 : 0);
+      const int so = swz(r, lc, CH) * 8;
+      cp_async16(dq_ + so, in ? q_src + t * a.qs.t : Q, in ? 16 : 0);
+      cp_async16(do_ + so, in ? o_src + t * a.dos.t : dO, in ? 16 : 0);
     }
     cp_async_commit();
   };
@@ -149,18 +157,26 @@ __global__ void __launch_bounds__(kBThreads) backward_kernel(const SoftMaskArgs 
           mma16816<T>(dpt[2 * n2 + 1], va, ob + 2);
         }
       }
+      // Causal / length masks only where a key may follow a row or a row may be past L.
+      const bool masked = key0 + warp * 16 + 15 > row0 || row0 + kTile > a.L;
 #pragma unroll
-      for (int nt = 0; nt < kTile / 8; ++nt)
+      for (int nt = 0; nt < kTile / 8; ++nt) {
+        const int q0 = nt * 8 + 2 * t4;  // the lane's query columns q0, q0 + 1
+        const float2 l2 = *reinterpret_cast<const float2*>(lse_s + q0);
+        const float2 d2 = *reinterpret_cast<const float2*>(delta_s + q0);
+        const float c[2] = {my_bias[q0 * PT + my_page] * kLog2e - l2.x, my_bias[(q0 + 1) * PT + my_page] * kLog2e - l2.y};
+        const float dl[2] = {d2.x, d2.y};
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int kl = warp * 16 + g + 8 * (e / 2), ql = nt * 8 + 2 * t4 + (e & 1);
-          const int64_t key = key0 + kl, t = row0 + ql;
-          float p = 0.0f;
-          if (t < a.L && key <= t)
-            p = fast_exp2(st[nt][e] * a.scale_log2 + my_bias[ql * PT + my_page] * kLog2e - lse_s[ql]);
+          float p = fast_exp2(st[nt][e] * a.scale_log2 + c[e & 1]);
+          if (masked) {
+            const int64_t key = key0 + warp * 16 + g + 8 * (e / 2), t = row0 + q0 + (e & 1);
+            if (!(t < a.L && key <= t)) p = 0.0f;
+          }
           st[nt][e] = p;
-          dpt[nt][e] = p * (dpt[nt][e] - delta_s[ql]);
+          dpt[nt][e] = p * (dpt[nt][e] - dl[e & 1]);
         }
+      }
 
       // (d) dV += P^T dO, dK += dS^T Q.
 #pragma unroll
@@ -276,13 +292,18 @@ __global__ void __launch_bounds__(kBThreads) backward_kernel(const SoftMaskArgs 
             mma16816<T>(pm, xf, bm);
             mma16816<T>(ps, xf, bs);
           }
+          // sign(q) of the lane's 2 x 2 outputs: q pairs (channels 2 t4, 2 t4 + 1) of rows g and
+          // g + 8 are one 32-bit word each (the swizzle of both rows is chunk ^ g).
+          const uint32_t* q32 = reinterpret_cast<const uint32_t*>(sQ);
+          const int qw = ((wl * 16 + g) * CH + ((d0 / 8 + nt) ^ g)) * 4 + t4;
+          const uint32_t qq[2] = {q32[qw], q32[qw + 8 * CH * 4]};
           float x[4];
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const int ql = wl * 16 + g + 8 * (e / 2), d = d0 + nt * 8 + 2 * t4 + (e & 1);
-            const float qv = to_f<T>(sQ[swz(ql, d / 8, CH) * 8 + d % 8]);
-            const float sgn = qv > 0.0f ? 1.0f : (qv < 0.0f ? -1.0f : 0.0f);
-            x[e] = dq[nt][e] * a.scale + pm[e] + a.alpha * sgn * ps[e];
+            const uint32_t bits = (e & 1) ? qq[e / 2] >> 16 : qq[e / 2] & 0xffffu;
+            // alpha sign(q) ps: ps with q's sign bit, 0 where q is +-0
+            const float sp = (bits & 0x7fffu) ? __uint_as_float(__float_as_uint(ps[e]) ^ ((bits & 0x8000u) << 16)) : 0.0f;
+            x[e] = dq[nt][e] * a.scale + pm[e] + a.alpha * sp;
           }
           const int dc = d0 + nt * 8 + 2 * t4;
           if (in0) atomic_add2(dst + dc, x[0], x[1]);

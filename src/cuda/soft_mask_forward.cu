@@ -35,22 +35,23 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const SoftMaskArgs a)
   const T* K = static_cast<const T*>(a.k);
   const T* V = static_cast<const T*>(a.v);
 
+  // Each thread copies chunk lc of rows lr, lr + RSTEP, ...: its sources differ per tile
+  // only by the row offset (address arithmetic hoisted out of the key-tile loop).
+  constexpr int RSTEP = kThreads / CH;
+  const int lr = tid / CH, lc = tid % CH;
+  const T* k_src = K + int64_t(b) * a.ks.b + int64_t(h) * a.ks.h + lc * 8;
+  const T* v_src = V + int64_t(b) * a.vs.b + int64_t(h) * a.vs.h + lc * 8;
   auto load_tile = [&](int tile, int stage) {
     T* dk = sK + stage * kTile * D;
     T* dv = sV + stage * kTile * D;
-    for (int idx = tid; idx < kTile * CH; idx += kThreads) {
-      const int r = idx / CH, c = idx % CH;
+#pragma unroll
+    for (int i = 0; i < kTile / RSTEP; ++i) {
+      const int r = lr + i * RSTEP;
       const int64_t s = int64_t(tile) * kTile + r;
-      const T* srck = K;
-      const T* srcv = V;
-      int bytes = 0;
-      if (s < a.L) {
-        srck = K + row_off(a.ks, b, s, h) + c * 8;
-        srcv = V + row_off(a.vs, b, s, h) + c * 8;
-        bytes = 16;
-      }
-      cp_async16(dk + swz(r, c, CH) * 8, srck, bytes);
-      cp_async16(dv + swz(r, c, CH) * 8, srcv, bytes);
+      const bool in = s < a.L;
+      const int so = swz(r, lc, CH) * 8;
+      cp_async16(dk + so, in ? k_src + s * a.ks.t : K, in ? 16 : 0);
+      cp_async16(dv + so, in ? v_src + s * a.vs.t : V, in ? 16 : 0);
     }
     load_tile_hl_async<D>(a, b, h, tile, hl_s + stage * kMaxPagesPerTile * D / 2, tid, kThreads);
     cp_async_commit();
