@@ -52,6 +52,9 @@ SoftMaskArgs make_soft_mask_args(const AttentionConfig& cfg, const TensorView& q
   a.group = a.Hq / a.Hkv;
   a.P = cfg.page_size;
   a.NC = a.L / a.P;
+  a.pshift = 0;
+  while ((1 << a.pshift) < a.P) ++a.pshift;  // P is 16, 32 or 64 (validated)
+  a.npg = 64 / a.P;
   a.sink = cfg.sink_pages;
   a.recent = cfg.recent_pages;
   a.kpages = cfg.topk_pages();

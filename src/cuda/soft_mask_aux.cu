@@ -324,7 +324,7 @@ __global__ void finalize_kernel(const SoftMaskArgs a, int D) {
     const int64_t t = (i / (int64_t(D) * a.Hkv)) % a.L;
     const int b = int(i / (int64_t(D) * a.Hkv * a.L));
     float g = a.dk_acc[i];
-    const int j = int(t / a.P);
+    const int j = int(t >> a.pshift);
     if (j < a.NC) {
       // dmu/dk_i = 1/P; dsigma/dk_i = (k_i - mu) / (P sigma), 0 where sigma == 0.
       const int64_t o = ((int64_t(b) * a.Hkv + h) * a.NC + j) * D + d;

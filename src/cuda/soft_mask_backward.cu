@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kBThreads) backward_kernel(const SoftMaskArgs 
   // sub-tile of those keys and wl the warp's 16-row (query or channel) slot inside it.
   const int sub = warp / 4, wl = warp % 4;
   const int kb = blockIdx.x, hq = blockIdx.y, b = blockIdx.z, h = hq / a.group;
-  const int npg = kTile / a.P;
+  const int npg = a.npg;
   const int64_t key0 = int64_t(kb) * kBKeys;
   const int kt_sub = 2 * kb + sub;  // the 64-key tile index of this warp's keys
   const int num_tiles = (a.L + kTile - 1) / kTile;
@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(kBThreads) backward_kernel(const SoftMaskArgs 
   // channels [wl * D / 4, (wl + 1) * D / 4) as MT m16 tiles, the sub-tile's pages as one n8 tile.
   constexpr int MT = D / 64;
   float dmu_acc[MT][4] = {}, dsig_acc[MT][4] = {};
-  const int my_page = (wl * 16) / a.P;  // the page (within the sub-tile) of this warp's 16 keys
+  const int my_page = (wl * 16) >> a.pshift;  // the page (within the sub-tile) of this warp's 16 keys
 
   // Q and dO tiles double-buffered: tile qt + 1 loads while qt is processed.
   // Each thread copies chunk lc of rows lr, lr + RSTEP, ...: its sources differ per tile
@@ -224,7 +224,8 @@ __global__ void __launch_bounds__(kBThreads) backward_kernel(const SoftMaskArgs 
     __syncthreads();
     // (f) dx * c = dbias (1 - m) / T * c, in place (0 for non-candidates: m = 1).
     for (int i = tid; i < 2 * kTile * npg; i += kBThreads) {
-      const int r = i % kTile, pi = (i / kTile) % npg, s2 = i / (kTile * npg);
+      // i = (s2 npg + pi) kTile + r
+      const int r = i % kTile, sp = i / kTile, s2 = sp >= npg, pi = sp - s2 * npg;
       const int o = (s2 * kTile + r) * PT + pi;
       const float lw = bias_s[o];
       dbias_s[o] = lw == 0.0f ? 0.0f : dbias_s[o] * (1.0f - __expf(lw)) * a.inv_T * a.scale;

@@ -13,8 +13,9 @@ namespace unique::cuda {
 namespace soft_mask {
 namespace {
 
+// D 64: at most 168 registers, so three 4-warp blocks fit an SM (173 would leave two).
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads) forward_kernel(const SoftMaskArgs a) {
+__global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) forward_kernel(const SoftMaskArgs a) {
   constexpr int CH = D / 8;
   extern __shared__ uint4 smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);

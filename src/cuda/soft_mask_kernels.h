@@ -33,6 +33,7 @@ struct SoftMaskArgs {
   float* lse = nullptr;
   Strides4 ls;  // .h unused: lse[b * ls.b + t * ls.t + h * ls.h]
   int B = 1, L = 1, Hq = 1, Hkv = 1, group = 1, P = 16, NC = 0;  // NC = complete pages L / P
+  int pshift = 4, npg = 4;  // log2(P) and pages per 64-key tile (64 / P): no divisions in the kernels
   int sink = 1, recent = 1, kpages = 1;
   float scale = 1.0f, scale_log2 = 1.0f, alpha = 1.0f, inv_T = 10.0f;
   // Workspace (fp32): mu, sigma [B][Hkv][NC][D]; tau [B][Hq][L] (-inf: no mask).
