@@ -6,7 +6,7 @@
 //   dV += P^T dO, dK += dS^T Q, dQ += dS K (dS^T through shared memory, fp32 atomics).
 // The page-bias gradient: dbias(row, page) = sum of dS over the page's keys (all in this
 // tile, P divides 64), dx = dbias (1 - m) / T, then dq += dx c (mu + alpha sign(q) sigma)
-// and dmu += dx c q, dsigma += dx c alpha |q| for the tile's pages (fp32, CUDA cores).
+// and dmu += dx c q, dsigma += dx c alpha |q| for the tile's pages (tensor cores).
 // The finalize kernel turns dmu/dsigma into dk.
 #include <algorithm>
 

@@ -1,10 +1,10 @@
 // Internal: the CUDA soft-mask attention kernels (include/unique/soft_mask.h on the GPU)
 // and the one argument block they all read. Pipeline:
 //   forward:  page stats (mu, sigma) -> thresholds tau -> attention (out, lse)
-//   backward: page stats -> thresholds -> delta = rowsum(dout * out) -> attention backward
+//   backward: page stats -> [thresholds] -> delta = rowsum(dout * out) -> attention backward
 //             (fp32 dq/dk/dv/dmu/dsigma accumulators) -> finalize (dk += stats path; casts)
-// The backward recomputes stats and thresholds (deterministic, so they equal the
-// forward's) instead of asking the caller to keep them.
+// The backward recomputes the stats; the thresholds only when the caller did not keep the
+// forward's tau (deterministic either way, so they equal the forward's).
 #pragma once
 #include <cuda_runtime_api.h>
 
