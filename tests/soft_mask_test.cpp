@@ -354,6 +354,48 @@ TEST(SoftMaskErrors, BadArgumentsNameTheArgument) {
     soft_mask_attention_forward(cfg, nul, kv, v.view({B, L, Hkv, D}), out.view({B, L, Hq, D}), lv);
   };
   EXPECT_ERROR_MSG(null_q(), "q");
+  test::Buf tau(DType::f32, B * Hq * L);
+  auto fwd_tau = [&](const TensorView& t) {
+    soft_mask_attention_forward(cfg, q.view({B, L, Hq, D}), kv, v.view({B, L, Hkv, D}), out.view({B, L, Hq, D}), lv,
+                                &t);
+  };
+  fwd_tau(tau.view({B, Hq, L}));  // the good call works
+  EXPECT_ERROR_MSG(fwd_tau(tau.view({B, L, Hq})), "tau: expected shape [1, 4, 20]");
+  EXPECT_ERROR_MSG(fwd_tau(lse16.view({B, Hq, L})), "tau", "fp32", "bf16");
+}
+
+// The forward's optional tau output holds the thresholds of ref::soft_mask_thresholds
+// (-inf for queries with no more candidates than the budget); the backward accepts it.
+TEST(SoftMaskApi, ForwardWritesThresholds) {
+  const int B = 2, L = 40, Hq = 4, Hkv = 2, D = 8;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> n01;
+  test::Buf q(DType::f32, B * L * Hq * D), k(DType::f32, B * L * Hkv * D), v(DType::f32, B * L * Hkv * D),
+      out(DType::f32, B * L * Hq * D), lse(DType::f32, B * L * Hq), tau(DType::f32, B * Hq * L);
+  for (size_t i = 0; i < q.size(); ++i) q.set(i, n01(rng));
+  for (size_t i = 0; i < k.size(); ++i) k.set(i, n01(rng));
+  for (size_t i = 0; i < v.size(); ++i) v.set(i, n01(rng));
+  AttentionConfig cfg;
+  cfg.page_size = 4;
+  cfg.budget_tokens = 8;
+  const TensorView Q = q.view({B, L, Hq, D}), K = k.view({B, L, Hkv, D}), V = v.view({B, L, Hkv, D});
+  const TensorView T = tau.view({B, Hq, L});
+  soft_mask_attention_forward(cfg, Q, K, V, out.view({B, L, Hq, D}), lse.view({B, L, Hq}), &T);
+  const std::vector<double> want = ref::soft_mask_thresholds(cfg, Q, K);
+  ASSERT_EQ(want.size(), tau.size());
+  int masked = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(tau.get(i), static_cast<float>(want[i])) << i;
+    masked += std::isfinite(want[i]);
+  }
+  EXPECT_GT(masked, 0);
+  EXPECT_LT(masked, int(want.size()));
+  test::Buf dq(DType::f32, q.size()), dk(DType::f32, k.size()), dv(DType::f32, v.size()), dq2(DType::f32, q.size());
+  soft_mask_attention_backward(cfg, Q, K, V, out.view({B, L, Hq, D}), lse.view({B, L, Hq}), out.view({B, L, Hq, D}),
+                               dq.view({B, L, Hq, D}), dk.view({B, L, Hkv, D}), dv.view({B, L, Hkv, D}), &T);
+  soft_mask_attention_backward(cfg, Q, K, V, out.view({B, L, Hq, D}), lse.view({B, L, Hq}), out.view({B, L, Hq, D}),
+                               dq2.view({B, L, Hq, D}), dk.view({B, L, Hkv, D}), dv.view({B, L, Hkv, D}));
+  for (size_t i = 0; i < dq.size(); ++i) EXPECT_EQ(dq.get(i), dq2.get(i)) << i;
 }
 
 }  // namespace

@@ -2,9 +2,9 @@
 """Baseline for the GPU soft-mask benchmark, measured in the same device call.
 
 Reads the JSON lines of unique_bench_soft_mask --json (--ours), times torch SDPA's
-flash-attention causal forward+backward on the same shapes (B 1, 32 query heads, 8 KV heads
-via enable_gqa, head dim 128, bf16, [B, H, L, D]; median of CUDA-event-timed runs) and prints
-our fwd+bwd time against it (target: ratio <= 1.3).
+flash-attention causal forward+backward on the same shapes (each row's B, query / KV heads
+(enable_gqa), head dim; rows without them: B 1, 32 / 8 heads, D 128; bf16, [B, H, L, D];
+median of CUDA-event-timed runs) and prints our fwd+bwd time against it (target: ratio <= 1.3).
 
     python3 bench/gpu/compare_soft_mask.py --ours soft_mask.jsonl [--json out.json]
 """
@@ -32,11 +32,11 @@ def median_ms(fn, reps):
     return ts[len(ts) // 2]
 
 
-def sdpa_fwd_bwd_ms(L, reps, Hq=32, Hk=8, D=128):
-    q = torch.randn(1, Hq, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    k = torch.randn(1, Hk, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    v = torch.randn(1, Hk, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    g = torch.randn(1, Hq, L, D, device="cuda", dtype=torch.bfloat16)
+def sdpa_fwd_bwd_ms(L, reps, B=1, Hq=32, Hk=8, D=128):
+    q = torch.randn(B, Hq, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(B, Hk, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(B, Hk, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn(B, Hq, L, D, device="cuda", dtype=torch.bfloat16)
 
     def fwd():
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
@@ -59,16 +59,22 @@ def main():
     args = ap.parse_args()
     rows = [json.loads(l) for l in open(args.ours) if l.strip()]
     out = []
-    print(f"{'L':>6} {'P':>3} {'sdpa fwd':>9} {'sdpa f+b':>9} {'ours fwd':>9} {'ours f+b':>9} {'f+b ratio':>9}")
-    for L in sorted({r["L"] for r in rows}):
+    def shape(r):
+        return (r.get("B", 1), r.get("Hq", 32), r.get("Hkv", 8), r.get("D", 128), r["L"])
+
+    print(f"{'B':>2} {'Hq':>3} {'Hkv':>3} {'D':>3} {'L':>6} {'P':>3} {'sdpa fwd':>9} {'sdpa f+b':>9} {'ours fwd':>9} "
+          f"{'ours f+b':>9} {'f+b ratio':>9}")
+    for sh in sorted({shape(r) for r in rows}, key=lambda s: (s[3] != 128, s[4], s)):
         torch.cuda.empty_cache()
-        f, fb = sdpa_fwd_bwd_ms(L, args.reps)
-        for r in [x for x in rows if x["L"] == L]:
+        B, Hq, Hk, D, L = sh
+        f, fb = sdpa_fwd_bwd_ms(L, args.reps, B, Hq, Hk, D)
+        for r in [x for x in rows if shape(x) == sh]:
             ratio = r["fwd_bwd_ms"] / fb
-            print(f"{L:6d} {r['page_size']:3d} {f:9.2f} {fb:9.2f} {r['fwd_ms']:9.2f} {r['fwd_bwd_ms']:9.2f} "
-                  f"{ratio:8.2f}x")
-            out.append(dict(L=L, page_size=r["page_size"], sdpa_fwd_ms=f, sdpa_fwd_bwd_ms=fb, ours_fwd_ms=r["fwd_ms"],
-                            ours_bwd_ms=r["bwd_ms"], ours_fwd_bwd_ms=r["fwd_bwd_ms"], ratio=ratio))
+            print(f"{B:2d} {Hq:3d} {Hk:3d} {D:3d} {L:6d} {r['page_size']:3d} {f:9.2f} {fb:9.2f} {r['fwd_ms']:9.2f} "
+                  f"{r['fwd_bwd_ms']:9.2f} {ratio:8.2f}x")
+            out.append(dict(B=B, Hq=Hq, Hkv=Hk, D=D, L=L, page_size=r["page_size"], sdpa_fwd_ms=f,
+                            sdpa_fwd_bwd_ms=fb, ours_fwd_ms=r["fwd_ms"], ours_bwd_ms=r["bwd_ms"],
+                            ours_fwd_bwd_ms=r["fwd_bwd_ms"], ratio=ratio))
     if args.json:
         json.dump(out, open(args.json, "w"), indent=1)
 

@@ -1,7 +1,10 @@
 // GPU benchmark of soft-mask attention (include/unique/soft_mask.h): forward, backward and
-// forward+backward milliseconds (median of CUDA-event-timed runs) and TFLOP/s counted as
+// forward+backward milliseconds (median of CUDA-event-timed runs; the backward reads the
+// forward's saved thresholds tau, as the autograd function does; fwd_bwd_no_tau_ms:
+// recomputed instead) and TFLOP/s counted as
 // causal attention flops (fwd 2 matmuls, bwd 5 matmuls of L^2/2 x D per query head), for
-// L in {4096, 8192, 16384, 32768}, B 1, Hq 32 / Hkv 8, D 128, bf16, P 16 and 64, budget L/16.
+// L in {4096, 8192, 16384, 32768}, B 1, Hq 32 / Hkv 8, D 128, bf16, P 16 and 64, budget L/16,
+// then the training shape of scripts/train (B 4, 6 / 6 heads, D 64, L 8192).
 // Each row also gets a per-kernel breakdown (stats / thresholds / attention / delta /
 // finalize, from a separate serialised run; src/cuda/soft_mask_profile.h).
 // One JSON line per row with --json (read by bench/gpu/compare_soft_mask.py).
@@ -48,15 +51,22 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  const int B = 1, Hq = 32, Hkv = 8, D = 128;
+  struct Shape {
+    int B, Hq, Hkv, D;
+    long L;
+  };
+  const Shape shapes[] = {{1, 32, 8, 128, 4096},  {1, 32, 8, 128, 8192}, {1, 32, 8, 128, 16384},
+                          {1, 32, 8, 128, 32768}, {4, 6, 6, 64, 8192}};
   if (!json)
-    std::printf("%7s %3s %7s %9s %9s %9s %9s %9s\n", "L", "P", "budget", "fwd ms", "bwd ms", "f+b ms", "fwd TF/s",
-                "f+b TF/s");
-  for (long L : {4096L, 8192L, 16384L, 32768L}) {
-    if (L > max_len) break;
+    std::printf("%2s %3s %3s %3s %7s %3s %7s %9s %9s %9s %9s %9s\n", "B", "Hq", "Hkv", "D", "L", "P", "budget",
+                "fwd ms", "bwd ms", "f+b ms", "fwd TF/s", "f+b TF/s");
+  for (const Shape& sh : shapes) {
+    const int B = sh.B, Hq = sh.Hq, Hkv = sh.Hkv, D = sh.D;
+    const long L = sh.L;
+    if (L > max_len) continue;
     const size_t nq = size_t(B) * L * Hq * D, nk = size_t(B) * L * Hkv * D;
     void *q, *k, *v, *o, *go, *dq, *dk, *dv;
-    float* lse;
+    float *lse, *tau;
     CK(cudaMalloc(&q, nq * 2));
     CK(cudaMalloc(&k, nk * 2));
     CK(cudaMalloc(&v, nk * 2));
@@ -66,6 +76,7 @@ int main(int argc, char** argv) {
     CK(cudaMalloc(&dk, nk * 2));
     CK(cudaMalloc(&dv, nk * 2));
     CK(cudaMalloc(&lse, size_t(B) * L * Hq * 4));
+    CK(cudaMalloc(&tau, size_t(B) * L * Hq * 4));
     fill_random_bf16(q, nq, 1);
     fill_random_bf16(k, nk, 2);
     fill_random_bf16(v, nk, 3);
@@ -74,18 +85,22 @@ int main(int argc, char** argv) {
     const TensorView Q = view(q, Hq), K = view(k, Hkv), V = view(v, Hkv), O = view(o, Hq), GO = view(go, Hq);
     const TensorView GQ = view(dq, Hq), GK = view(dk, Hkv), GV = view(dv, Hkv);
     const TensorView LSE = make_view(lse, DType::f32, {B, L, Hq}, Device::cuda);
+    const TensorView TAU = make_view(tau, DType::f32, {B, Hq, L}, Device::cuda);
     for (int P : {16, 64}) {
       AttentionConfig cfg;
       cfg.page_size = P;
       cfg.budget_tokens = int(L / 16);
       cfg.temperature = 0.1f;
-      auto fwd = [&] { soft_mask_attention_forward(cfg, Q, K, V, O, LSE); };
-      auto bwd = [&] { soft_mask_attention_backward(cfg, Q, K, V, O, LSE, GO, GQ, GK, GV); };
+      auto fwd = [&] { soft_mask_attention_forward(cfg, Q, K, V, O, LSE, &TAU); };
+      auto bwd = [&] { soft_mask_attention_backward(cfg, Q, K, V, O, LSE, GO, GQ, GK, GV, &TAU); };
+      auto fwd_nt = [&] { soft_mask_attention_forward(cfg, Q, K, V, O, LSE); };
+      auto bwd_nt = [&] { soft_mask_attention_backward(cfg, Q, K, V, O, LSE, GO, GQ, GK, GV); };
       auto none = [](int) {};
       const double f_ms = median_event_ms(fwd, reps, 1, none);
       fwd();
       const double b_ms = median_event_ms(bwd, reps, 1, none);
       const double fb_ms = median_event_ms([&] { fwd(); bwd(); }, reps, 1, none);
+      const double fb_nt_ms = median_event_ms([&] { fwd_nt(); bwd_nt(); }, reps, 1, none);
       // Causal: half of the L x L score matrix; 2 flops per multiply-add.
       // Per-kernel breakdown (events between the kernels; a separate, serialised run).
       cuda::soft_mask_profile_enable(true);
@@ -105,15 +120,16 @@ int main(int argc, char** argv) {
       const double mm = 2.0 * double(L) * double(L) / 2.0 * D * Hq * B;
       const double f_tf = 2 * mm / (f_ms * 1e9), fb_tf = 7 * mm / (fb_ms * 1e9);
       if (json)
-        std::printf("{\"L\": %ld, \"page_size\": %d, \"budget\": %d, \"fwd_ms\": %.4f, \"bwd_ms\": %.4f, "
-                    "\"fwd_bwd_ms\": %.4f, \"fwd_tflops\": %.2f, \"fwd_bwd_tflops\": %.2f, %s}\n",
-                    L, P, cfg.budget_tokens, f_ms, b_ms, fb_ms, f_tf, fb_tf, brk);
+        std::printf("{\"B\": %d, \"Hq\": %d, \"Hkv\": %d, \"D\": %d, \"L\": %ld, \"page_size\": %d, "
+                    "\"budget\": %d, \"fwd_ms\": %.4f, \"bwd_ms\": %.4f, \"fwd_bwd_ms\": %.4f, "
+                    "\"fwd_bwd_no_tau_ms\": %.4f, \"fwd_tflops\": %.2f, \"fwd_bwd_tflops\": %.2f, %s}\n",
+                    B, Hq, Hkv, D, L, P, cfg.budget_tokens, f_ms, b_ms, fb_ms, fb_nt_ms, f_tf, fb_tf, brk);
       else
-        std::printf("%7ld %3d %7d %9.3f %9.3f %9.3f %9.1f %9.1f\n    breakdown (ms): %s\n", L, P, cfg.budget_tokens,
-                    f_ms, b_ms, fb_ms, f_tf, fb_tf, brk);
+        std::printf("%2d %3d %3d %3d %7ld %3d %7d %9.3f %9.3f %9.3f %9.1f %9.1f\n    breakdown (ms): %s\n", B, Hq,
+                    Hkv, D, L, P, cfg.budget_tokens, f_ms, b_ms, fb_ms, f_tf, fb_tf, brk);
       std::fflush(stdout);
     }
-    for (void* p : {q, k, v, o, go, dq, dk, dv, static_cast<void*>(lse)}) CK(cudaFree(p));
+    for (void* p : {q, k, v, o, go, dq, dk, dv, static_cast<void*>(lse), static_cast<void*>(tau)}) CK(cudaFree(p));
   }
   return 0;
 }

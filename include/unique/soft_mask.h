@@ -28,6 +28,12 @@
 // head_dim 64 or 128, page_size 16/32/64; launched on unique::cuda_stream(), no host sync).
 // The backward reads out and lse of the matching forward (the CPU reference recomputes
 // them and only checks their shapes).
+// tau (optional, both passes): fp32 [B, Hq, L], contiguous, on q's device. The forward
+// writes the thresholds tau_t there (-inf where the query keeps all its candidates); given
+// to the matching backward (same q, k, cfg), the CUDA backward reads them instead of
+// recomputing (the top-k pre-pass is ~10% of fwd+bwd at 32K); the CPU reference always
+// recomputes in float64 and checks only the shape. Passing a tau that is not the forward's
+// for these q, k and cfg gives gradients of a different mask (no error).
 #pragma once
 #include <vector>
 
@@ -37,19 +43,22 @@
 namespace unique {
 
 void soft_mask_attention_forward(const AttentionConfig& cfg, const TensorView& q, const TensorView& k,
-                                 const TensorView& v, const TensorView& out, const TensorView& lse);
+                                 const TensorView& v, const TensorView& out, const TensorView& lse,
+                                 const TensorView* tau = nullptr);
 
 void soft_mask_attention_backward(const AttentionConfig& cfg, const TensorView& q, const TensorView& k,
                                   const TensorView& v, const TensorView& out, const TensorView& lse,
                                   const TensorView& dout, const TensorView& dq, const TensorView& dk,
-                                  const TensorView& dv);
+                                  const TensorView& dv, const TensorView* tau = nullptr);
 
 // Checks shared by every backend (throw unique::Error naming the argument, expected vs
-// actual). grads == false: forward (dout/dq/dk/dv ignored, may be null pointers).
+// actual). dout == nullptr: forward (dq/dk/dv ignored, may be null pointers); tau checked
+// when not null.
 void validate_soft_mask_args(const AttentionConfig& cfg, const TensorView& q, const TensorView& k,
                              const TensorView& v, const TensorView& out, const TensorView& lse,
                              const TensorView* dout = nullptr, const TensorView* dq = nullptr,
-                             const TensorView* dk = nullptr, const TensorView* dv = nullptr);
+                             const TensorView* dk = nullptr, const TensorView* dv = nullptr,
+                             const TensorView* tau = nullptr);
 
 namespace ref {
 // float64 reference of both passes (host tensors of any float dtype).
@@ -63,6 +72,8 @@ void soft_mask_attention_backward(const AttentionConfig& cfg, const TensorView& 
 // candidates, 1 for sink/recent/own pages, 0 for pages after t's own page. For tests.
 std::vector<double> soft_mask_page_weights(const AttentionConfig& cfg, const TensorView& q,
                                            const TensorView& k);
+// Thresholds tau[b][h][t] (-inf: no mask for that query), as the forward's tau output.
+std::vector<double> soft_mask_thresholds(const AttentionConfig& cfg, const TensorView& q, const TensorView& k);
 }  // namespace ref
 
 }  // namespace unique

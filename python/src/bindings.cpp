@@ -5,6 +5,7 @@
 // Python package; these functions are private to it.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
 #include <cstdint>
@@ -456,7 +457,8 @@ NB_MODULE(_core, m) {
 #endif
 
   // Soft-mask attention for sparsity-aware training (include/unique/soft_mask.h). Arrays
-  // [B, L, H, D] (strided OK: torch's [B, H, L, D].transpose(1, 2)), lse [B, L, Hq] fp32.
+  // [B, L, H, D] (strided OK: torch's [B, H, L, D].transpose(1, 2)), lse [B, L, Hq] fp32,
+  // tau (optional) [B, Hq, L] fp32 contiguous: written by the forward, read by the backward.
 #define UNIQUE_SM_PARAMS \
   int page_size, int budget_tokens, int sink_pages, int recent_pages, float temperature, float alpha, float sm_scale
 #define UNIQUE_SM_NB_ARGS                                                                                   \
@@ -465,33 +467,35 @@ NB_MODULE(_core, m) {
   m.def(
       "soft_mask_forward",
       [](const InArray& q, const InArray& k, const InArray& v, const Array& out, const Array& lse,
-                         UNIQUE_SM_PARAMS, uintptr_t stream) {
+                         UNIQUE_SM_PARAMS, uintptr_t stream, std::optional<Array> tau) {
         const AttentionConfig cfg =
             soft_mask_config(page_size, budget_tokens, sink_pages, recent_pages, temperature, alpha, sm_scale);
         const TensorView qv = view_of(q, "q"), kv = view_of(k, "k"), vv = view_of(v, "v");
         const TensorView ov = view_of(out, "out"), lv = f32_view(lse, "lse");
+        const TensorView tv = tau ? f32_view(*tau, "tau") : TensorView{};
         nb::gil_scoped_release nogil;
         StreamGuard g(stream);
-        soft_mask_attention_forward(cfg, qv, kv, vv, ov, lv);
+        soft_mask_attention_forward(cfg, qv, kv, vv, ov, lv, tau ? &tv : nullptr);
       },
       nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"), nb::arg("lse"), UNIQUE_SM_NB_ARGS,
-      nb::arg("stream"));
+      nb::arg("stream"), nb::arg("tau") = nb::none());
   m.def(
       "soft_mask_backward",
       [](const InArray& q, const InArray& k, const InArray& v, const InArray& out,
                          const InArray& lse, const InArray& dout, const Array& dq, const Array& dk, const Array& dv,
-                         UNIQUE_SM_PARAMS, uintptr_t stream) {
+                         UNIQUE_SM_PARAMS, uintptr_t stream, std::optional<InArray> tau) {
         const AttentionConfig cfg =
             soft_mask_config(page_size, budget_tokens, sink_pages, recent_pages, temperature, alpha, sm_scale);
         const TensorView qv = view_of(q, "q"), kv = view_of(k, "k"), vv = view_of(v, "v");
         const TensorView ov = view_of(out, "out"), lv = f32_view(lse, "lse"), gov = view_of(dout, "dout");
         const TensorView gq = view_of(dq, "dq"), gk = view_of(dk, "dk"), gv = view_of(dv, "dv");
+        const TensorView tv = tau ? f32_view(*tau, "tau") : TensorView{};
         nb::gil_scoped_release nogil;
         StreamGuard g(stream);
-        soft_mask_attention_backward(cfg, qv, kv, vv, ov, lv, gov, gq, gk, gv);
+        soft_mask_attention_backward(cfg, qv, kv, vv, ov, lv, gov, gq, gk, gv, tau ? &tv : nullptr);
       },
       nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"), nb::arg("lse"), nb::arg("dout"), nb::arg("dq"),
-      nb::arg("dk"), nb::arg("dv"), UNIQUE_SM_NB_ARGS, nb::arg("stream"));
+      nb::arg("dk"), nb::arg("dv"), UNIQUE_SM_NB_ARGS, nb::arg("stream"), nb::arg("tau") = nb::none());
 
   m.def(
       "recompute_page_stats",

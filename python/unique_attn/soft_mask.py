@@ -27,7 +27,8 @@ Semantics (shared with the CUDA kernels `_core.soft_mask_forward/backward`):
 Implementation: page scores [B, Hq, Lq, Npages] and a per-(query, page) additive bias; the
 attention itself runs chunked over queries (fp32 logits, only keys <= the chunk's last
 query), so memory is O(chunk * Lk) per head, never Lq * Lk. The autograd.Function saves
-q, k, v, out and the log-sum-exp and recomputes logits and scores in backward.
+q, k, v, out and the log-sum-exp (on CUDA also the thresholds) and recomputes logits and
+scores in backward.
 
 Backend: on CUDA, when the extension has `soft_mask_forward` (built with UNIQUE_PY_CUDA=ON),
 the fused kernels run; the environment variable UNIQUE_SOFT_MASK_BACKEND=torch|cuda|auto
@@ -320,16 +321,18 @@ def _cuda_forward(ctx, q, k, v):
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     out = torch.empty(B, Lq, Hq, D, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, Lq, Hq, dtype=torch.float32, device=q.device)
-    _core.soft_mask_forward(_dl(qt), _dl(kt), _dl(vt), _dl(out), _dl(lse), *_cfg_args(ctx))
-    return out, lse
+    # the thresholds, saved for the backward (which then skips its top-k pre-pass)
+    tau = torch.empty(B, Hq, Lq, dtype=torch.float32, device=q.device)
+    _core.soft_mask_forward(_dl(qt), _dl(kt), _dl(vt), _dl(out), _dl(lse), *_cfg_args(ctx), tau=_dl(tau))
+    return out, lse, tau
 
 
-def _cuda_backward(ctx, q, k, v, out, lse, dout):
+def _cuda_backward(ctx, q, k, v, out, lse, tau, dout):
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     dq, dk, dv = torch.empty_like(qt), torch.empty_like(kt), torch.empty_like(vt)
     do = dout.transpose(1, 2)
     _core.soft_mask_backward(_dl(qt), _dl(kt), _dl(vt), _dl(out), _dl(lse), _dl(do), _dl(dq), _dl(dk), _dl(dv),
-                             *_cfg_args(ctx))
+                             *_cfg_args(ctx), tau=_dl(tau))
     return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
 
 
@@ -351,8 +354,8 @@ class SoftMaskAttention(torch.autograd.Function):
         ctx.P, ctx.budget, ctx.T, ctx.sink, ctx.recent = page_size, budget, temperature, sink, recent
         ctx.alpha, ctx.scale, ctx.chunk, ctx.use_cuda, ctx.device = alpha, scale, chunk, use_cuda, q.device
         if use_cuda:
-            out_t, lse = _cuda_forward(ctx, q, k, v)  # [B, L, H, D], [B, L, H]
-            ctx.save_for_backward(q, k, v, out_t, lse)
+            out_t, lse, tau = _cuda_forward(ctx, q, k, v)  # [B, L, H, D], [B, L, H], [B, H, L]
+            ctx.save_for_backward(q, k, v, out_t, lse, tau)
             return out_t.transpose(1, 2)
         with torch.no_grad(), _no_autocast(q):
             bias = page_bias(q, k, page_size, budget, temperature, sink, recent, "unique", alpha, scale, threshold)
@@ -363,10 +366,11 @@ class SoftMaskAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, out, lse = ctx.saved_tensors
         if ctx.use_cuda:
-            dq, dk, dv = _cuda_backward(ctx, q, k, v, out, lse, dout.contiguous())
+            q, k, v, out, lse, tau = ctx.saved_tensors
+            dq, dk, dv = _cuda_backward(ctx, q, k, v, out, lse, tau, dout.contiguous())
             return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
+        q, k, v, out, lse = ctx.saved_tensors
         qd = q.detach().requires_grad_(True)
         kd = k.detach().requires_grad_(True)
         with torch.enable_grad(), _no_autocast(q):

@@ -36,11 +36,12 @@ void sparse_prefill(const AttentionConfig& cfg, const TensorView& q, const Paged
 
 // Soft-mask attention (include/unique/soft_mask.h); arguments already validated. The
 // workspace (page statistics, thresholds, fp32 gradient accumulators) comes from a
-// grow-only device buffer.
+// grow-only device buffer. tau (may be null): [B][Hq][L] thresholds, written by the
+// forward, read (not recomputed) by the backward.
 void soft_mask_forward(const AttentionConfig& cfg, const TensorView& q, const TensorView& k, const TensorView& v,
-                       const TensorView& out, const TensorView& lse, void* stream);
+                       const TensorView& out, const TensorView& lse, float* tau, void* stream);
 void soft_mask_backward(const AttentionConfig& cfg, const TensorView& q, const TensorView& k, const TensorView& v,
                         const TensorView& out, const TensorView& lse, const TensorView& dout, const TensorView& dq,
-                        const TensorView& dk, const TensorView& dv, void* stream);
+                        const TensorView& dk, const TensorView& dv, const float* tau, void* stream);
 
 }  // namespace unique::cuda_backend

@@ -34,12 +34,12 @@ void sparse_prefill(const AttentionConfig&, const TensorView&, const PagedKV&, i
 }
 double measure_copy_gbps(std::size_t, int) { no_cuda(); }
 void soft_mask_forward(const AttentionConfig&, const TensorView&, const TensorView&, const TensorView&,
-                       const TensorView&, const TensorView&, void*) {
+                       const TensorView&, const TensorView&, float*, void*) {
   no_cuda();
 }
 void soft_mask_backward(const AttentionConfig&, const TensorView&, const TensorView&, const TensorView&,
                         const TensorView&, const TensorView&, const TensorView&, const TensorView&,
-                        const TensorView&, const TensorView&, void*) {
+                        const TensorView&, const TensorView&, const float*, void*) {
   no_cuda();
 }
 }  // namespace unique::cuda_backend

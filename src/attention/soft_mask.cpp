@@ -25,7 +25,7 @@ void expect_float_input(const TensorView& t, const char* arg, const TensorView& 
 void validate_soft_mask_args(const AttentionConfig& cfg, const TensorView& q, const TensorView& k,
                              const TensorView& v, const TensorView& out, const TensorView& lse,
                              const TensorView* dout, const TensorView* dq, const TensorView* dk,
-                             const TensorView* dv) {
+                             const TensorView* dv, const TensorView* tau) {
   cfg.validate();
   UNIQUE_CHECK_ARG(cfg.offset == OffsetForm::channel, "offset", "channel (soft-mask attention)",
                    to_string(cfg.offset));
@@ -60,6 +60,13 @@ void validate_soft_mask_args(const AttentionConfig& cfg, const TensorView& q, co
     for (auto [t, name] : {std::pair{&q, "q"}, std::pair{&k, "k"}, std::pair{&v, "v"}})
       UNIQUE_CHECK_ARG(t->stride[3] == 1, detail::concat(name, " stride of head_dim"), "1 (CUDA)", t->stride[3]);
   }
+  if (tau) {
+    expect_not_null(*tau, "tau");
+    expect_device(*tau, "tau", q.device);
+    expect_dtype(*tau, "tau", DType::f32);
+    expect_shape(*tau, "tau", {B, Hq, L});
+    expect_contiguous(*tau, "tau");
+  }
   if (!dout) return;
   expect_float_input(*dout, "dout", q);
   expect_shape(*dout, "dout", {B, L, Hq, D});
@@ -80,21 +87,28 @@ void validate_soft_mask_args(const AttentionConfig& cfg, const TensorView& q, co
 }
 
 void soft_mask_attention_forward(const AttentionConfig& cfg, const TensorView& q, const TensorView& k,
-                                 const TensorView& v, const TensorView& out, const TensorView& lse) {
-  validate_soft_mask_args(cfg, q, k, v, out, lse);
-  if (q.device == Device::cuda)
-    cuda_backend::soft_mask_forward(cfg, q, k, v, out, lse, cuda_stream());
-  else
-    ref::soft_mask_attention_forward(cfg, q, k, v, out, lse);
+                                 const TensorView& v, const TensorView& out, const TensorView& lse,
+                                 const TensorView* tau) {
+  validate_soft_mask_args(cfg, q, k, v, out, lse, nullptr, nullptr, nullptr, nullptr, tau);
+  if (q.device == Device::cuda) {
+    cuda_backend::soft_mask_forward(cfg, q, k, v, out, lse, tau ? tau->ptr<float>() : nullptr, cuda_stream());
+    return;
+  }
+  ref::soft_mask_attention_forward(cfg, q, k, v, out, lse);
+  if (tau) {
+    const std::vector<double> t = ref::soft_mask_thresholds(cfg, q, k);
+    for (size_t i = 0; i < t.size(); ++i) tau->ptr<float>()[i] = static_cast<float>(t[i]);
+  }
 }
 
 void soft_mask_attention_backward(const AttentionConfig& cfg, const TensorView& q, const TensorView& k,
                                   const TensorView& v, const TensorView& out, const TensorView& lse,
                                   const TensorView& dout, const TensorView& dq, const TensorView& dk,
-                                  const TensorView& dv) {
-  validate_soft_mask_args(cfg, q, k, v, out, lse, &dout, &dq, &dk, &dv);
+                                  const TensorView& dv, const TensorView* tau) {
+  validate_soft_mask_args(cfg, q, k, v, out, lse, &dout, &dq, &dk, &dv, tau);
   if (q.device == Device::cuda)
-    cuda_backend::soft_mask_backward(cfg, q, k, v, out, lse, dout, dq, dk, dv, cuda_stream());
+    cuda_backend::soft_mask_backward(cfg, q, k, v, out, lse, dout, dq, dk, dv, tau ? tau->ptr<float>() : nullptr,
+                                     cuda_stream());
   else
     ref::soft_mask_attention_backward(cfg, q, k, v, out, lse, dout, dq, dk, dv);
 }

@@ -278,6 +278,13 @@ void soft_mask_attention_backward(const AttentionConfig& cfg, const TensorView& 
   store4(dv, gv);
 }
 
+std::vector<double> soft_mask_thresholds(const AttentionConfig& cfg, const TensorView& q, const TensorView& k) {
+  cfg.validate();
+  expect_shape(q, "q", {-1, -1, -1, -1});
+  expect_shape(k, "k", {q.shape[0], q.shape[1], -1, q.shape[3]});
+  return soft_mask::thresholds(cfg, problem(q, k, k));
+}
+
 std::vector<double> soft_mask_page_weights(const AttentionConfig& cfg, const TensorView& q, const TensorView& k) {
   cfg.validate();
   expect_shape(q, "q", {-1, -1, -1, -1});

@@ -52,6 +52,9 @@ SoftMaskArgs make_soft_mask_args(const AttentionConfig& cfg, const TensorView& q
   a.group = a.Hq / a.Hkv;
   a.P = cfg.page_size;
   a.NC = a.L / a.P;
+  a.pshift = 0;
+  while ((1 << a.pshift) < a.P) ++a.pshift;  // P is 16, 32 or 64 (validated)
+  a.npg = 64 / a.P;
   a.sink = cfg.sink_pages;
   a.recent = cfg.recent_pages;
   a.kpages = cfg.topk_pages();
@@ -134,6 +137,7 @@ size_t carve(cuda::SoftMaskArgs& a, int D, bool backward, void* base) {
   const size_t stats = size_t(a.B) * a.Hkv * std::max(a.NC, 1) * D, rows = size_t(a.B) * a.Hq * a.L;
   a.mu = c.take(stats);
   a.sig = c.take(stats);
+  a.hl = reinterpret_cast<uint4*>(c.take(2 * stats));
   a.tau = c.take(rows);
   if (backward) {
     a.delta = c.take(rows);
@@ -148,13 +152,14 @@ size_t carve(cuda::SoftMaskArgs& a, int D, bool backward, void* base) {
 }  // namespace
 
 void soft_mask_forward(const AttentionConfig& cfg, const TensorView& q, const TensorView& k, const TensorView& v,
-                       const TensorView& out, const TensorView& lse, void* stream) {
+                       const TensorView& out, const TensorView& lse, float* tau, void* stream) {
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   const int D = int(q.shape[3]);
   cuda::SoftMaskArgs a = cuda::make_soft_mask_args(cfg, q, k, v, out, lse);
   Scratch& s = scratch();
   std::lock_guard<std::mutex> lock(s.mu);
   carve(a, D, false, s.buf.get(carve(a, D, false, nullptr)));
+  if (tau) a.tau = tau;  // the threshold kernel writes the caller's tensor
   cuda::profile_mark(st, 0);
   cuda::launch_soft_mask_stats(a, D, st);
   cuda::profile_mark(st, 1);
@@ -170,7 +175,7 @@ void soft_mask_forward(const AttentionConfig& cfg, const TensorView& q, const Te
 
 void soft_mask_backward(const AttentionConfig& cfg, const TensorView& q, const TensorView& k, const TensorView& v,
                         const TensorView& out, const TensorView& lse, const TensorView& dout, const TensorView& dq,
-                        const TensorView& dk, const TensorView& dv, void* stream) {
+                        const TensorView& dk, const TensorView& dv, const float* tau, void* stream) {
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   const int D = int(q.shape[3]);
   cuda::expect_rows_16b(q, "q");
@@ -197,7 +202,8 @@ void soft_mask_backward(const AttentionConfig& cfg, const TensorView& q, const T
   cuda::profile_mark(st, 0);
   cuda::launch_soft_mask_stats(a, D, st);
   cuda::profile_mark(st, 1);
-  cuda::launch_soft_mask_threshold(a, D, st);
+  if (tau) a.tau = const_cast<float*>(tau);  // the forward's thresholds (only read)
+  else cuda::launch_soft_mask_threshold(a, D, st);
   cuda::profile_mark(st, 2);
   cuda::launch_soft_mask_delta(a, D, st);
   cuda::profile_mark(st, 3);

@@ -12,6 +12,8 @@ namespace soft_mask {
 namespace {
 
 // ---- page statistics: one block per (page, KV head, batch), one thread per channel ------
+// Writes mu/sigma in fp32 and their hi + lo split (SoftMaskArgs::hl, the B-operand form of
+// every tensor-core page score, so no kernel splits them again).
 template <class T>
 __global__ void stats_kernel(const SoftMaskArgs a, int D) {
   const int j = blockIdx.x, h = blockIdx.y, b = blockIdx.z, d = threadIdx.x;
@@ -25,8 +27,17 @@ __global__ void stats_kernel(const SoftMaskArgs a, int D) {
     var = fmaf(e, e, var);
   }
   const int64_t o = ((int64_t(b) * a.Hkv + h) * a.NC + j) * D + d;
+  const float sg = sqrtf(var / a.P);
   a.mu[o] = m;
-  a.sig[o] = sqrtf(var / a.P);
+  a.sig[o] = sg;
+  // Channel pairs (d, d + 1) meet in the even lane (D is a multiple of 32).
+  const float m1 = __shfl_down_sync(0xffffffffu, m, 1), s1 = __shfl_down_sync(0xffffffffu, sg, 1);
+  if (d % 2 == 0) {
+    uint4 w;
+    split2<T>(m, m1, w.x, w.y);
+    split2<T>(sg, s1, w.z, w.w);
+    a.hl[o / 2] = w;
+  }
 }
 
 // ---- thresholds ------------------------------------------------------------------------------
@@ -78,6 +89,88 @@ __device__ float tau_from_scores(const SoftMaskArgs& a, const float* my_scores, 
     tau = 0.5f * (key_value(kk) + key_value(k1));
   }
   return tau;
+}
+
+// tau from order keys (order_key of the scores): the keys of one row, n of them, sit in
+// shared memory; the warp moves them into registers (R per lane, n <= 32 R) and finds the
+// k-th largest by the same bitwise search, one compare per key and bit without shared-memory
+// traffic; bits on which all n keys agree are taken without a count.
+template <int R>
+__device__ float tau_from_keys_reg(const SoftMaskArgs& a, const uint32_t* keys_s, int n, int lane) {
+  uint32_t x[R];
+  uint32_t all_and = ~0u, all_or = 0u;
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    const int idx = i * 32 + lane;
+    x[i] = idx < n ? keys_s[idx] : 0u;  // 0 is below every finite score's key: never counted
+    if (idx < n) {
+      all_and &= x[i];
+      all_or |= x[i];
+    }
+  }
+  all_and = __reduce_and_sync(0xffffffffu, all_and);
+  all_or = __reduce_or_sync(0xffffffffu, all_or);
+  const uint32_t differ = all_and ^ all_or;
+  uint32_t K = 0;
+  for (int bit = 31; bit >= 0; --bit) {
+    const uint32_t m = 1u << bit;
+    if (!(differ & m)) {  // every key has this bit = all_and's: so has the k-th largest
+      K |= all_and & m;
+      continue;
+    }
+    const uint32_t cand = K | m;
+    unsigned cnt = 0;
+#pragma unroll
+    for (int i = 0; i < R; ++i) cnt += x[i] >= cand;
+    cnt = __reduce_add_sync(0xffffffffu, cnt);
+    if (cnt >= unsigned(a.kpages)) K = cand;
+  }
+  unsigned ge = 0;
+  uint32_t below = 0;
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    ge += x[i] >= K;
+    if (x[i] < K) below = max(below, x[i]);
+  }
+  ge = __reduce_add_sync(0xffffffffu, ge);
+  below = __reduce_max_sync(0xffffffffu, below);
+  const uint32_t k1 = ge >= unsigned(a.kpages + 1) ? K : below;
+  return 0.5f * (key_value(K) + key_value(k1));
+}
+
+// As tau_from_scores, on order keys in shared memory (rows with more than 2048 candidates).
+__device__ float tau_from_keys_smem(const SoftMaskArgs& a, const uint32_t* keys_s, int n, int lane) {
+  uint32_t K = 0;
+  for (int bit = 31; bit >= 0; --bit) {
+    const uint32_t cand = K | (1u << bit);
+    unsigned cnt = 0;
+    for (int i = lane; i < n; i += 32) cnt += keys_s[i] >= cand;
+    cnt = __reduce_add_sync(0xffffffffu, cnt);
+    if (cnt >= unsigned(a.kpages)) K = cand;
+  }
+  unsigned ge = 0;
+  uint32_t below = 0;
+  for (int i = lane; i < n; i += 32) {
+    const uint32_t x = keys_s[i];
+    ge += x >= K;
+    if (x < K) below = max(below, x);
+  }
+  ge = __reduce_add_sync(0xffffffffu, ge);
+  below = __reduce_max_sync(0xffffffffu, below);
+  const uint32_t k1 = ge >= unsigned(a.kpages + 1) ? K : below;
+  return 0.5f * (key_value(K) + key_value(k1));
+}
+
+// tau of one row from the order keys of its n candidate scores (whole warp): -inf (no
+// mask) when n <= k, else the midpoint of the k-th and (k+1)-th largest.
+__device__ float tau_from_keys(const SoftMaskArgs& a, const uint32_t* keys_s, int n, int lane) {
+  if (n <= a.kpages) return -INFINITY;
+  if (n <= 4 * 32) return tau_from_keys_reg<4>(a, keys_s, n, lane);
+  if (n <= 8 * 32) return tau_from_keys_reg<8>(a, keys_s, n, lane);
+  if (n <= 16 * 32) return tau_from_keys_reg<16>(a, keys_s, n, lane);
+  if (n <= 32 * 32) return tau_from_keys_reg<32>(a, keys_s, n, lane);
+  if (n <= 64 * 32) return tau_from_keys_reg<64>(a, keys_s, n, lane);
+  return tau_from_keys_smem(a, keys_s, n, lane);
 }
 
 template <class T, int D>
@@ -133,15 +226,16 @@ __global__ void __launch_bounds__(kRows * 32) threshold_kernel(const SoftMaskArg
 
 // Tensor-core thresholds: one block of kMRows = 16 query rows (one m16 tile, one query
 // head) and kMWarps warps. Scores [q, |q|] x [mu, sigma]^T with mu/sigma split hi + lo
-// (as warp_log_weights), B fragments straight from global memory (L2), warp w taking
-// the 8-page column tiles w, w + kMWarps, ...; then warp w selects row w's threshold.
+// (SoftMaskArgs::hl, as warp_log_weights), B fragments straight from global memory (L2),
+// warp w taking the 8-page column tiles w, w + kMWarps, ...; the scores stay in shared
+// memory as order keys; then warp w selects row w's threshold (tau_from_keys).
 constexpr int kMRows = 16, kMWarps = 16;
 
 template <class T, int D>
 __global__ void __launch_bounds__(kMWarps * 32) threshold_mma_kernel(const SoftMaskArgs a, int max_cand) {
   extern __shared__ uint4 smem_raw[];
   T* q_s = reinterpret_cast<T*>(smem_raw);                          // [16][D] swizzled
-  float* scores = reinterpret_cast<float*>(q_s + kMRows * D);       // [16][max_cand]
+  uint32_t* keys = reinterpret_cast<uint32_t*>(q_s + kMRows * D);  // [16][max_cand] order keys of the scores
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const int hq = blockIdx.y, b = blockIdx.z, h = hq / a.group;
   const int64_t t0 = int64_t(gridDim.x - 1 - blockIdx.x) * kMRows;  // heaviest (most pages) first
@@ -163,27 +257,19 @@ __global__ void __launch_bounds__(kMWarps * 32) threshold_mma_kernel(const SoftM
     const int64_t tt = t0 + g + 8 * r;
     row_last[r] = tt < a.L ? last_candidate(a, tt) : -1;
   }
-  const float* mu = a.mu + (int64_t(b) * a.Hkv + h) * a.NC * D;
-  const float* sg = a.sig + (int64_t(b) * a.Hkv + h) * a.NC * D;
+  const uint4* hl = a.hl + (int64_t(b) * a.Hkv + h) * a.NC * (D / 2);
   for (int j0 = a.sink + warp * 8; j0 <= block_last; j0 += kMWarps * 8) {
     const int jb = j0 + g;  // this lane's B column (page)
     const bool has = jb <= block_last;
     float dot[4] = {}, off[4] = {};
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      float2 m0 = make_float2(0.0f, 0.0f), m1 = m0, s0 = m0, s1 = m0;
+      uint4 w0 = make_uint4(0, 0, 0, 0), w1 = w0;
       if (has) {
-        const int64_t o = int64_t(jb) * D + kk * 16 + 2 * t4;
-        m0 = *reinterpret_cast<const float2*>(mu + o);
-        m1 = *reinterpret_cast<const float2*>(mu + o + 8);
-        s0 = *reinterpret_cast<const float2*>(sg + o);
-        s1 = *reinterpret_cast<const float2*>(sg + o + 8);
+        w0 = hl[int64_t(jb) * (D / 2) + kk * 8 + t4];
+        w1 = hl[int64_t(jb) * (D / 2) + kk * 8 + 4 + t4];
       }
-      uint32_t mh[2], ml[2], sh[2], sl[2];
-      split2<T>(m0.x, m0.y, mh[0], ml[0]);
-      split2<T>(m1.x, m1.y, mh[1], ml[1]);
-      split2<T>(s0.x, s0.y, sh[0], sl[0]);
-      split2<T>(s1.x, s1.y, sh[1], sl[1]);
+      const uint32_t mh[2] = {w0.x, w1.x}, ml[2] = {w0.y, w1.y}, sh[2] = {w0.z, w1.z}, sl[2] = {w0.w, w1.w};
       const uint32_t qa[4] = {qf[kk][0] & 0x7fff7fffu, qf[kk][1] & 0x7fff7fffu, qf[kk][2] & 0x7fff7fffu,
                               qf[kk][3] & 0x7fff7fffu};
       mma16816<T>(dot, qf[kk], mh);
@@ -194,13 +280,14 @@ __global__ void __launch_bounds__(kMWarps * 32) threshold_mma_kernel(const SoftM
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int r = e / 2, j = j0 + 2 * t4 + (e & 1);
-      if (j <= row_last[r]) scores[(g + 8 * r) * max_cand + (j - a.sink)] = a.scale * (dot[e] + a.alpha * off[e]);
+      if (j <= row_last[r])
+        keys[(g + 8 * r) * max_cand + (j - a.sink)] = order_key(a.scale * (dot[e] + a.alpha * off[e]));
     }
   }
   __syncthreads();
   const int64_t t = t0 + warp;
   if (warp >= kMRows || t >= a.L) return;
-  const float tau = tau_from_scores(a, scores + warp * max_cand, last_candidate(a, t) - a.sink + 1, lane);
+  const float tau = tau_from_keys(a, keys + warp * max_cand, last_candidate(a, t) - a.sink + 1, lane);
   if (lane == 0) a.tau[(int64_t(b) * a.Hq + hq) * a.L + t] = tau;
 }
 
@@ -237,7 +324,7 @@ __global__ void finalize_kernel(const SoftMaskArgs a, int D) {
     const int64_t t = (i / (int64_t(D) * a.Hkv)) % a.L;
     const int b = int(i / (int64_t(D) * a.Hkv * a.L));
     float g = a.dk_acc[i];
-    const int j = int(t / a.P);
+    const int j = int(t >> a.pshift);
     if (j < a.NC) {
       // dmu/dk_i = 1/P; dsigma/dk_i = (k_i - mu) / (P sigma), 0 where sigma == 0.
       const int64_t o = ((int64_t(b) * a.Hkv + h) * a.NC + j) * D + d;

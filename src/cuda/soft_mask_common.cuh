@@ -1,6 +1,7 @@
 // Internal: device helpers shared by the soft-mask attention kernels: the candidate-page
-// rule, the stable log-sigmoid, and the per-(query row, page) log-weight of a key tile
-// recomputed from q, mu, sigma and tau (cheaper than storing a [rows x pages] bias).
+// rule, the stable log-sigmoid, the split page statistics' tile load, and the per-(query
+// row, page) log-weight of a key tile recomputed from q, mu, sigma and tau (cheaper than
+// storing a [rows x pages] bias).
 #pragma once
 #include "cuda/common.cuh"
 #include "cuda/mma.cuh"
@@ -12,12 +13,15 @@ constexpr int kTile = 64;     // query rows and keys per tile
 constexpr int kThreads = 128; // 4 warps of 16 rows (forward) or 16 keys (backward)
 constexpr int kMaxPagesPerTile = kTile / 16;
 
-// log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)): never log(0), exact 0 at +inf.
-__device__ __forceinline__ float log_sigmoid(float x) { return fminf(x, 0.0f) - log1pf(__expf(-fabsf(x))); }
+// log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)): never log(0), exact 0 at +inf. The
+// log1p term as __logf(1 + e), e in (0, 1]: absolute error ~1e-7 (where e < 2^-24 it is
+// 0 instead of e), far below what a logit or the bias gradient resolves, and ~10x cheaper
+// than log1pf (it runs for every (row, page) of every tile in both passes).
+__device__ __forceinline__ float log_sigmoid(float x) { return fminf(x, 0.0f) - __logf(1.0f + __expf(-fabsf(x))); }
 
 // Candidate pages of query t: sink <= j <= t / P - max(recent, 1).
 __device__ __forceinline__ int last_candidate(const SoftMaskArgs& a, int64_t t) {
-  return static_cast<int>(t / a.P) - max(a.recent, 1);
+  return static_cast<int>(t >> a.pshift) - max(a.recent, 1);
 }
 
 // Element offset of row t, head h of a [B, L, H, D] view.
@@ -25,22 +29,18 @@ __device__ __forceinline__ int64_t row_off(const Strides4& s, int b, int64_t t, 
   return b * s.b + t * s.t + h * s.h;
 }
 
-// Loads the mu/sigma rows of the key tile's pages (fp32 [kMaxPagesPerTile][D], pages past
-// the complete ones as zeros) into shared memory; every thread of the block takes part.
+// cp.async of the split statistics (SoftMaskArgs::hl) of the 64-key tile's pages into
+// shared memory ([kMaxPagesPerTile][D / 2] uint4, pages past the complete ones as zeros);
+// threads [tid0, tid0 + nthreads) take part (the caller commits the group).
 template <int D>
-__device__ __forceinline__ void load_tile_stats(const SoftMaskArgs& a, int b, int h, int key_tile, float* mu_s,
-                                                float* sig_s) {
-  const int npg = kTile / a.P;
-  for (int i = threadIdx.x; i < npg * D; i += blockDim.x) {
-    const int pi = i / D, d = i % D, j = key_tile * npg + pi;
-    float m = 0.0f, s = 0.0f;
-    if (j < a.NC) {
-      const int64_t o = ((int64_t(b) * a.Hkv + h) * a.NC + j) * D + d;
-      m = a.mu[o];
-      s = a.sig[o];
-    }
-    mu_s[pi * D + d] = m;
-    sig_s[pi * D + d] = s;
+__device__ __forceinline__ void load_tile_hl_async(const SoftMaskArgs& a, int b, int h, int key_tile, uint4* hl_s,
+                                                   int tid0, int nthreads) {
+  const int npg = a.npg;
+  for (int idx = tid0; idx < npg * D / 2; idx += nthreads) {
+    const int j = key_tile * npg + idx / (D / 2);
+    const bool in = j < a.NC;
+    const int64_t o = in ? ((int64_t(b) * a.Hkv + h) * a.NC + key_tile * npg) * (D / 2) + idx : 0;
+    cp_async16(hl_s + idx, a.hl + o, in ? 16 : 0);
   }
 }
 
@@ -63,38 +63,29 @@ __device__ __forceinline__ void split2(float x, float y, uint32_t& hi, uint32_t&
 
 // The page bias log m (0 for rows without a mask and pages that are not candidates) of one
 // warp's 16 query rows [r0, r0 + 16) of the block's tile (qf: their A fragments; rows
-// row0 + r0 + ...), on tensor cores: the scores of the tile's
-// pages are [q, |q|] x [mu, sigma]^T (|q| by clearing the sign bits of the packed pairs;
-// mu/sigma split hi + lo, fp32 accumulation), 2 mma per 16 channels. The warp writes only
-// bias_s rows [r0, r0 + 16).
+// row0 + r0 + ...), on tensor cores: the scores of the tile's pages are [q, |q|] x
+// [mu, sigma]^T (|q| by clearing the sign bits of the packed pairs; mu/sigma as their
+// hi + lo split from hl_s, [4 pages][D / 2] uint4; fp32 accumulation), 2 mma per 16
+// channels. The warp writes only bias_s rows [r0, r0 + 16).
 template <class T, int D>
 __device__ __forceinline__ void warp_log_weights(const SoftMaskArgs& a, const uint32_t (&qf)[D / 16][4],
-                                                 const float* mu_s, const float* sig_s, const float* tau_s,
-                                                 int64_t row0, int r0, int key_tile, int lane, float* bias_s) {
+                                                 const uint4* hl_s, const float* tau_s, int64_t row0, int r0,
+                                                 int key_tile, int lane, float* bias_s) {
   // B columns 0..3: hi halves of pages 0..3, columns 4..7: lo halves of the same pages (a
   // tile has at most 4 pages), so one mma per 16 channels takes both; lanes t4 and t4 ^ 2
   // then hold the hi and lo sums of the same pages.
-  const int g = lane / 4, t4 = lane % 4, npg = kTile / a.P, pg = g & 3;
-  const bool has = pg < npg;
+  const int g = lane / 4, t4 = lane % 4, npg = a.npg, pg = g & 3;
+  const bool has = pg < npg, lo = g >= 4;
   float dot[4] = {}, off[4] = {};
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
-    float2 m0 = make_float2(0.0f, 0.0f), m1 = m0, s0 = m0, s1 = m0;
+    uint4 w0 = make_uint4(0, 0, 0, 0), w1 = w0;
     if (has) {
-      const int o = pg * D + kk * 16 + 2 * t4;
-      m0 = *reinterpret_cast<const float2*>(mu_s + o);
-      m1 = *reinterpret_cast<const float2*>(mu_s + o + 8);
-      s0 = *reinterpret_cast<const float2*>(sig_s + o);
-      s1 = *reinterpret_cast<const float2*>(sig_s + o + 8);
+      w0 = hl_s[pg * (D / 2) + kk * 8 + t4];
+      w1 = hl_s[pg * (D / 2) + kk * 8 + 4 + t4];
     }
-    uint32_t mh[2], ml[2], sh[2], sl[2];
-    split2<T>(m0.x, m0.y, mh[0], ml[0]);
-    split2<T>(m1.x, m1.y, mh[1], ml[1]);
-    split2<T>(s0.x, s0.y, sh[0], sl[0]);
-    split2<T>(s1.x, s1.y, sh[1], sl[1]);
-    const bool lo = g >= 4;
-    const uint32_t bm[2] = {lo ? ml[0] : mh[0], lo ? ml[1] : mh[1]};
-    const uint32_t bs[2] = {lo ? sl[0] : sh[0], lo ? sl[1] : sh[1]};
+    const uint32_t bm[2] = {lo ? w0.y : w0.x, lo ? w1.y : w1.x};
+    const uint32_t bs[2] = {lo ? w0.w : w0.z, lo ? w1.w : w1.z};
     const uint32_t qa[4] = {qf[kk][0] & 0x7fff7fffu, qf[kk][1] & 0x7fff7fffu, qf[kk][2] & 0x7fff7fffu,
                             qf[kk][3] & 0x7fff7fffu};
     mma16816<T>(dot, qf[kk], bm);

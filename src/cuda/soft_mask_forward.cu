@@ -2,8 +2,8 @@
 // block per 64-row query tile and query head, Q in registers, K/V tiles double-buffered
 // through shared memory with cp.async, QK^T and PV on tensor cores, online softmax in
 // exp2) plus one step per key tile: the log page weights of the tile's 64/P pages for the
-// block's 64 rows, recomputed from q, mu, sigma and tau (2D FMAs per row and page, ~1/P of
-// the tile's attention work) and added to the logits of the page's keys.
+// block's 64 rows, recomputed on tensor cores from q, the split mu/sigma and tau
+// (warp_log_weights, 1/8 of the tile's attention mma) and added to the logits of the page's keys.
 #include <algorithm>
 
 #include "cuda/soft_mask_common.cuh"
@@ -13,16 +13,16 @@ namespace unique::cuda {
 namespace soft_mask {
 namespace {
 
+// D 64: at most 168 registers, so three 4-warp blocks fit an SM (173 would leave two).
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads) forward_kernel(const SoftMaskArgs a) {
+__global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) forward_kernel(const SoftMaskArgs a) {
   constexpr int CH = D / 8;
   extern __shared__ uint4 smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + kTile * D;
   T* sV = sK + 2 * kTile * D;
-  float* mu_s = reinterpret_cast<float*>(sV + 2 * kTile * D);  // [2 stages][4][D]
-  float* sig_s = mu_s + 2 * kMaxPagesPerTile * D;              // [2 stages][4][D]
-  float* bias_s = sig_s + 2 * kMaxPagesPerTile * D;            // [64][4]
+  uint4* hl_s = reinterpret_cast<uint4*>(sV + 2 * kTile * D);  // [2 stages][4][D / 2] split mu/sigma
+  float* bias_s = reinterpret_cast<float*>(hl_s + 2 * kMaxPagesPerTile * D / 2);  // [64][4]
   float* tau_s = bias_s + kTile * kMaxPagesPerTile;            // [64]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -36,34 +36,25 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const SoftMaskArgs a)
   const T* K = static_cast<const T*>(a.k);
   const T* V = static_cast<const T*>(a.v);
 
+  // Each thread copies chunk lc of rows lr, lr + RSTEP, ...: its sources differ per tile
+  // only by the row offset (address arithmetic hoisted out of the key-tile loop).
+  constexpr int RSTEP = kThreads / CH;
+  const int lr = tid / CH, lc = tid % CH;
+  const T* k_src = K + int64_t(b) * a.ks.b + int64_t(h) * a.ks.h + lc * 8;
+  const T* v_src = V + int64_t(b) * a.vs.b + int64_t(h) * a.vs.h + lc * 8;
   auto load_tile = [&](int tile, int stage) {
     T* dk = sK + stage * kTile * D;
     T* dv = sV + stage * kTile * D;
-    for (int idx = tid; idx < kTile * CH; idx += kThreads) {
-      const int r = idx / CH, c = idx % CH;
+#pragma unroll
+    for (int i = 0; i < kTile / RSTEP; ++i) {
+      const int r = lr + i * RSTEP;
       const int64_t s = int64_t(tile) * kTile + r;
-      const T* srck = K;
-      const T* srcv = V;
-      int bytes = 0;
-      if (s < a.L) {
-        srck = K + row_off(a.ks, b, s, h) + c * 8;
-        srcv = V + row_off(a.vs, b, s, h) + c * 8;
-        bytes = 16;
-      }
-      cp_async16(dk + swz(r, c, CH) * 8, srck, bytes);
-      cp_async16(dv + swz(r, c, CH) * 8, srcv, bytes);
+      const bool in = s < a.L;
+      const int so = swz(r, lc, CH) * 8;
+      cp_async16(dk + so, in ? k_src + s * a.ks.t : K, in ? 16 : 0);
+      cp_async16(dv + so, in ? v_src + s * a.vs.t : V, in ? 16 : 0);
     }
-    // mu/sigma of the tile's pages (contiguous [npg][D] fp32; zeros past the complete pages).
-    const int npg = kTile / a.P;
-    float* dmu = mu_s + stage * kMaxPagesPerTile * D;
-    float* dsg = sig_s + stage * kMaxPagesPerTile * D;
-    for (int idx = tid; idx < npg * D / 4; idx += kThreads) {
-      const int j = tile * npg + idx / (D / 4);
-      const bool in = j < a.NC;
-      const int64_t o = in ? ((int64_t(b) * a.Hkv + h) * a.NC + tile * npg) * D + idx * 4 : 0;
-      cp_async16(dmu + idx * 4, a.mu + o, in ? 16 : 0);
-      cp_async16(dsg + idx * 4, a.sig + o, in ? 16 : 0);
-    }
+    load_tile_hl_async<D>(a, b, h, tile, hl_s + stage * kMaxPagesPerTile * D / 2, tid, kThreads);
     cp_async_commit();
   };
   load_tile(0, 0);
@@ -95,8 +86,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const SoftMaskArgs a)
       cp_async_wait<0>();
     }
     __syncthreads();  // tile `tile` (K, V, mu, sigma) visible to all warps
-    warp_log_weights<T, D>(a, qf, mu_s + stage * kMaxPagesPerTile * D, sig_s + stage * kMaxPagesPerTile * D, tau_s,
-                           row0, warp * 16, tile, lane, bias_s);
+    warp_log_weights<T, D>(a, qf, hl_s + stage * kMaxPagesPerTile * D / 2, tau_s, row0, warp * 16, tile, lane,
+                           bias_s);
     __syncwarp();  // each warp reads only its own 16 rows of bias_s
     const T* k_s = sK + stage * kTile * D;
     const T* v_s = sV + stage * kTile * D;
@@ -188,8 +179,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const SoftMaskArgs a)
 
 template <class T, int D>
 void launch_typed(const SoftMaskArgs& a, cudaStream_t stream) {
-  const size_t smem = size_t(5) * kTile * D * sizeof(T) +
-                      (4 * kMaxPagesPerTile * D + kTile * kMaxPagesPerTile + kTile) * sizeof(float);
+  const size_t smem = size_t(5) * kTile * D * sizeof(T) + size_t(2) * kMaxPagesPerTile * D / 2 * sizeof(uint4) +
+                      (kTile * kMaxPagesPerTile + kTile) * sizeof(float);
   auto kernel = forward_kernel<T, D>;
   UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const dim3 grid((a.L + kTile - 1) / kTile, a.Hq, a.B);

@@ -1,10 +1,10 @@
 // Internal: the CUDA soft-mask attention kernels (include/unique/soft_mask.h on the GPU)
 // and the one argument block they all read. Pipeline:
 //   forward:  page stats (mu, sigma) -> thresholds tau -> attention (out, lse)
-//   backward: page stats -> thresholds -> delta = rowsum(dout * out) -> attention backward
+//   backward: page stats -> [thresholds] -> delta = rowsum(dout * out) -> attention backward
 //             (fp32 dq/dk/dv/dmu/dsigma accumulators) -> finalize (dk += stats path; casts)
-// The backward recomputes stats and thresholds (deterministic, so they equal the
-// forward's) instead of asking the caller to keep them.
+// The backward recomputes the stats; the thresholds only when the caller did not keep the
+// forward's tau (deterministic either way, so they equal the forward's).
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -33,12 +33,17 @@ struct SoftMaskArgs {
   float* lse = nullptr;
   Strides4 ls;  // .h unused: lse[b * ls.b + t * ls.t + h * ls.h]
   int B = 1, L = 1, Hq = 1, Hkv = 1, group = 1, P = 16, NC = 0;  // NC = complete pages L / P
+  int pshift = 4, npg = 4;  // log2(P) and pages per 64-key tile (64 / P): no divisions in the kernels
   int sink = 1, recent = 1, kpages = 1;
   float scale = 1.0f, scale_log2 = 1.0f, alpha = 1.0f, inv_T = 10.0f;
   // Workspace (fp32): mu, sigma [B][Hkv][NC][D]; tau [B][Hq][L] (-inf: no mask).
   float* mu = nullptr;
   float* sig = nullptr;
   float* tau = nullptr;
+  // The same statistics split x = hi + lo into the input type (the tensor-core operand
+  // form of every page-score product): hl[B][Hkv][NC][D / 2], one uint4 per channel pair
+  // (2c, 2c + 1) = {mu hi pair, mu lo pair, sigma hi pair, sigma lo pair}, low half = 2c.
+  uint4* hl = nullptr;
   // Backward only.
   const void* dout = nullptr;
   Strides4 dos;

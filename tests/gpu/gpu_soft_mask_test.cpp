@@ -3,6 +3,7 @@
 // not multiples of the page or the 64-row tile, budgets below and above the context, and
 // temperatures. Fresh random data per case, device outputs poisoned (NaN) first.
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -95,6 +96,68 @@ TEST_P(GpuSoftMask, ForwardAndBackwardMatchReference) {
   expect_close(gv, rv, bf ? 3e-2 : 1e-2, "dv");
   expect_close(gq, rq, bf ? 3e-2 : 1e-2, "dq");
   expect_close(gk, rk, bf ? 3e-2 : 1e-2, "dk");
+
+  // With tau saved by the forward and read by the backward: the same thresholds (same
+  // kernel), so bitwise the same forward outputs; gradients as close to the reference
+  // (fp32 atomics make the backward's summation order vary between runs).
+  Dev dtau(nl * 4), dout2(nq * e), dlse2(nl * 4), dgq2(nq * e), dgk2(nk * e), dgv2(nk * e);
+  for (Dev* d : {&dtau, &dout2, &dlse2, &dgq2, &dgk2, &dgv2}) d->poison();
+  const TensorView TAU = dview(dtau, DType::f32, {c.B, c.Hq, c.L});
+  const TensorView O2 = dview(dout2, c.dt, sq), LSE2 = dview(dlse2, DType::f32, {c.B, c.L, c.Hq});
+  soft_mask_attention_forward(cfg, Q, K, V, O2, LSE2, &TAU);
+  soft_mask_attention_backward(cfg, Q, K, V, O2, LSE2, dview(dgo, c.dt, sq), dview(dgq2, c.dt, sq),
+                               dview(dgk2, c.dt, sk), dview(dgv2, c.dt, sk), &TAU);
+  CUDA_OK(cudaDeviceSynchronize());
+  Buf o2(c.dt, nq), gq2(c.dt, nq), gk2(c.dt, nk), gv2(c.dt, nk), tau(DType::f32, nl);
+  dout2.down(o2.data(), nq * e);
+  dgq2.down(gq2.data(), nq * e);
+  dgk2.down(gk2.data(), nk * e);
+  dgv2.down(gv2.data(), nk * e);
+  dtau.down(tau.data(), nl * 4);
+  EXPECT_EQ(std::memcmp(o2.data(), o.data(), nq * e), 0) << "out with tau";
+  expect_close(gv2, rv, bf ? 3e-2 : 1e-2, "dv with tau");
+  expect_close(gq2, rq, bf ? 3e-2 : 1e-2, "dq with tau");
+  expect_close(gk2, rk, bf ? 3e-2 : 1e-2, "dk with tau");
+  const std::vector<double> rt = ref::soft_mask_thresholds(cfg, q.view(sq), k.view(sk));
+  for (size_t i = 0; i < nl; ++i) {
+    const double g = tau.get(i), w = rt[i];
+    if (std::isinf(w)) ASSERT_EQ(g, w) << "tau at " << i;
+    else ASSERT_NEAR(g, w, 1e-3 * (1.0 + std::abs(w))) << "tau at " << i;
+  }
+}
+
+// Thresholds of long rows (up to 2100 candidates: every register-count path of the
+// selection and the shared-memory one) against the float64 reference.
+TEST(GpuSoftMaskTau, LongRowsMatchReference) {
+  SKIP_WITHOUT_GPU();
+  const int B = 1, L = 33700, H = 1, D = 64;
+  AttentionConfig cfg;
+  cfg.page_size = 16;
+  cfg.budget_tokens = 16 * 40;
+  cfg.temperature = 0.1f;
+  const size_t n = size_t(B) * L * H * D;
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> n01(0.0f, 1.0f);
+  Buf q(DType::bf16, n), k(DType::bf16, n);
+  std::vector<float> drift(size_t(L / 16 + 1) * D);
+  for (float& x : drift) x = n01(rng);
+  for (size_t i = 0; i < n; ++i) q.set(i, n01(rng));
+  for (size_t i = 0; i < n; ++i) k.set(i, drift[(i / D / 16) * D + i % D] + 0.5f * n01(rng));
+  const std::initializer_list<int64_t> s4 = {B, L, H, D};
+  Dev dq(q.data(), n * 2), dk(k.data(), n * 2), dout(n * 2), dlse(size_t(L) * 4), dtau(size_t(L) * 4);
+  dtau.poison();
+  const TensorView TAU = dview(dtau, DType::f32, {B, H, L});
+  soft_mask_attention_forward(cfg, dview(dq, DType::bf16, s4), dview(dk, DType::bf16, s4), dview(dk, DType::bf16, s4),
+                              dview(dout, DType::bf16, s4), dview(dlse, DType::f32, {B, L, H}), &TAU);
+  CUDA_OK(cudaDeviceSynchronize());
+  Buf tau(DType::f32, size_t(L));
+  dtau.down(tau.data(), size_t(L) * 4);
+  const std::vector<double> rt = ref::soft_mask_thresholds(cfg, q.view(s4), k.view(s4));
+  for (int t = 0; t < L; ++t) {
+    const double g = tau.get(size_t(t)), w = rt[size_t(t)];
+    if (std::isinf(w)) ASSERT_EQ(g, w) << "tau at " << t;
+    else ASSERT_NEAR(g, w, 1e-3 * (1.0 + std::abs(w))) << "tau at " << t;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
