@@ -253,10 +253,10 @@ def test_matches_library_reference(Hq, Hkv, P, budget, sink, recent, T):
                                 scale=1 / math.sqrt(16), device=q.device)
     f32 = [x.detach().float() for x in (q, k, v)]  # the library takes fp32/fp16/bf16 arrays
     with torch.no_grad():
-        ref_out, ref_lse = sm._cuda_forward(ctx, *f32)  # CPU arrays: the float64 reference
+        ref_out, ref_lse, ref_tau = sm._cuda_forward(ctx, *f32)  # CPU arrays: the float64 reference
         tol = dict(rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(out.float(), ref_out.transpose(1, 2), **tol)
-        dq, dk, dv = sm._cuda_backward(ctx, *f32, ref_out, ref_lse, dout.float().contiguous())
+        dq, dk, dv = sm._cuda_backward(ctx, *f32, ref_out, ref_lse, ref_tau, dout.float().contiguous())
     torch.testing.assert_close(gq.float(), dq, **tol)
     torch.testing.assert_close(gk.float(), dk, **tol)
     torch.testing.assert_close(gv.float(), dv, **tol)
