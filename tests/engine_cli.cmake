@@ -73,7 +73,9 @@ add_test(NAME cli_bench_prefill_model COMMAND unique bench-prefill --model ${_ti
          --rank-blocks 0 --threads 1)
 set_tests_properties(cli_bench_prefill_model PROPERTIES FIXTURES_REQUIRED tiny_model LABELS cli
                      PASS_REGULAR_EXPRESSION "\\| 3 \\| [-0-9.]+ \\| [-0-9.]+ \\| [0-9.]+% \\|.*mean over layers: rho")
+file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/short_prompt.txt "A prompt far shorter than the context.")
 unique_add_error_test(cli_bench_prefill_model_short_prompt
-  "error: --prompt-file: expected at least --context \\(4000\\) tokens, got .*CMakeLists.txt: [0-9]+ tokens"
-  $<TARGET_FILE:unique> bench-prefill --model ${_tiny} --prompt-file ${PROJECT_SOURCE_DIR}/CMakeLists.txt --context 4000)
+  "error: --prompt-file: expected at least --context \\(256\\) tokens, got .*short_prompt.txt: [0-9]+ tokens"
+  $<TARGET_FILE:unique> bench-prefill --model ${_tiny} --prompt-file ${CMAKE_CURRENT_BINARY_DIR}/short_prompt.txt
+  --context 256)
 set_tests_properties(cli_bench_prefill_model_short_prompt PROPERTIES FIXTURES_REQUIRED tiny_model)
