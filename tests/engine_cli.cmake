@@ -72,7 +72,7 @@ add_test(NAME cli_bench_prefill_model COMMAND unique bench-prefill --model ${_ti
          --prompt-file ${PROJECT_SOURCE_DIR}/CMakeLists.txt --context 256 --top-p 0.9 --prefill-block 32 --pool 4
          --rank-blocks 0 --threads 1)
 set_tests_properties(cli_bench_prefill_model PROPERTIES FIXTURES_REQUIRED tiny_model LABELS cli
-                     PASS_REGULAR_EXPRESSION "\\| 3 \\| [-0-9.]+ \\| [-0-9.]+ \\| [0-9.]+% \\|.*mean over layers: rho")
+                     PASS_REGULAR_EXPRESSION "\\| 3 \\| [-0-9.]+ \\| [-0-9.]+ \\| [-0-9.]+ \\| [0-9.]+% \\|.*mean over layers: rho [-0-9.]+, pooled")
 file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/short_prompt.txt "A prompt far shorter than the context.")
 unique_add_error_test(cli_bench_prefill_model_short_prompt
   "error: --prompt-file: expected at least --context \\(256\\) tokens, got .*short_prompt.txt: [0-9]+ tokens"
