@@ -24,11 +24,11 @@ std::string num(const Row& r, const char* f) {
   return r[f].is_string() ? r[f].get<std::string>() : r[f].dump();
 }
 
-}  // namespace
-
 bool unisparse_prefill(const Row& r) {
   return r.contains("prefill") && r["prefill"].is_string() && r["prefill"].get<std::string>() == "unisparse";
 }
+
+}  // namespace
 
 std::string row_key(const Row& r) {
   std::string k;
