@@ -33,6 +33,11 @@ def load(path):
     return rows
 
 
+def prefill_tag(r):
+    """Rows of a sparse prefill get plots of their own ("" for dense and older rows)."""
+    return "" if r.get("prefill", "dense") == "dense" else f"_unisparse-p{r['prefill_top_p']}"
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit("usage: plot_eval.py RESULTS.jsonl OUTDIR")
@@ -53,7 +58,7 @@ def main():
     for r in rows:
         if r["task"] == "recall":
             continue
-        name = r["task"] + ("_" + r["variant"] if r.get("variant") else "") + f"_{r['context']}"
+        name = r["task"] + ("_" + r["variant"] if r.get("variant") else "") + f"_{r['context']}" + prefill_tag(r)
         y = math.exp(r["nll"]) if r["task"] == "ppl" else r["score"]
         curves[name][(r["page_size"], r["estimator"], r["budget"])].append(y)
     for name, data in sorted(curves.items()):
@@ -94,8 +99,8 @@ def main():
     rec = collections.defaultdict(lambda: collections.defaultdict(list))
     for r in rows:
         if r["task"] == "recall" and r["estimator"] != "dense":
-            rec[(r["context"], r["page_size"], r["budget"])][(r["estimator"], r["layer"], r["head"])].append(r["recall"])
-    for (context, page, budget), data in sorted(rec.items()):
+            rec[(r["context"], r["page_size"], r["budget"], prefill_tag(r))][(r["estimator"], r["layer"], r["head"])].append(r["recall"])
+    for (context, page, budget, tag), data in sorted(rec.items()):
         ests = [e for e in order if any(k[0] == e for k in data)]
         layers = 1 + max(k[1] for k in data)
         heads = 1 + max(k[2] for k in data)
@@ -120,8 +125,8 @@ def main():
                             ax.text(h, l, f"{grid[l][h]:.2f}", ha="center", va="center", fontsize=6,
                                     color="white" if grid[l][h] < 0.6 else "black")
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="attention-mass recall")
-        fig.suptitle(f"attention-mass recall, context {context}, page {page}, budget {budget}", fontsize=10)
-        path = os.path.join(out, f"recall_{context}_p{page}_b{budget}.png")
+        fig.suptitle(f"attention-mass recall, context {context}, page {page}, budget {budget}{tag}", fontsize=10)
+        path = os.path.join(out, f"recall_{context}_p{page}_b{budget}{tag}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)

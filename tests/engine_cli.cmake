@@ -66,3 +66,16 @@ unique_add_error_test(cli_bench_decode_bad_fill "error: --fill: expected synthet
 set_tests_properties(cli_generate_unisparse cli_generate_bad_prefill cli_generate_bad_pool
                      cli_generate_bad_prefill_top_p cli_generate_bad_prefill_block PROPERTIES FIXTURES_REQUIRED tiny_model)
 set_tests_properties(cli_generate_unisparse cli_bench_decode_prefill_fill PROPERTIES LABELS cli)
+# bench-prefill --model: composite vs exact block mass on a model's own queries and keys, a
+# table row per layer (the tiny random model, the source tree's CMakeLists.txt as prompt).
+add_test(NAME cli_bench_prefill_model COMMAND unique bench-prefill --model ${_tiny}
+         --prompt-file ${PROJECT_SOURCE_DIR}/CMakeLists.txt --context 256 --top-p 0.9 --prefill-block 32 --pool 4
+         --rank-blocks 0 --threads 1)
+set_tests_properties(cli_bench_prefill_model PROPERTIES FIXTURES_REQUIRED tiny_model LABELS cli
+                     PASS_REGULAR_EXPRESSION "\\| 3 \\| [-0-9.]+ \\| [-0-9.]+ \\| [-0-9.]+ \\| [0-9.]+% \\|.*mean over layers: rho [-0-9.]+, pooled")
+file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/short_prompt.txt "A prompt far shorter than the context.")
+unique_add_error_test(cli_bench_prefill_model_short_prompt
+  "error: --prompt-file: expected at least --context \\(256\\) tokens, got .*short_prompt.txt: [0-9]+ tokens"
+  $<TARGET_FILE:unique> bench-prefill --model ${_tiny} --prompt-file ${CMAKE_CURRENT_BINARY_DIR}/short_prompt.txt
+  --context 256)
+set_tests_properties(cli_bench_prefill_model_short_prompt PROPERTIES FIXTURES_REQUIRED tiny_model)

@@ -327,6 +327,73 @@ TEST(EnginePrefill, UnisparseKeepsFewerBlocksAndStaysClose) {
   EXPECT_EQ(s90.gen.tokens[0].size(), 6u);
 }
 
+// The prefill observer sees, for every chunk and layer, the chunk's queries and the layer's
+// cache holding every token so far. The queries are the post-RoPE ones at the right
+// positions: the last prompt token's equal, layer by layer, those decode computes for the
+// same token at the same position (decode observer), and its keys are in the cache.
+TEST(EnginePrefill, ObserverSeesPostRopeQueriesAndTheCache) {
+  const std::string dir = enginetest::temp_dir("pf_observer");
+  TinySpec sp;
+  sp.heads = 8;
+  sp.kv_heads = 2;
+  enginetest::write_tiny(dir, sp);
+  auto model = Model::load(dir);
+  std::vector<int> prompt;
+  for (int i = 0; i < 100; ++i) prompt.push_back((i * 7 + 1) % sp.vocab);
+  EngineOptions eo;
+  eo.attention.estimator = Estimator::dense;
+  eo.kv_dtype = DType::f32;
+  eo.max_context = 128;
+  eo.prefill_chunk = 64;
+  const int Hq = sp.heads, D = sp.head_dim;
+  struct Call {
+    int layer;
+    int64_t rows, kv_len;
+  };
+  std::vector<Call> calls;
+  std::vector<std::vector<float>> last_q(sp.layers);  // the prompt's last query, per layer
+  Engine pre(*model, eo);
+  pre.set_prefill_observer([&](int layer, const TensorView& q, const PagedKV& kv) {
+    ASSERT_EQ(q.dtype, DType::f32);
+    ASSERT_EQ(q.shape[1], Hq);
+    ASSERT_EQ(q.shape[2], D);
+    ASSERT_EQ(kv.batch, 1);
+    calls.push_back({layer, q.shape[0], seq_len(kv, 0)});
+    const float* row = q.ptr<float>() + (q.shape[0] - 1) * q.stride[0];
+    last_q[layer].assign(row, row + Hq * D);
+  });
+  pre.prefill(pre.add_sequence(), prompt, nullptr);
+  ASSERT_EQ(calls.size(), size_t(2 * sp.layers));
+  for (int l = 0; l < sp.layers; ++l) {
+    EXPECT_EQ(calls[l].layer, l);
+    EXPECT_EQ(calls[l].rows, 64);
+    EXPECT_EQ(calls[l].kv_len, 64);
+    EXPECT_EQ(calls[sp.layers + l].rows, 36);
+    EXPECT_EQ(calls[sp.layers + l].kv_len, 100);
+  }
+  Engine dec(*model, eo);
+  const int seq = dec.add_sequence();
+  dec.prefill(seq, std::vector<int>(prompt.begin(), prompt.end() - 1), nullptr);
+  std::vector<std::vector<float>> dec_q(sp.layers);
+  dec.set_decode_observer([&](int layer, const TensorView& q, const PagedKV&, const TensorView&) {
+    dec_q[layer].assign(q.ptr<float>(), q.ptr<float>() + Hq * D);
+  });
+  std::vector<float> logits(sp.vocab);
+  dec.decode({seq}, {prompt.back()}, logits.data());
+  for (int l = 0; l < sp.layers; ++l) EXPECT_LT(max_rel(last_q[l], dec_q[l]), 1e-4) << "layer " << l;
+  // Position matters: the same token's queries one position later differ (RoPE).
+  Engine shifted(*model, eo);
+  const int s2 = shifted.add_sequence();
+  shifted.prefill(s2, std::vector<int>(prompt.begin(), prompt.end()), nullptr);
+  std::vector<float> q_next;
+  shifted.set_decode_observer([&](int layer, const TensorView& q, const PagedKV&, const TensorView&) {
+    if (layer == 0) q_next.assign(q.ptr<float>(), q.ptr<float>() + Hq * D);
+  });
+  dec.set_decode_observer(nullptr);
+  shifted.decode({s2}, {prompt.back()}, logits.data());
+  EXPECT_GT(max_rel(last_q[0], q_next), 1e-3);
+}
+
 // Layers kept dense by dense_layers run the dense prefill: all of them dense gives the
 // dense logits bit for bit and counts no sparse blocks; one of two dense counts half.
 TEST(EnginePrefill, DenseLayersStayDense) {

@@ -62,3 +62,8 @@ set_tests_properties(cli_eval_huge_budget cli_eval_bad_task cli_eval_bad_budget 
                      PROPERTIES FIXTURES_REQUIRED retrieval_model)
 set_tests_properties(cli_make_retrieval_model cli_eval_clean cli_eval_help cli_eval_smoke cli_eval_resume cli_eval_plot
                      PROPERTIES LABELS cli)
+# --prefill: the flag is named in the error; so is --prefill-top-p out of range.
+unique_add_error_test(cli_eval_bad_prefill "error: --prefill: expected dense or unisparse, got sparse"
+  $<TARGET_FILE:unique> eval --model ${_rm} --prefill sparse --out ${_ev}_unused.jsonl)
+unique_add_error_test(cli_eval_bad_prefill_top_p "error: --prefill-top-p: expected in \\(0, 1\\], got 0"
+  $<TARGET_FILE:unique> eval --model ${_rm} --prefill unisparse --prefill-top-p 0 --out ${_ev}_unused.jsonl)

@@ -274,3 +274,76 @@ TEST(EvalText, GeneratedBytesBecomeValidUtf8) {
   EXPECT_EQ(utf8_or_marks("a\xc3 b"), "a? b");     // a lead byte before a space
   EXPECT_EQ(utf8_or_marks("\x80x\xe2\x82"), "?x??");  // stray continuation, cut sequence
 }
+
+// --prefill unisparse: top_p 1 keeps every key block, so every row (answers, scores,
+// perplexity) equals the dense-prefill row; the rows carry the prefill mode and get keys of
+// their own (both live in one results file); a lower top_p keeps fewer blocks.
+TEST_F(EvalHarness, UnisparsePrefillTopPOneWritesTheDenseRows) {
+  REQUIRE_KJV();
+  EvalOptions o = options("passkey", 1024);
+  o.tasks = {"passkey", "ppl"};
+  o.estimators = {Estimator::dense, Estimator::unique};
+  o.budgets = {256};
+  o.ppl_prefix = 700;  // the prefill covers 11 blocks of 64: something to select
+  const std::string path = results_path("prefill_modes");
+  ResultsFile out(path);
+  EXPECT_EQ(run_eval(o, out, nullptr).written, 4);
+  o.prefill = PrefillMode::unisparse;
+  o.prefill_top_p = 1.0f;
+  EXPECT_EQ(run_eval(o, out, nullptr).written, 4);  // not taken for the dense rows
+  EXPECT_EQ(run_eval(o, out, nullptr).written, 0);  // resumed
+  ASSERT_EQ(out.rows().size(), 8u);
+  for (int i = 0; i < 4; ++i) {
+    Row d = out.rows()[i], s = out.rows()[4 + i];
+    EXPECT_EQ(d["prefill"], "dense");
+    EXPECT_EQ(s["prefill"], "unisparse");
+    EXPECT_EQ(s["prefill_top_p"], 1.0);
+    EXPECT_EQ(s["prefill_kept"], 1.0);
+    EXPECT_NE(d["key"], s["key"]);
+    for (const char* f : {"key", "time_s", "prefill_s", "prefill", "prefill_top_p", "prefill_block", "pool",
+                          "prefill_kept"}) {
+      d.erase(f);
+      s.erase(f);
+    }
+    EXPECT_EQ(d, s) << "row " << i;
+  }
+  o.prefill_top_p = 0.5f;
+  ResultsFile half(results_path("prefill_half"));
+  EXPECT_EQ(run_eval(o, half, nullptr).written, 4);
+  for (const Row& r : half.rows()) {
+    EXPECT_EQ(r["prefill_top_p"], 0.5);
+    EXPECT_LT(r["prefill_kept"].get<double>(), 1.0) << r.dump();
+  }
+  EXPECT_NE(to_markdown(half.rows()).find("passkey, prefill unisparse top-p 0.5"), std::string::npos);
+}
+
+// Rows written before the prefill field existed read as dense-prefill rows: same key.
+// A bad prefill field is refused naming it.
+TEST(EvalResults, PrefillFieldIsOptionalAndChecked) {
+  Row r = parse_row(R"({"budget":256,"context":4096,"copyable":true,"correct":true,"dense_layers":0,"depth":10.0,)"
+                    R"("estimator":"unique","expected":"93326","key":"passkey||m|4096|10.0|0|unique|256|16|0|1|1|fp32|-|-",)"
+                    R"("kv_dtype":"fp32","model":"m","output":" 93326","page_size":16,"recent":1,"score":1.0,"seed":0,)"
+                    R"("sink":1,"task":"passkey","time_s":0.07,"tokens":4096,"variant":""})",
+                    "old");
+  Row dense = r;
+  dense["prefill"] = "dense";
+  EXPECT_EQ(row_key(dense), row_key(r));
+  EXPECT_NO_THROW(validate_row(dense, "x"));
+  Row bad = r;
+  bad["prefill"] = "sparse";
+  try {
+    validate_row(bad, "x");
+    FAIL() << "accepted prefill sparse";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("field prefill: expected dense or unisparse"), std::string::npos) << e.what();
+  }
+  Row sp = r;
+  sp.erase("key");
+  sp["prefill"] = "unisparse";
+  EXPECT_THROW(validate_row(sp, "x"), Error);  // no prefill_top_p
+  sp["prefill_top_p"] = 0.9;
+  sp["prefill_block"] = 64;
+  sp["pool"] = 8;
+  EXPECT_NO_THROW(validate_row(sp, "x"));
+  EXPECT_NE(row_key(sp), row_key(r));
+}

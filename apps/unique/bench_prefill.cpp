@@ -16,6 +16,7 @@
 #include "unique/error.h"
 #include "unique/metrics.h"
 #include "unique/prefill.h"
+#include "unique/prefill_rank.h"
 #include "unique/synthetic.h"
 
 namespace unique::cli {
@@ -30,6 +31,9 @@ struct Options {
   float focus = 1.0f;
   uint64_t seed = 0;
   bool json = false, compare_ref = false;
+  std::string model;                       // --model: real activations instead of the synthetic workload
+  std::vector<std::string> prompt_files;
+  int rank_blocks = 16;
 };
 
 template <class T>
@@ -98,33 +102,6 @@ std::vector<float> make_queries(const SyntheticWorkload& w, const SyntheticSpec&
   return q;
 }
 
-std::vector<double> ranks(const float* v, int n) {
-  std::vector<int> idx(n);
-  for (int i = 0; i < n; ++i) idx[i] = i;
-  std::sort(idx.begin(), idx.end(), [&](int a, int b) { return v[a] < v[b]; });
-  std::vector<double> r(n);
-  for (int i = 0; i < n;) {  // ties share their mean rank
-    int j = i;
-    while (j + 1 < n && v[idx[j + 1]] == v[idx[i]]) ++j;
-    for (int k = i; k <= j; ++k) r[idx[k]] = 0.5 * (i + j);
-    i = j + 1;
-  }
-  return r;
-}
-
-double spearman(const float* a, const float* b, int n) {
-  const std::vector<double> ra = ranks(a, n), rb = ranks(b, n);
-  double ma = 0, mb = 0;
-  for (int i = 0; i < n; ++i) ma += ra[i] / n, mb += rb[i] / n;
-  double sab = 0, saa = 0, sbb = 0;
-  for (int i = 0; i < n; ++i) {
-    sab += (ra[i] - ma) * (rb[i] - mb);
-    saa += (ra[i] - ma) * (ra[i] - ma);
-    sbb += (rb[i] - mb) * (rb[i] - mb);
-  }
-  return saa > 0 && sbb > 0 ? sab / std::sqrt(saa * sbb) : 1.0;
-}
-
 // Mean Spearman correlation, over (KV head, query block) rows, between the composite-token
 // block mass and the exact one. The exact mass is O(L^2) in double, so it is sampled: the
 // last two query blocks, the first query head of each GQA group (a strided q view), and
@@ -160,6 +137,24 @@ int run(const Options& o) {
   const std::vector<int64_t> contexts = parse_list<int64_t>(o.contexts, "--context");
   const std::vector<float> top_ps = parse_list<float>(o.top_ps, "--top-p");
   UNIQUE_CHECK_ARG(o.reps >= 1, "--reps", ">= 1", o.reps);
+  if (!o.model.empty()) {
+#ifdef UNIQUE_WITH_ENGINE
+    UNIQUE_CHECK_ARG(!o.json, "--json", "not with --model (a markdown table is printed)", "--json");
+    ModelRankOptions m;
+    m.model_dir = o.model;
+    m.prompt_files = o.prompt_files;
+    m.contexts = contexts;
+    m.top_ps = top_ps;
+    m.page_size = o.page_size;
+    m.prefill_block = o.prefill_block;
+    m.pool = o.pool;
+    m.rank_blocks = o.rank_blocks;
+    return run_bench_prefill_model(m);
+#else
+    throw_arg("--model", "a build with the engine (OpenBLAS)", o.model);
+#endif
+  }
+  UNIQUE_CHECK_ARG(o.prompt_files.empty(), "--prompt-file", "only with --model", "no --model");
   AttentionConfig base;
   base.page_size = o.page_size;
   base.prefill_block = o.prefill_block;
@@ -305,6 +300,16 @@ Runner add_bench_prefill(CLI::App& app) {
   app.add_flag("--compare-ref", o->compare_ref,
                "Also time the reference twins (double precision, plain loops; minutes past a few thousand tokens)");
   app.add_flag("--json", o->json, "Print one JSON document instead of the table");
+  app.add_option("--model", o->model,
+                 "Hugging Face model directory: rank the composite block mass against the exact one on the model's "
+                 "own post-RoPE queries and keys of a dense prefill of --prompt-file (per layer), instead of timing "
+                 "the synthetic workload");
+  app.add_option("--prompt-file", o->prompt_files,
+                 "With --model: text file(s) whose first --context tokens are the prompt; kjv = the eval's King "
+                 "James haystack");
+  app.add_option("--rank-blocks", o->rank_blocks,
+                 "With --model: query blocks sampled per layer, spread evenly, the last included (0 = all)")
+      ->capture_default_str();
   return [o] { return run(*o); };
 }
 

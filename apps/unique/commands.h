@@ -2,8 +2,10 @@
 // returns the process exit code when run.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace unique::cli {
 
@@ -12,11 +14,22 @@ using Runner = std::function<int()>;
 Runner add_bench_attention(CLI::App& app);
 // `bench-prefill`: dense vs UniSparse block-sparse prefill on synthetic data (bench_prefill.cpp).
 Runner add_bench_prefill(CLI::App& app);
+// `bench-prefill --model DIR --prompt-file F`: composite vs exact block mass on a model's
+// real queries and keys (bench_prefill_model.cpp; needs the engine).
+struct ModelRankOptions {
+  std::string model_dir;
+  std::vector<std::string> prompt_files;  // files, or "kjv" for the eval's haystack text
+  std::vector<int64_t> contexts;
+  std::vector<float> top_ps;
+  int page_size = 16, prefill_block = 64, pool = 8;
+  int rank_blocks = 16;  // query blocks sampled per layer (0 = all)
+};
+int run_bench_prefill_model(const ModelRankOptions& o);
 // `generate`: text generation from a Hugging Face model directory (generate.cpp).
 Runner add_generate(CLI::App& app);
 // `bench-decode`: decode throughput of the whole model, dense vs sparse (bench_decode.cpp).
 Runner add_bench_decode(CLI::App& app);
-// The prompt-attention flags shared by generate and bench-decode: --prefill, --prefill-top-p,
+// The prompt-attention flags shared by generate, bench-decode and eval: --prefill, --prefill-top-p,
 // --prefill-block, --pool (AttentionConfig prefill, top_p, prefill_block, pool).
 void add_prefill_flags(CLI::App& app, std::string& mode, float& top_p, int& block, int& pool);
 // `make-tiny-model`: writes a small random model directory (model_tools.cpp).

@@ -30,6 +30,9 @@ struct Flags {
   int sink = 1, recent = 1, dense_layers = 0, vartrack_hops = 3, threads = 0;
   int64_t ppl_prefix = 256;
   bool quiet = false;
+  std::string prefill = "dense";
+  float prefill_top_p = AttentionConfig{}.top_p;
+  int prefill_block = AttentionConfig{}.prefill_block, pool = AttentionConfig{}.pool;
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -97,6 +100,11 @@ int run(const Flags& f) {
   o.ppl_prefix = f.ppl_prefix;
   o.vartrack_hops = f.vartrack_hops;
   o.kv_dtype = f.kv_dtype;
+  UNIQUE_CHECK_ARG(f.prefill == "dense" || f.prefill == "unisparse", "--prefill", "dense or unisparse", f.prefill);
+  o.prefill = parse_prefill(f.prefill);
+  o.prefill_top_p = f.prefill_top_p;
+  o.prefill_block = f.prefill_block;
+  o.pool = f.pool;
   o.validate();
   eval::ResultsFile out(f.out);
   const eval::EvalSummary s = eval::run_eval(o, out, f.quiet ? nullptr : stderr);
@@ -173,6 +181,7 @@ Runner add_eval(CLI::App& app) {
   app.add_option("--dense-layers", f->dense_layers, "Keep the first N layers dense")->capture_default_str();
   app.add_option("--kv-dtype", f->kv_dtype, "KV cache dtype: auto (fp32 for fp32 weights, else bf16) | fp32 | bf16 | fp16")
       ->capture_default_str();
+  add_prefill_flags(app, f->prefill, f->prefill_top_p, f->prefill_block, f->pool);
   app.add_option("--threads", f->threads, "OpenMP threads (0 = default; 1 is fastest for small models on a busy machine)");
   app.add_flag("--quiet", f->quiet, "No progress lines on stderr");
   return [f] { return run(*f); };

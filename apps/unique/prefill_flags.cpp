@@ -1,4 +1,4 @@
-// The prompt-attention flags of `generate` and `bench-decode` (one place, one wording).
+// The prompt-attention flags of `generate`, `bench-decode` and `eval` (one place, one wording).
 #include "commands.h"
 
 namespace unique::cli {

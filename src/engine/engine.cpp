@@ -73,6 +73,12 @@ void Engine::set_decode_observer(DecodeObserver f) {
   observer_ = std::move(f);
 }
 
+void Engine::set_prefill_observer(PrefillObserver f) {
+  UNIQUE_CHECK_ARG(!(cuda_ && f), "prefill observer", "the CPU backend (it reads queries and keys on the host)",
+                   "--device cuda");
+  prefill_observer_ = std::move(f);
+}
+
 void Engine::set_attention(const AttentionConfig& cfg, int dense_layers) {
   cfg.validate();
   UNIQUE_CHECK_ARG(cfg.page_size == opt_.attention.page_size, "page_size", opt_.attention.page_size, cfg.page_size);
@@ -254,6 +260,7 @@ void Engine::forward(const std::vector<int>& seqs, const std::vector<int>& count
       const int64_t L = seq_len(kv, 0);
       const TensorView qv = make_view(s.q.data(), DType::f32, {T, Hq, D});
       const TensorView ov = make_view(s.att.data(), DType::f32, {T, Hq, D});
+      if (prefill_observer_) prefill_observer_(l, qv, kv);
       if (cfg.prefill == PrefillMode::unisparse && l >= opt_.dense_layers) {
         // Key blocks chosen per (query head, query block) from composite tokens.
         const PrefillBlocks pb = prefill_blocks(cfg, T, L);

@@ -44,6 +44,11 @@ void EvalOptions::validate() const {
       UNIQUE_CHECK_ARG(ppl_prefix + 2 <= c, "--ppl-prefix", concat("<= the smallest context - 2 (", c - 2, ")"),
                        ppl_prefix);
   UNIQUE_CHECK_ARG(vartrack_hops >= 1 && vartrack_hops <= 8, "--vartrack-hops", "1..8", vartrack_hops);
+  UNIQUE_CHECK_ARG(prefill_top_p > 0 && prefill_top_p <= 1, "--prefill-top-p", "in (0, 1]", prefill_top_p);
+  UNIQUE_CHECK_ARG(prefill_block >= 16 && prefill_block <= 256 && prefill_block % 16 == 0, "--prefill-block",
+                   "a multiple of 16 in 16..256", prefill_block);
+  UNIQUE_CHECK_ARG(pool >= 1 && prefill_block % pool == 0, "--pool",
+                   concat("a divisor of --prefill-block (", prefill_block, ")"), pool);
 }
 
 namespace detail {
@@ -68,6 +73,11 @@ AttentionConfig attention_for(const Run& r, int page, Estimator e, int budget, u
   c.sink_pages = r.opt.sink_pages;
   c.recent_pages = r.opt.recent_pages;
   c.seed = seed;
+  // The prompt's attention too: set_attention replaces the whole config.
+  c.prefill = r.opt.prefill;
+  c.top_p = r.opt.prefill_top_p;
+  c.prefill_block = r.opt.prefill_block;
+  c.pool = r.opt.pool;
   return c;
 }
 
@@ -88,6 +98,13 @@ Row base_row(const Run& r, const std::string& task, const std::string& variant, 
   row["sink"] = r.opt.sink_pages;
   row["recent"] = r.opt.recent_pages;
   row["kv_dtype"] = to_string(r.kv_dtype);
+  row["prefill"] = to_string(r.opt.prefill);
+  if (r.opt.prefill == PrefillMode::unisparse) {
+    // Rounded: a float's widening (0.9f = 0.899999976...) would leak into the row key.
+    row["prefill_top_p"] = std::round(double(r.opt.prefill_top_p) * 1e4) / 1e4;
+    row["prefill_block"] = r.opt.prefill_block;
+    row["pool"] = r.opt.pool;
+  }
   return row;
 }
 
@@ -103,6 +120,10 @@ std::unique_ptr<engine::Engine> make_engine(const Run& r, int page, int64_t max_
   eo.max_context = max_context;
   eo.prefill_chunk = 512;
   eo.dense_layers = r.opt.dense_layers;
+  eo.attention.prefill = r.opt.prefill;
+  eo.attention.top_p = r.opt.prefill_top_p;
+  eo.attention.prefill_block = r.opt.prefill_block;
+  eo.attention.pool = r.opt.pool;
   return std::make_unique<engine::Engine>(r.model, eo);
 }
 
@@ -122,6 +143,12 @@ std::string utf8_or_marks(const std::string& s) {
     }
   }
   return out;
+}
+
+void set_prefill_fields(Row& row, const engine::Engine& eng, double prefill_s) {
+  row["prefill_s"] = prefill_s;
+  const engine::Engine::PrefillStats& ps = eng.prefill_stats();
+  if (ps.blocks_dense > 0) row["prefill_kept"] = double(ps.blocks_kept) / double(ps.blocks_dense);
 }
 
 int argmax(const float* logits, int n) {

@@ -42,6 +42,8 @@ inline std::string run_label(Estimator e, int budget) {
 // Generated text as valid UTF-8 (JSON strings must be): a byte that does not start or
 // continue a well-formed sequence becomes '?'. A model may emit any byte token.
 std::string utf8_or_marks(const std::string& s);
+// prefill_s, and for a UniSparse prefill the fraction of key blocks it kept (prefill_kept).
+void set_prefill_fields(Row& row, const engine::Engine& eng, double prefill_s);
 // Greedy id of logits.
 int argmax(const float* logits, int n);
 

@@ -47,7 +47,7 @@ void run_ppl(Run& r, const SampleSpec& spec, int page, const Haystack& hay) {
     row["ppl"] = std::exp(nll / double(scored));
     row["scored_tokens"] = scored;
     row["time_s"] = seconds_since(t1);
-    row["prefill_s"] = prefill_s;
+    set_prefill_fields(row, *eng, prefill_s);
     r.out.append(row);
     ++r.sum.written;
     line += unique::detail::concat(run_label(e, b), "=", std::round(row["ppl"].get<double>() * 100) / 100);

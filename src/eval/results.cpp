@@ -24,6 +24,10 @@ std::string num(const Row& r, const char* f) {
   return r[f].is_string() ? r[f].get<std::string>() : r[f].dump();
 }
 
+bool unisparse_prefill(const Row& r) {
+  return r.contains("prefill") && r["prefill"].is_string() && r["prefill"].get<std::string>() == "unisparse";
+}
+
 }  // namespace
 
 std::string row_key(const Row& r) {
@@ -33,6 +37,10 @@ std::string row_key(const Row& r) {
     if (!k.empty()) k += '|';
     k += num(r, f);
   }
+  // A dense prefill adds nothing: rows written before the prefill field existed (all dense)
+  // keep their keys, and a dense row of today resumes them.
+  if (unisparse_prefill(r))
+    for (const char* f : {"prefill", "prefill_top_p", "prefill_block", "pool"}) k += '|' + num(r, f);
   return k;
 }
 
@@ -66,6 +74,18 @@ void validate_row(const Row& r, const std::string& where) {
   need("recent", is_int("recent") && r["recent"].get<int64_t>() >= 0, "an integer >= 0");
   need("kv_dtype", r.contains("kv_dtype") && r["kv_dtype"].is_string(), "a string (fp32, bf16, fp16)");
   need("time_s", is_num("time_s") && r["time_s"].get<double>() >= 0, "a number >= 0");
+  // Optional (absent in rows older than it: dense). unisparse carries its settings.
+  if (r.contains("prefill")) {
+    need("prefill", r["prefill"].is_string() && (r["prefill"] == "dense" || r["prefill"] == "unisparse"),
+         "dense or unisparse");
+    if (unisparse_prefill(r)) {
+      need("prefill_top_p", is_num("prefill_top_p") && r["prefill_top_p"].get<double>() > 0 &&
+                                r["prefill_top_p"].get<double>() <= 1,
+           "a number in (0, 1]");
+      need("prefill_block", is_int("prefill_block") && r["prefill_block"].get<int64_t>() >= 1, "an integer >= 1");
+      need("pool", is_int("pool") && r["pool"].get<int64_t>() >= 1, "an integer >= 1");
+    }
+  }
   const std::string task = r["task"];
   if (task == "ppl") {
     need("nll", is_num("nll") && std::isfinite(r["nll"].get<double>()), "a finite number");
@@ -181,10 +201,12 @@ std::string to_markdown(const std::vector<Row>& rows) {
     std::string task = r["task"];
     const std::string variant = r["variant"];
     if (!variant.empty()) task.append("/").append(variant);
+    // Sparse-prefill rows get tables of their own, next to the dense-prefill ones.
+    if (unisparse_prefill(r)) task += ", prefill unisparse top-p " + num(r, "prefill_top_p");
     const Key k{task, r["page_size"].get<int64_t>(), r["context"].get<int64_t>()};
     const int64_t b = r["budget"];
     double v = 0, v2 = 0;
-    if (task == "ppl") v = r["nll"];
+    if (r["task"] == "ppl") v = r["nll"];
     else if (r["task"] == "recall") v = r["recall"], v2 = r["out_err"];
     else v = r["score"];
     Acc& a = t[k][r["estimator"]][b];
@@ -197,7 +219,8 @@ std::string to_markdown(const std::vector<Row>& rows) {
   os << std::fixed;
   for (auto& [k, ests] : t) {
     const std::string& task = std::get<0>(k);
-    const bool ppl = task == "ppl", rec = task == "recall";
+    // The table's task label may carry a prefill suffix after the task name.
+    const bool ppl = task.rfind("ppl", 0) == 0, rec = task.rfind("recall", 0) == 0;
     os << "\n**" << task << "**, context " << std::get<2>(k) << ", page " << std::get<1>(k)
        << (ppl ? " — perplexity (exp of the mean NLL)" : rec ? " — attention-mass recall / relative output error, mean over layers x heads x samples"
                                                                  : " — mean score (1 = exact answer)")

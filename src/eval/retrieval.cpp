@@ -75,7 +75,7 @@ void run_retrieval(Run& r, const Sample& s, const SampleSpec& spec, int page, bo
     row["output"] = outputs;
     row["copyable"] = s.copyable;
     row["time_s"] = seconds_since(t1);
-    row["prefill_s"] = prefill_s;
+    set_prefill_fields(row, *eng, prefill_s);
     r.out.append(row);
     ++r.sum.written;
     line += unique::detail::concat(run_label(e, b), "=", score);

@@ -94,6 +94,14 @@ class Engine {
   using DecodeObserver = std::function<void(int layer, const TensorView& q, const PagedKV& kv, const TensorView& out)>;
   void set_decode_observer(DecodeObserver f);  // CPU backend only
 
+  // Called in every prefill chunk for every layer once the chunk's keys are appended,
+  // before its attention: the chunk's queries [chunk tokens, num_heads, head_dim] (fp32,
+  // RoPE applied) and the layer's cache as a batch of one (sequence 0 = the prefilled
+  // sequence, every token so far). Lets tools study the prefill's real queries and keys
+  // (bench-prefill --model: composite vs exact block mass). Empty function: none.
+  using PrefillObserver = std::function<void(int layer, const TensorView& q, const PagedKV& kv)>;
+  void set_prefill_observer(PrefillObserver f);  // CPU backend only
+
  private:
   struct Scratch;
   const Model& model_;
@@ -104,6 +112,7 @@ class Engine {
   std::unique_ptr<Scratch> s_;
   PrefillStats prefill_stats_;
   DecodeObserver observer_;
+  PrefillObserver prefill_observer_;
 
   void check_append(int seq, int64_t n) const;
   // Runs all layers on rows x [T, hidden]; rows belong to `seqs` with `counts` tokens each

@@ -1,6 +1,6 @@
 // `unique eval`: accuracy of every estimator x budget x page size on one model, through
 // the engine's sparse decode path.
-//   passkey, needle, kv, vartrack: greedy answers after a dense prefill of the prompt
+//   passkey, needle, kv, vartrack: greedy answers after a prefill of the prompt
 //     (all but its last token); the last prompt token and every answer token go through
 //     sparse decode. One prefill per (sample, page size), shared by all estimator x
 //     budget runs (Engine::fork_sequence).
@@ -10,6 +10,10 @@
 //     step and layer each estimator x budget selects pages from the real queries and keys;
 //     per head: attention mass on the selected pages, and the relative L2 error of the
 //     sparse attention output against the dense one.
+// Every prefill is dense, or UniSparse block-sparse with EvalOptions::prefill = unisparse
+// (prefill_top_p, prefill_block, pool; not in the first dense_layers layers), so sparse
+// prefill + sparse decode can be compared with dense prefill + the same decode. Rows
+// record the prefill mode.
 #pragma once
 #include <cstdint>
 #include <cstdio>
@@ -37,6 +41,9 @@ struct EvalOptions {
   int64_t ppl_prefix = 256;
   int vartrack_hops = 3;
   std::string kv_dtype = "auto";  // auto: fp32 for fp32 weights, else bf16
+  PrefillMode prefill = PrefillMode::dense;  // prompt attention (--prefill)
+  float prefill_top_p = 0.95f;               // unisparse: estimated mass kept per query block
+  int prefill_block = 64, pool = 8;          // unisparse: block and composite pooling, in tokens
   void validate() const;          // unique::Error naming the flag
 };
 
