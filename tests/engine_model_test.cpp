@@ -266,6 +266,15 @@ PrefillRun run_prefill(const Model& model, const std::vector<int>& prompt, Prefi
   return r;
 }
 
+// The prefill tests' model: 8 query / 2 KV heads (GQA group 4), written to a fresh directory.
+std::unique_ptr<Model> load_gqa_tiny(const std::string& name, TinySpec& sp) {
+  const std::string dir = enginetest::temp_dir(name);
+  sp.heads = 8;
+  sp.kv_heads = 2;
+  enginetest::write_tiny(dir, sp);
+  return Model::load(dir);
+}
+
 double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
   double num = 0, den = 0;
   for (size_t i = 0; i < b.size(); ++i) {
@@ -306,12 +315,8 @@ TEST(EnginePrefill, UnisparseTopPOneMatchesDense) {
 // (measured: max relative logit error 1.7e-2 at top_p 0.9, 8e-2 at 0.5). 5e-2 leaves 3x
 // margin for other data yet fails a selection as poor as top_p 0.5.
 TEST(EnginePrefill, UnisparseKeepsFewerBlocksAndStaysClose) {
-  const std::string dir = enginetest::temp_dir("pf_sparse");
   TinySpec sp;
-  sp.heads = 8;
-  sp.kv_heads = 2;
-  enginetest::write_tiny(dir, sp);
-  auto model = Model::load(dir);
+  auto model = load_gqa_tiny("pf_sparse", sp);
   std::vector<int> prompt;
   for (int i = 0; i < 400; ++i) prompt.push_back((i * 17 + i / 7) % sp.vocab);
   const PrefillRun dense = run_prefill(*model, prompt, PrefillMode::dense, 1.0f);
@@ -332,12 +337,8 @@ TEST(EnginePrefill, UnisparseKeepsFewerBlocksAndStaysClose) {
 // positions: the last prompt token's equal, layer by layer, those decode computes for the
 // same token at the same position (decode observer), and its keys are in the cache.
 TEST(EnginePrefill, ObserverSeesPostRopeQueriesAndTheCache) {
-  const std::string dir = enginetest::temp_dir("pf_observer");
   TinySpec sp;
-  sp.heads = 8;
-  sp.kv_heads = 2;
-  enginetest::write_tiny(dir, sp);
-  auto model = Model::load(dir);
+  auto model = load_gqa_tiny("pf_observer", sp);
   std::vector<int> prompt;
   for (int i = 0; i < 100; ++i) prompt.push_back((i * 7 + 1) % sp.vocab);
   EngineOptions eo;
@@ -397,12 +398,8 @@ TEST(EnginePrefill, ObserverSeesPostRopeQueriesAndTheCache) {
 // Layers kept dense by dense_layers run the dense prefill: all of them dense gives the
 // dense logits bit for bit and counts no sparse blocks; one of two dense counts half.
 TEST(EnginePrefill, DenseLayersStayDense) {
-  const std::string dir = enginetest::temp_dir("pf_dense_layers");
   TinySpec sp;
-  sp.heads = 8;
-  sp.kv_heads = 2;
-  enginetest::write_tiny(dir, sp);
-  auto model = Model::load(dir);
+  auto model = load_gqa_tiny("pf_dense_layers", sp);
   std::vector<int> prompt;
   for (int i = 0; i < 200; ++i) prompt.push_back((i * 5 + 3) % sp.vocab);
   const PrefillRun dense = run_prefill(*model, prompt, PrefillMode::dense, 1.0f);

@@ -137,24 +137,6 @@ int run(const Options& o) {
   const std::vector<int64_t> contexts = parse_list<int64_t>(o.contexts, "--context");
   const std::vector<float> top_ps = parse_list<float>(o.top_ps, "--top-p");
   UNIQUE_CHECK_ARG(o.reps >= 1, "--reps", ">= 1", o.reps);
-  if (!o.model.empty()) {
-#ifdef UNIQUE_WITH_ENGINE
-    UNIQUE_CHECK_ARG(!o.json, "--json", "not with --model (a markdown table is printed)", "--json");
-    ModelRankOptions m;
-    m.model_dir = o.model;
-    m.prompt_files = o.prompt_files;
-    m.contexts = contexts;
-    m.top_ps = top_ps;
-    m.page_size = o.page_size;
-    m.prefill_block = o.prefill_block;
-    m.pool = o.pool;
-    m.rank_blocks = o.rank_blocks;
-    return run_bench_prefill_model(m);
-#else
-    throw_arg("--model", "a build with the engine (OpenBLAS)", o.model);
-#endif
-  }
-  UNIQUE_CHECK_ARG(o.prompt_files.empty(), "--prompt-file", "only with --model", "no --model");
   AttentionConfig base;
   base.page_size = o.page_size;
   base.prefill_block = o.prefill_block;
@@ -166,6 +148,22 @@ int run(const Options& o) {
     c.top_p = p;
     c.validate();
   }
+  if (!o.model.empty()) {
+#ifdef UNIQUE_WITH_ENGINE
+    UNIQUE_CHECK_ARG(!o.json, "--json", "not with --model (a markdown table is printed)", "--json");
+    ModelRankOptions m;
+    m.model_dir = o.model;
+    m.prompt_files = o.prompt_files;
+    m.contexts = contexts;
+    m.top_ps = top_ps;
+    m.cfg = base;
+    m.rank_blocks = o.rank_blocks;
+    return run_bench_prefill_model(m);
+#else
+    throw_arg("--model", "a build with the engine (OpenBLAS)", o.model);
+#endif
+  }
+  UNIQUE_CHECK_ARG(o.prompt_files.empty(), "--prompt-file", "only with --model", "no --model");
   for (int64_t L : contexts) UNIQUE_CHECK_ARG(L >= 1 && L <= (int64_t(1) << 22), "--context", "1..4194304", L);
   const DType dt = parse_dtype(o.dtype);
   std::fprintf(stderr,

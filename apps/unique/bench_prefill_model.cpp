@@ -103,20 +103,10 @@ int run_bench_prefill_model(const ModelRankOptions& o) {
   auto model = engine::Model::load(o.model_dir);
   const engine::ModelConfig& mc = model->config();
   const engine::Tokenizer tok = engine::Tokenizer::from_file(o.model_dir + "/tokenizer.json");
-  AttentionConfig cfg;
-  cfg.page_size = o.page_size;
-  cfg.prefill_block = o.prefill_block;
-  cfg.pool = o.pool;
-  cfg.prefill = PrefillMode::unisparse;
-  cfg.validate();
-  for (float p : o.top_ps) {
-    AttentionConfig c = cfg;
-    c.top_p = p;
-    c.validate();
-  }
+  const AttentionConfig& cfg = o.cfg;
   std::fprintf(stderr, "bench-prefill --model %s: %d layers, heads %d/%d, head dim %d, KV bf16, page %d, block %d, pool %d, %d threads\n",
-               o.model_dir.c_str(), mc.num_layers, mc.num_heads, mc.num_kv_heads, mc.head_dim, o.page_size,
-               o.prefill_block, o.pool, omp_get_max_threads());
+               o.model_dir.c_str(), mc.num_layers, mc.num_heads, mc.num_kv_heads, mc.head_dim, cfg.page_size,
+               cfg.prefill_block, cfg.pool, omp_get_max_threads());
   for (const std::string& file : o.prompt_files) {
     const std::string text = prompt_text(file);
     std::vector<int> all = tok.prefix_ids();
@@ -130,15 +120,15 @@ int run_bench_prefill_model(const ModelRankOptions& o) {
                        detail::concat(file, ": ", all.size(), " tokens"));
       const std::vector<int> prompt(all.begin(), all.begin() + L);
       engine::EngineOptions eo;
-      eo.attention.page_size = o.page_size;
-      eo.attention.budget_tokens = o.page_size;
+      eo.attention.page_size = cfg.page_size;
+      eo.attention.budget_tokens = cfg.page_size;
       eo.attention.estimator = Estimator::dense;
       eo.kv_dtype = DType::bf16;  // what the eval and generate keep for 16-bit weights
       eo.stats_dtype = DType::bf16;
       eo.max_context = L;
       eo.prefill_chunk = static_cast<int>(L);  // one chunk: the observer sees every query
       engine::Engine eng(*model, eo);
-      const int nqb = static_cast<int>((L + o.prefill_block - 1) / o.prefill_block);
+      const int nqb = static_cast<int>((L + cfg.prefill_block - 1) / cfg.prefill_block);
       const std::vector<int> sample = spread_q_blocks(nqb, o.rank_blocks);
       std::vector<LayerSummary> layers(mc.num_layers);
       eng.set_prefill_observer([&](int layer, const TensorView& q, const PagedKV& kv) {

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "unique/config.h"
+
 namespace unique::cli {
 
 using Runner = std::function<int()>;
@@ -21,7 +23,7 @@ struct ModelRankOptions {
   std::vector<std::string> prompt_files;  // files, or "kjv" for the eval's haystack text
   std::vector<int64_t> contexts;
   std::vector<float> top_ps;
-  int page_size = 16, prefill_block = 64, pool = 8;
+  AttentionConfig cfg;   // page size, prefill block, pool (unisparse; validated by the caller)
   int rank_blocks = 16;  // query blocks sampled per layer (0 = all)
 };
 int run_bench_prefill_model(const ModelRankOptions& o);
