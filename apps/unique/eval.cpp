@@ -1,7 +1,6 @@
 // `unique eval`: the accuracy harness (src/eval) from the command line.
 #include <omp.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cmath>

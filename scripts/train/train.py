@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Trains the in-house long-context model from scratch: a small byte-level Llama
 (LlamaForCausalLM, MHA, RoPE theta 5e5) on the corpus of prepare_corpus.py mixed with
-synthetic passkey / key-value retrieval sequences, with a sequence-length curriculum up to
---context, bf16 autocast, dense attention through SDPA (FlashAttention), a wall-clock budget
+synthetic passkey / key-value retrieval sequences: first retrieval sequences alone at 512
+tokens until they are learned (--retrieval-first), then the text mix with a sequence-length
+curriculum up to --context; bf16 autocast, dense attention through SDPA (FlashAttention), a wall-clock budget
 (--minutes, counted across resumes) and resumable checkpoints (--ckpt). Saves the Hugging
 Face directory (--out) that transformers and `unique generate --model DIR` load.
 
-  python3 scripts/train/train.py --corpus .train/corpus --out OUT/model-dense --minutes 5
+  python3 scripts/train/train.py --corpus .train/corpus --out OUT/model-dense --minutes 7.4   # models/unique-demo
   python3 scripts/train/train.py --tiny --minutes 0.3 --out /tmp/tiny     # CPU smoke test
 
 The loss is text CE (mean over non-answer tokens) + --answer-weight * answer CE (mean over
