@@ -143,17 +143,18 @@ struct SweepParam {
 
 class ScoreSelectSweep : public ::testing::TestWithParam<SweepParam> {};
 
-TEST_P(ScoreSelectSweep, FastMatchesReference) {
-  const SweepParam sp = GetParam();
+// fp8_stats: the statistics are stored as fp8 (e4m3 + per-pair scales); the reference
+// scores the dequantized values in double, the fast scorer sums codes and scales once.
+void fast_matches_reference(const SweepParam& sp, bool fp8_stats) {
   // Distinct for every (P, D, group, dtype): each case draws its own data.
   const uint64_t idx = ((uint64_t(sp.P) * 1000 + sp.D) * 100 + sp.group) * 10 + int(sp.dt);
-  const uint64_t seed = case_seed(21, idx);
+  const uint64_t seed = case_seed(fp8_stats ? 23 : 21, idx);
   Rng r(seed);
   CaseSpec s;
   s.page_size = sp.P;
   s.head_dim = sp.D;
   s.dtype = sp.dt;
-  s.stats_dtype = (idx % 2) ? DType::bf16 : DType::f32;
+  s.stats_dtype = fp8_stats ? DType::e4m3 : (idx % 2) ? DType::bf16 : DType::f32;
   s.num_kv_heads = 2;
   // Ragged: a long sequence with a partial last page, one exactly full page, one token.
   s.lens = {int64_t(6 * sp.P + r.range(1, sp.P - 1)), int64_t(sp.P), 1, int64_t(3 * sp.P + 1)};
@@ -213,6 +214,9 @@ TEST_P(ScoreSelectSweep, FastMatchesReference) {
     if (::testing::Test::HasFailure()) return;
   }
 }
+
+TEST_P(ScoreSelectSweep, FastMatchesReference) { fast_matches_reference(GetParam(), false); }
+TEST_P(ScoreSelectSweep, Fp8StatsFastMatchesReference) { fast_matches_reference(GetParam(), true); }
 
 std::vector<SweepParam> sweep_params() {
   std::vector<SweepParam> v;

@@ -51,10 +51,12 @@ void progress(double f) {
 // Bytes a selection step reads for `e` (page statistics) on top of the selected K/V.
 double stats_bytes(Estimator e, const PagedKV& kv, int64_t pages) {
   const double row = double(kv.num_kv_heads) * kv.head_dim * dtype_size(kv.stats_dtype);
+  // fp8: one fp32 scale per (page, KV head) for the pair an estimator reads.
+  const double scale = kv.stats_dtype == DType::e4m3 ? double(kv.num_kv_heads) * 4 : 0.0;
   switch (e) {
     case Estimator::unique:
-    case Estimator::quest: return 2 * row * pages;
-    case Estimator::mean: return row * pages;
+    case Estimator::quest: return (2 * row + scale) * pages;
+    case Estimator::mean: return (row + scale) * pages;
     case Estimator::oracle: return double(kv.num_kv_heads) * kv.head_dim * dtype_size(kv.dtype) *
                                    pages * kv.page_size;  // reads every key
     default: return 0;
@@ -64,7 +66,7 @@ double stats_bytes(Estimator e, const PagedKV& kv, int64_t pages) {
 int run(Options o) {
   if (o.threads > 0) omp_set_num_threads(o.threads);
   o.spec.dtype = parse_dtype(o.dtype);
-  o.spec.stats_dtype = o.stats_dtype.empty() ? o.spec.dtype : parse_dtype(o.stats_dtype);
+  o.spec.stats_dtype = o.stats_dtype.empty() ? o.spec.dtype : parse_stats_dtype(o.stats_dtype);
   o.cfg.gqa = parse_gqa(o.gqa);
   o.cfg.offset = parse_offset(o.offset);
   o.cfg.page_size = o.spec.page_size;
@@ -176,7 +178,8 @@ Runner add_bench_attention(CLI::App& app) {
   app.add_option("--recent", o->cfg.recent_pages, "Last pages always attended (the last page always is)")->capture_default_str();
   app.add_option("--dtype", o->dtype, "KV cache storage: fp32, fp16, bf16")->capture_default_str();
   app.add_option("--stats-dtype", o->stats_dtype,
-                 "Page statistics storage: fp32, fp16, bf16 (default: same as --dtype)");
+                 "Page statistics storage: fp32, fp16, bf16, fp8 (e4m3 + a power-of-two scale per page, KV head "
+                 "and statistics pair) (default: same as --dtype)");
   app.add_option("--estimator", o->estimators,
                  "Comma-separated estimators: unique, quest, mean, oracle, random")->capture_default_str();
   app.add_option("--gqa", o->gqa, "GQA score aggregation: max or softmax_sum")->capture_default_str();

@@ -69,7 +69,9 @@ engine::ModelConfig shape_config(const std::string& s) {
 double attn_bytes(const engine::Engine& eng, const AttentionConfig& cfg, bool dense, const std::vector<int>& seqs) {
   const KVCacheOptions& k = eng.kv_options();
   const double tok = double(k.num_kv_heads) * k.head_dim * dtype_size(k.dtype);  // K or V of one token
-  const double row = double(k.num_kv_heads) * k.head_dim * dtype_size(k.stats_dtype);
+  // One statistics row per page (fp8: plus the pair's fp32 scale per KV head).
+  const double row = double(k.num_kv_heads) * (k.head_dim * dtype_size(k.stats_dtype) +
+                                               (k.stats_dtype == DType::e4m3 ? 2.0 : 0.0));
   double b = 0;
   for (int s : seqs) {
     const int64_t len = eng.length(s);
@@ -142,7 +144,7 @@ int run(const BenchOptions& o) {
   eo.cuda_graph = !o.no_graph;
   eo.dense_layers = o.dense_layers;
   eo.kv_dtype = parse_dtype(o.kv_dtype);
-  eo.stats_dtype = o.stats_dtype == "auto" ? eo.kv_dtype : parse_dtype(o.stats_dtype);
+  eo.stats_dtype = o.stats_dtype == "auto" ? eo.kv_dtype : parse_stats_dtype(o.stats_dtype);
   eo.max_batch = o.batch;
   eo.max_context = o.context + int64_t(o.steps + 1) * static_cast<int64_t>(ests.size()) + 4;
   eo.keep_all_stats = true;
@@ -258,7 +260,7 @@ Runner add_bench_decode(CLI::App& app) {
   app.add_option("--steps", o->steps, "Timed decode steps per estimator (median)")->capture_default_str();
   app.add_option("--layers", o->layers, "Use only the first N layers (0 = all; for machines with little memory)");
   app.add_option("--kv-dtype", o->kv_dtype, "KV cache dtype")->capture_default_str();
-  app.add_option("--stats-dtype", o->stats_dtype, "Page statistics dtype: auto (= KV dtype) | fp32 | bf16")
+  app.add_option("--stats-dtype", o->stats_dtype, "Page statistics dtype: auto (= KV dtype) | fp32 | bf16 | fp16 | fp8 (e4m3, a power-of-two scale per page, KV head and statistics pair)")
       ->capture_default_str();
   app.add_option("--weights-dtype", o->weights_dtype, "Random weights dtype (--shape)")->capture_default_str();
   app.add_option("--bandwidth-gbps", o->bandwidth_gbps, "Memory read bandwidth for the bytes-limit (0 = measure)");

@@ -125,7 +125,7 @@ int run(GenOptions o) {
   // fp32 weights keep an fp32 cache on the CPU; the GPU's prefill wants 16-bit K/V.
   eo.kv_dtype = o.kv_dtype == "auto" ? (wdt == DType::f32 && eo.device == Device::cpu ? DType::f32 : DType::bf16)
                                      : parse_dtype(o.kv_dtype);
-  eo.stats_dtype = o.stats_dtype == "auto" ? eo.kv_dtype : parse_dtype(o.stats_dtype);
+  eo.stats_dtype = o.stats_dtype == "auto" ? eo.kv_dtype : parse_stats_dtype(o.stats_dtype);
   eo.max_context = o.max_context > 0 ? o.max_context
                                      : static_cast<int64_t>(longest) + std::max(o.max_new_tokens, 1);
   if (mc.sliding_window > 0 && eo.max_context > mc.sliding_window)
@@ -246,7 +246,7 @@ Runner add_generate(CLI::App& app) {
   app.add_option("--kv-dtype", o->kv_dtype,
                  "KV cache dtype: auto (fp32 for fp32 weights on the CPU, else bf16) | fp32 | bf16 | fp16")
       ->capture_default_str();
-  app.add_option("--stats-dtype", o->stats_dtype, "Page statistics dtype: auto (= KV dtype) | fp32 | bf16")
+  app.add_option("--stats-dtype", o->stats_dtype, "Page statistics dtype: auto (= KV dtype) | fp32 | bf16 | fp16 | fp8 (e4m3, a power-of-two scale per page, KV head and statistics pair)")
       ->capture_default_str();
   app.add_option("--weights", o->weights, "auto (as stored, memory-mapped) | fp32 (convert at load)")->capture_default_str();
   app.add_option("--max-context", o->max_context, "KV pool per sequence in tokens (0 = longest prompt + max-new-tokens)");

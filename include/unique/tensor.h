@@ -32,7 +32,8 @@ TensorView make_view(const void* data, DType dtype, std::initializer_list<int64_
                      Device device = Device::cpu);
 
 // Validation: each throws unique::Error naming `arg` with expected vs actual.
-// A shape entry of -1 matches any extent.
+// A shape entry of -1 matches any extent. expect_shape also refuses dtype fp8 (e4m3 is a
+// page-statistics storage type, never a tensor argument's dtype).
 void expect_shape(const TensorView& t, const char* arg, std::initializer_list<int64_t> shape);
 void expect_dtype(const TensorView& t, const char* arg, DType dtype);
 void expect_device(const TensorView& t, const char* arg, Device device);

@@ -11,7 +11,7 @@
 namespace unique {
 
 struct KVCache::Storage {
-  detail::HostBuffer k, v, mean, std, kmin, kmax;
+  detail::HostBuffer k, v, mean, std, kmin, kmax, scale;
 };
 
 KVCache::KVCache(const KVCacheOptions& opt) : opt_(opt), mem_(std::make_unique<Storage>()) {
@@ -22,6 +22,7 @@ KVCache::KVCache(const KVCacheOptions& opt) : opt_(opt), mem_(std::make_unique<S
             "a multiple of 16 in 16..512", opt.head_dim);
   UNIQUE_CHECK_ARG(opt.device == Device::cpu, "device", "cpu (KVCache owns host memory)",
             to_string(opt.device));
+  expect_compute_dtype(opt.dtype, "KV cache dtype");
   const size_t tokens = size_t(opt.num_pages) * opt.num_kv_heads * opt.page_size;
   const size_t rows = size_t(opt.num_pages) * opt.num_kv_heads * opt.head_dim;
   mem_->k = detail::HostBuffer(tokens * opt.head_dim * dtype_size(opt.dtype));
@@ -34,6 +35,8 @@ KVCache::KVCache(const KVCacheOptions& opt) : opt_(opt), mem_(std::make_unique<S
     mem_->kmin = detail::HostBuffer(rows * dtype_size(opt.stats_dtype));
     mem_->kmax = detail::HostBuffer(rows * dtype_size(opt.stats_dtype));
   }
+  if (opt.stats_dtype == DType::e4m3 && (opt.keep_unique_stats || opt.keep_quest_stats))
+    mem_->scale = detail::HostBuffer(size_t(opt.num_pages) * opt.num_kv_heads * 2 * sizeof(float));
   // Hand out low page ids first.
   free_.resize(opt.num_pages);
   std::iota(free_.rbegin(), free_.rend(), 0);
@@ -147,6 +150,7 @@ PagedKV KVCache::view(const PageTable& table) const {
   kv.std = mem_->std.data();
   kv.kmin = mem_->kmin.data();
   kv.kmax = mem_->kmax.data();
+  kv.stats_scale = mem_->scale.data<float>();
   kv.batch = table.batch();
   kv.page_indptr = table.indptr.data();
   kv.page_indices = table.indices.data();

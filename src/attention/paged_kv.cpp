@@ -32,6 +32,10 @@ void validate_paged_kv(const PagedKV& kv, bool need_stats) {
   if (need_stats)
     UNIQUE_CHECK_ARG(kv.mean && kv.std && kv.kmin && kv.kmax, "kv stats", "mean, std, kmin, kmax set",
               "a null pointer");
+  expect_compute_dtype(kv.dtype, "kv.dtype");
+  if (kv.stats_dtype == DType::e4m3 && (kv.mean || kv.std || kv.kmin || kv.kmax))
+    UNIQUE_CHECK_ARG(kv.stats_scale != nullptr, "kv.stats_scale",
+                     "set for stats_dtype fp8 ([num_pages, num_kv_heads, 2] fp32)", "null");
   if (kv.device == Device::cuda) {
     // The page table lives on the GPU; the host knows only the bound the caller gives.
     UNIQUE_CHECK_ARG(kv.max_pages_per_seq > 0, "kv.max_pages_per_seq", "> 0 for a CUDA page table",

@@ -54,6 +54,7 @@ TensorView make_view(const void* data, DType dtype, std::initializer_list<int64_
 }
 
 void expect_shape(const TensorView& t, const char* arg, std::initializer_list<int64_t> shape) {
+  expect_compute_dtype(t.dtype, arg);  // fp8 is a page-statistics storage type only
   bool ok = t.ndim == static_cast<int>(shape.size());
   int i = 0;
   for (int64_t s : shape) {

@@ -3,6 +3,7 @@
 // (nth_element) instead of a full sort.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/cpu_kernels.h"
@@ -91,9 +92,13 @@ void stats_scores(const AttentionConfig& cfg, const PagedKV& kv, const int32_t* 
         sd2 += sd * sd;
       }
     }
-    const float sd_norm = e == Estimator::unique && !channel ? std::sqrt(hsum(sd2)) : 0.0f;
+    // fp8: codes were summed unscaled; each pair's power-of-two scale applies once here.
+    float sc = 1.0f;
+    if constexpr (std::is_same_v<S, e4m3>)
+      sc = kv.stats_scale[kv.scale_offset(pages[j], h) + (e == Estimator::quest ? 1 : 0)];
+    const float sd_norm = e == Estimator::unique && !channel ? sc * std::sqrt(hsum(sd2)) : 0.0f;
     for (int i = 0; i < G; ++i) {
-      float v = hsum(dotv[i]);
+      float v = sc * hsum(dotv[i]);
       if (e == Estimator::unique && !channel) v += cfg.alpha * qnorm[i] * sd_norm;
       s[i * n + j] = v;
     }
@@ -134,7 +139,7 @@ void score_one(const AttentionConfig& cfg, const TensorView& q, const PagedKV& k
       });
       break;
     default:
-      dispatch_dtype(kv.stats_dtype, [&](auto st) {
+      dispatch_stats_dtype(kv.stats_dtype, [&](auto st) {
         for_head_blocks(group, [&](auto g, int i0) {
           stats_scores<decltype(st), g()>(cfg, kv, pages, n, h, &sc.q[i0 * D], &sc.aq[i0 * D],
                                           sc.qnorm.data() + i0, s + i0 * n);

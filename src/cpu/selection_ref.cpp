@@ -24,7 +24,13 @@ double raw_score(const AttentionConfig& cfg, const TensorView& q, const PagedKV&
                  int hq, int h, int j) {
   const int page = kv.page_indices[kv.page_indptr[b] + j];
   const int64_t so = kv.stats_offset(page, h);
-  auto stat = [&](const void* p, int d) -> double { return load_as_float(p, kv.stats_dtype, so + d); };
+  // fp8 statistics: the code's value times its pair's scale (exact in double).
+  const bool fp8 = kv.stats_dtype == DType::e4m3;
+  const double s_unique = fp8 ? kv.stats_scale[kv.scale_offset(page, h)] : 1.0;
+  const double s_quest = fp8 ? kv.stats_scale[kv.scale_offset(page, h) + 1] : 1.0;
+  auto stat = [&](const void* p, int d) -> double {
+    return load_as_float(p, kv.stats_dtype, so + d) * (p == kv.kmin || p == kv.kmax ? s_quest : s_unique);
+  };
   double s = 0, off = 0, qn = 0, sn = 0;
   for (int d = 0; d < kv.head_dim; ++d) {
     const double qd = q_at(q, b, hq, d);

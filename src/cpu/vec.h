@@ -39,6 +39,16 @@ inline VecF load_widen(const T* src) {
     VecH h;
     std::memcpy(&h, src, sizeof h);
     return reinterpret_cast<VecF>(__builtin_convertvector(h, VecU) << 16);
+  } else if constexpr (std::is_same_v<T, e4m3>) {
+    // fp8 e4m3 code -> fp32 bits: sign to bit 31, exponent and mantissa to bits 20..26;
+    // times 2^120 rebiases (7 -> 127) and turns fp32 subnormals into the e4m3 subnormals.
+    // Exact for every finite code (0x7f/0xff, NaN, read as +-480: statistics are finite).
+    typedef uint8_t VecB __attribute__((vector_size(kW)));
+    VecB b;
+    std::memcpy(&b, src, sizeof b);
+    const VecU u = __builtin_convertvector(b, VecU);
+    const VecU bits = ((u & 0x7fu) << 20) | ((u & 0x80u) << 24);
+    return reinterpret_cast<VecF>(bits) * 0x1p120f;
   } else {
     alignas(64) float f[kW];
 #if defined(__F16C__)

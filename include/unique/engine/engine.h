@@ -32,7 +32,7 @@ struct EngineOptions {
   AttentionConfig attention;     // page_size, budget, sink, recent, estimator, ...
   int dense_layers = 0;          // first N layers always use dense attention (decode and prefill)
   DType kv_dtype = DType::f32;   // KV cache storage
-  DType stats_dtype = DType::f32;  // page statistics (bf16 halves the bytes selection reads)
+  DType stats_dtype = DType::f32;  // page statistics (bf16 halves the bytes selection reads, fp8 quarters them)
   int max_batch = 1;             // sequences alive at once
   int64_t max_context = 4096;    // tokens per sequence (prompt + generated): sizes the pool
   int prefill_chunk = 256;       // prompt tokens per forward during prefill

@@ -117,6 +117,7 @@ struct DeviceLayer {
   void *qkv = nullptr, *o = nullptr, *gate_up = nullptr, *down = nullptr;
   float *attn_norm = nullptr, *mlp_norm = nullptr, *q_norm = nullptr, *k_norm = nullptr, *qkv_bias = nullptr;
   void *k = nullptr, *v = nullptr, *mean = nullptr, *std = nullptr, *kmin = nullptr, *kmax = nullptr;
+  float* stats_scale = nullptr;  // fp8 statistics only: [num_pages, Hk, 2]
 };
 
 // Offsets (int32 elements) of the step metadata in one host/device buffer pair.
@@ -249,6 +250,8 @@ void CudaEngine::Impl::init() {
       L.kmin = arena.alloc(st_bytes, "page statistics");
       L.kmax = arena.alloc(st_bytes, "page statistics");
     }
+    if (kvo.stats_dtype == DType::e4m3 && (kvo.keep_unique_stats || kvo.keep_quest_stats))
+      L.stats_scale = arena.alloc<float>(int64_t(kvo.num_pages) * kvo.num_kv_heads * 2 * 4, "page statistics");
   }
   for (int p = kvo.num_pages - 1; p >= 0; --p) free_pages.push_back(p);
 }
@@ -312,6 +315,7 @@ PagedKV CudaEngine::Impl::layer_kv(int l, int batch) const {
   kv.std = L.std;
   kv.kmin = L.kmin;
   kv.kmax = L.kmax;
+  kv.stats_scale = L.stats_scale;
   kv.batch = batch;
   kv.page_indptr = meta_d + meta.indptr;
   kv.page_indices = meta_d + meta.indices;
@@ -511,6 +515,7 @@ int CudaEngine::fork_sequence(int seq) {
     for (void* base : {L.k, L.v}) k::copy_rows(base, kv_row, sd, sd + n, n, s.stream);
     for (void* base : {L.mean, L.std, L.kmin, L.kmax})
       if (base) k::copy_rows(base, st_row, sd, sd + n, n, s.stream);
+    if (L.stats_scale) k::copy_rows(L.stats_scale, int64_t(s.kvo.num_kv_heads) * 2 * 4, sd, sd + n, n, s.stream);
   }
   UNIQUE_CUDA_CHECK(cudaStreamSynchronize(s.stream));
   return id;
