@@ -46,6 +46,8 @@ Runner add_make_prompt(CLI::App& app);
 // demo model models/unique-demo of the source tree (or of the working directory); throws
 // unique::Error naming --model when there is none. Says which on stderr as `command`.
 std::string demo_model_dir(const char* command);
+// `stats-recall`: selection with fp8 vs bf16 page statistics on real keys (stats_recall.cpp).
+Runner add_stats_recall(CLI::App& app);
 // `tokenize`: token ids of a text with a model's tokenizer.json (model_tools.cpp).
 Runner add_tokenize(CLI::App& app);
 

@@ -51,6 +51,10 @@ int main(int argc, char** argv) {
   runners[prompt] = unique::cli::add_make_prompt(*prompt);
   auto* tok = app.add_subcommand("tokenize", "Token ids of a text with a model directory's tokenizer.json.");
   runners[tok] = unique::cli::add_tokenize(*tok);
+  auto* srec = app.add_subcommand(
+      "stats-recall", "fp8 vs bf16 page statistics on a model's real keys: overlap of the selections and the\n"
+                      "attention-mass recall of each (passkey prompts, teacher-forced decode, every layer).");
+  runners[srec] = unique::cli::add_stats_recall(*srec);
 #endif
   try {
     app.parse(argc, argv);

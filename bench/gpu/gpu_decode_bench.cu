@@ -4,7 +4,9 @@
 // events; the median is reported. Prints a table and writes JSON lines (--json FILE) that
 // bench/gpu/compare_baselines.py joins with FlashInfer / torch SDPA timings.
 //
-//   unique_bench_gpu [--quick] [--json out.jsonl] [--reps N]
+//   unique_bench_gpu [--quick] [--json out.jsonl] [--reps N] [--stats-dtype bf16|fp8]
+// --stats-dtype fp8: the page statistics as e4m3 codes with one fp32 scale per (page, KV
+// head, statistics pair); rows then carry "stats_dtype":"fp8" in the JSON.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -36,6 +38,25 @@ void fill(void* p, size_t n, uint32_t seed, float scale = 2.0f, float offset = 0
   fill_kernel<<<1024, 256>>>(static_cast<uint16_t*>(p), n, seed, scale, offset);
   CK(cudaGetLastError());
 }
+// Random finite e4m3 codes (|value| <= 240: 0x7f/0xff, the NaNs, never appear).
+__global__ void fill_fp8_kernel(uint8_t* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+    x ^= x >> 13;
+    x *= 0x5bd1e995u;
+    x ^= x >> 15;
+    p[i] = uint8_t(x & 0xf7u);
+  }
+}
+__global__ void fill_f32_kernel(float* p, size_t n, float v) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) p[i] = v;
+}
+// Statistics of dtype sdt: bf16 as before, fp8 as random codes.
+void fill_stats(void* p, size_t n, DType sdt, uint32_t seed, float scale = 2.0f, float offset = 0.0f) {
+  if (sdt == DType::e4m3) fill_fp8_kernel<<<1024, 256>>>(static_cast<uint8_t*>(p), n, seed);
+  else fill_kernel<<<1024, 256>>>(static_cast<uint16_t*>(p), n, seed, scale, offset);
+  CK(cudaGetLastError());
+}
 
 struct Timer {
   void* flush = nullptr;
@@ -52,11 +73,13 @@ int main(int argc, char** argv) {
   std::string shape_list;
   int reps = 30;
   std::string json;
+  DType sdt = DType::bf16;  // page statistics: bf16 or fp8
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
     else if (!std::strcmp(argv[i], "--dense-only")) dense_only = true;
+    else if (!std::strcmp(argv[i], "--stats-dtype") && i + 1 < argc) sdt = parse_stats_dtype(argv[++i]);
     else if (!std::strcmp(argv[i], "--shapes") && i + 1 < argc) shape_list = argv[++i];  // "1x131072,8x32768"
   }
   FILE* js = json.empty() ? nullptr : std::fopen(json.c_str(), "w");
@@ -77,7 +100,9 @@ int main(int argc, char** argv) {
     CK(cudaFree(x));
     CK(cudaFree(y));
   }
-  std::printf("device: %s, %d SMs; copy peak %.0f GB/s (read+write)\n", prop.name, prop.multiProcessorCount, peak);
+  std::printf("device: %s, %d SMs; copy peak %.0f GB/s (read+write); page statistics %s\n", prop.name,
+              prop.multiProcessorCount, peak, to_string(sdt));
+  const double st_size = double(dtype_size(sdt));
   if (js) std::fprintf(js, "{\"kind\":\"peak\",\"device\":\"%s\",\"copy_GBps\":%.1f}\n", prop.name, peak);
 
   const int Hq = 32, Hk = 8, D = 128;
@@ -108,18 +133,24 @@ int main(int argc, char** argv) {
       const size_t total_pages = size_t(sh.B) * pages;
       const size_t kv_elems = total_pages * Hk * P * D, st_elems = total_pages * Hk * D;
       void *k, *v, *mean, *sd, *kmin, *kmax;
+      float* sscale = nullptr;
       CK(cudaMalloc(&k, kv_elems * 2));
       CK(cudaMalloc(&v, kv_elems * 2));
-      CK(cudaMalloc(&mean, st_elems * 2));
-      CK(cudaMalloc(&sd, st_elems * 2));
-      CK(cudaMalloc(&kmin, st_elems * 2));
-      CK(cudaMalloc(&kmax, st_elems * 2));
+      CK(cudaMalloc(&mean, st_elems * dtype_size(sdt)));
+      CK(cudaMalloc(&sd, st_elems * dtype_size(sdt)));
+      CK(cudaMalloc(&kmin, st_elems * dtype_size(sdt)));
+      CK(cudaMalloc(&kmax, st_elems * dtype_size(sdt)));
       fill(k, kv_elems, 1);
       fill(v, kv_elems, 2);
-      fill(mean, st_elems, 3);
-      fill(sd, st_elems, 4, 0.5f, 0.5f);
-      fill(kmin, st_elems, 5, 1.0f, -1.0f);
-      fill(kmax, st_elems, 6, 1.0f, 1.0f);
+      fill_stats(mean, st_elems, sdt, 3);
+      fill_stats(sd, st_elems, sdt, 4, 0.5f, 0.5f);
+      fill_stats(kmin, st_elems, sdt, 5, 1.0f, -1.0f);
+      fill_stats(kmax, st_elems, sdt, 6, 1.0f, 1.0f);
+      if (sdt == DType::e4m3) {
+        CK(cudaMalloc(&sscale, total_pages * Hk * 2 * 4));
+        fill_f32_kernel<<<1024, 256>>>(sscale, total_pages * Hk * 2, 1.0f / 128);
+        CK(cudaGetLastError());
+      }
       // page table: physical pages shuffled with a fixed stride permutation
       std::vector<int32_t> indptr(sh.B + 1), indices(total_pages), last(sh.B, P);
       for (int b = 0; b <= sh.B; ++b) indptr[b] = b * pages;
@@ -140,7 +171,8 @@ int main(int argc, char** argv) {
       kv.head_dim = D;
       kv.k = k;
       kv.v = v;
-      kv.stats_dtype = DType::bf16;
+      kv.stats_dtype = sdt;
+      kv.stats_scale = sscale;
       kv.mean = mean;
       kv.std = sd;
       kv.kmin = kmin;
@@ -163,8 +195,9 @@ int main(int argc, char** argv) {
         if (js)
           std::fprintf(js,
                        "{\"kind\":\"ours\",\"batch\":%d,\"context\":%d,\"page\":%d,\"budget\":%d,\"variant\":\"%s\","
-                       "\"us\":%.2f,\"bytes\":%.0f,\"select_us\":%.2f,\"ideal_x\":%.2f}\n",
-                       sh.B, sh.ctx, P, budget, variant, us, bytes, sel_us, ideal);
+                       "\"us\":%.2f,\"bytes\":%.0f,\"select_us\":%.2f,\"ideal_x\":%.2f%s}\n",
+                       sh.B, sh.ctx, P, budget, variant, us, bytes, sel_us, ideal,
+                       sdt == DType::e4m3 ? ",\"stats_dtype\":\"fp8\"" : "");
       };
       {
         AttentionConfig cfg;
@@ -190,10 +223,14 @@ int main(int argc, char** argv) {
           const double sel_us = timer.median_us([&] { plan.select(qv, kv, nullptr); }, reps);
           const int selected = std::min(pages, cfg.max_selected(pages));
           const int stat_arrays = e == Estimator::random ? 0 : e == Estimator::mean ? 1 : 2;
-          const double bytes = double(st_elems) * 2 * stat_arrays + double(sh.B) * selected * Hk * P * D * 2 * 2;
+          // Statistics rows (fp8: plus one fp32 scale per page-head for the pair read).
+          const double st_bytes = stat_arrays == 0 ? 0.0
+                                  : double(st_elems) * st_size * stat_arrays +
+                                        (sdt == DType::e4m3 ? double(total_pages) * Hk * 4 : 0.0);
+          const double bytes = st_bytes + double(sh.B) * selected * Hk * P * D * 2 * 2;
           row(to_string(e), budget, us, bytes, sel_us, dense_bytes / bytes);
           if (e == Estimator::unique && budget == 2048) {
-            const double stats_bytes = double(st_elems) * 2 * 2;
+            const double stats_bytes = st_bytes;
             // read-once time of the statistics at the copy peak (which counts read + write)
             const double read_us = stats_bytes / (peak * 1e9) * 1e6;
             std::printf("      select vs reading the stats once at copy peak: %.1f us / %.1f us = %.2fx\n", sel_us,
@@ -201,12 +238,13 @@ int main(int argc, char** argv) {
             if (js)
               std::fprintf(js,
                            "{\"kind\":\"select\",\"batch\":%d,\"context\":%d,\"page\":%d,\"select_us\":%.2f,"
-                           "\"stats_read_us\":%.2f}\n",
-                           sh.B, sh.ctx, P, sel_us, read_us);
+                           "\"stats_read_us\":%.2f%s}\n",
+                           sh.B, sh.ctx, P, sel_us, read_us, sdt == DType::e4m3 ? ",\"stats_dtype\":\"fp8\"" : "");
           }
         }
       }
       for (void* p : {k, v, mean, sd, kmin, kmax, q, out}) CK(cudaFree(p));
+      if (sscale) CK(cudaFree(sscale));
       CK(cudaFree(d_indptr));
       CK(cudaFree(d_indices));
       CK(cudaFree(d_last));

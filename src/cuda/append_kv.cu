@@ -3,6 +3,12 @@
 // its page's new rows, then (after a barrier, the rows are visible to the whole block)
 // recomputes mean/std (two-pass, population) and min/max over the page's stored keys
 // exactly as the CPU path does, rounded once to the stats dtype.
+// fp8 (e4m3) statistics: every column is computed in double (as the CPU computes them for
+// fp8), rounded to fp32, kept in shared memory; one block-wide max per statistics pair
+// gives the pair's power-of-two scale, and the codes are cvt.rn.satfinite.e4m3: the same
+// codes and scales as the CPU append and recompute_page_stats, bit for bit.
+#include <cuda_fp8.h>
+
 #include <algorithm>
 
 #include "attention/cuda_backend.h"
@@ -20,6 +26,7 @@ struct AppendParams {
   void* std;
   void* kmin;
   void* kmax;
+  float* stats_scale;
   DType stats_dtype;
   const int32_t* indptr;
   const int32_t* indices;
@@ -31,8 +38,61 @@ struct AppendParams {
   int Hk, P, D;
 };
 
+constexpr int kAppendThreads = 128;
+constexpr int kMaxHeadDim = 512;
+
+// fp8 statistics of one page-head whose keys K (tokens rows) are written and visible to
+// the block. Double accumulation, explicit fma: the CPU's arithmetic (page_stats_cpu.cpp).
 template <class T>
-__global__ void __launch_bounds__(128) append_kernel(const AppendParams p) {
+__device__ void fp8_page_stats(const AppendParams& p, const T* K, int tokens, int64_t so, int64_t sco) {
+  __shared__ float rows[4][kMaxHeadDim];
+  __shared__ float warp_max[2][kAppendThreads / 32];
+  const int D = p.D;
+  float am[2] = {0.0f, 0.0f};
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    double sum = 0.0, lo = INFINITY, hi = -INFINITY;
+    for (int t = 0; t < tokens; ++t) {
+      const double x = to_f<T>(K[t * D + d]);
+      sum += x;
+      lo = fmin(lo, x);
+      hi = fmax(hi, x);
+    }
+    const double mu = sum / tokens;
+    double ss = 0.0;
+    for (int t = 0; t < tokens; ++t) {
+      const double x = double(to_f<T>(K[t * D + d])) - mu;
+      ss = fma(x, x, ss);
+    }
+    const float v[4] = {float(mu), float(sqrt(ss / tokens)), float(lo), float(hi)};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) rows[i][d] = v[i];
+    am[0] = fmaxf(am[0], fmaxf(fabsf(v[0]), fabsf(v[1])));
+    am[1] = fmaxf(am[1], fmaxf(fabsf(v[2]), fabsf(v[3])));
+  }
+#pragma unroll
+  for (int w = 0; w < 2; ++w) {
+    for (int o = 16; o > 0; o >>= 1) am[w] = fmaxf(am[w], __shfl_xor_sync(0xffffffffu, am[w], o));
+    if ((threadIdx.x & 31) == 0) warp_max[w][threadIdx.x >> 5] = am[w];
+  }
+  __syncthreads();
+  void* dst[4] = {p.mean, p.std, p.kmin, p.kmax};
+#pragma unroll
+  for (int w = 0; w < 2; ++w) {
+    if (!dst[2 * w]) continue;
+    float amax = 0.0f;
+    for (int i = 0; i < int(blockDim.x >> 5); ++i) amax = fmaxf(amax, warp_max[w][i]);
+    const int e = e4m3_scale_exp(amax);
+    const float inv = pow2f(-e);
+    if (threadIdx.x == 0) p.stats_scale[sco + w] = pow2f(e);
+    for (int d = threadIdx.x; d < D; d += blockDim.x)
+      for (int i = 2 * w; i < 2 * w + 2; ++i)
+        static_cast<uint8_t*>(dst[i])[so + d] =
+            __nv_cvt_float_to_fp8(rows[i][d] * inv, __NV_SATFINITE, __NV_E4M3);
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kAppendThreads) append_kernel(const AppendParams p) {
   const int b = blockIdx.z, h = blockIdx.y;
   const int n_pages = p.indptr[b + 1] - p.indptr[b];
   const int64_t len = int64_t(n_pages - 1) * p.P + p.last_len[b];
@@ -58,6 +118,10 @@ __global__ void __launch_bounds__(128) append_kernel(const AppendParams p) {
   if (!p.mean && !p.kmin) return;
   __syncthreads();
   const int64_t so = (page * p.Hk + h) * D;
+  if (p.stats_dtype == DType::e4m3) {
+    fp8_page_stats(p, K, tokens, so, (page * p.Hk + h) * 2);
+    return;
+  }
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float sum = 0.0f, lo = INFINITY, hi = -INFINITY;
     for (int t = 0; t < tokens; ++t) {
@@ -95,6 +159,7 @@ void launch_append(const PagedKV& kv, const TensorView& k_new, const TensorView&
   p.std = kv.std;
   p.kmin = kv.kmin;
   p.kmax = kv.kmax;
+  p.stats_scale = kv.stats_scale;
   p.stats_dtype = kv.stats_dtype;
   p.indptr = kv.page_indptr;
   p.indices = kv.page_indices;
@@ -111,7 +176,7 @@ void launch_append(const PagedKV& kv, const TensorView& k_new, const TensorView&
   const int touched = (max_new_tokens_per_seq - 1) / kv.page_size + 2;
   const dim3 grid(touched, kv.num_kv_heads, kv.batch);
   dispatch_dtype(kv.dtype, [&](auto t) {
-    append_kernel<decltype(t)><<<grid, 128, 0, stream>>>(p);
+    append_kernel<decltype(t)><<<grid, kAppendThreads, 0, stream>>>(p);
   });
   UNIQUE_CUDA_LAUNCH("append_kernel");
 }

@@ -93,7 +93,7 @@ TEST_P(GpuSweep, ScoresSelectionDecodeMatchReference) {
   SKIP_WITHOUT_GPU();
   const SweepParam prm = GetParam();
   int case_i = 0;
-  for (DType stats : {DType::f32, DType::bf16}) {
+  for (DType stats : {DType::f32, DType::bf16, DType::e4m3}) {
     const uint64_t seed = case_seed(4, prm.P * 1000 + prm.D * 10 + prm.group + 7 * case_i++);
     const CaseSpec spec = spec_for(prm, stats);
     CacheCase c = make_case(spec, seed);
@@ -255,7 +255,7 @@ TEST(GpuAppend, MatchesCpuAppendAndRecomputation) {
   SKIP_WITHOUT_GPU();
   for (int P : {16, 32, 64})
     for (DType dt : {DType::bf16, DType::f16, DType::f32})
-      for (DType st : {DType::f32, DType::bf16}) {
+      for (DType st : {DType::f32, DType::bf16, DType::e4m3}) {
         const int H = 2, D = 128;
         CaseSpec spec;
         spec.lens = {int64_t(P) * 5 + 3, 2, int64_t(P) * 2};
@@ -265,7 +265,7 @@ TEST(GpuAppend, MatchesCpuAppendAndRecomputation) {
         spec.dtype = dt;
         spec.stats_dtype = st;
         spec.extra_pages = 12;
-        const uint64_t seed = case_seed(9, P * 10 + int(dt) * 3 + int(st));
+        const uint64_t seed = case_seed(9, P * 10 + int(dt) * 3 + int(st) + (st == DType::e4m3 ? 1000 : 0));
         CacheCase c = make_case(spec, seed);
         SCOPED_TRACE(case_name(spec, 1, DType::f32, seed));
         // Append n_b new tokens per sequence: grow the cache's page table on the host first
@@ -306,6 +306,11 @@ TEST(GpuAppend, MatchesCpuAppendAndRecomputation) {
         dkv.std.down(gs.data(), gs.bytes.size());
         dkv.kmin.down(gmin.data(), gmin.bytes.size());
         dkv.kmax.down(gmax.data(), gmax.bytes.size());
+        std::vector<float> gscale;
+        if (st == DType::e4m3) {  // fp8: codes and scales bit-identical to the CPU append's
+          gscale.resize(size_t(after.num_pages) * H * 2);
+          dkv.scale.down(gscale.data(), gscale.size() * 4);
+        }
         // Compare over the pages of the batch (the rest of the pool is untouched garbage-free zeros).
         const float stol = st == DType::bf16 ? 8e-3f : 1e-5f;
         for (int b = 0; b < after.batch; ++b) {
@@ -320,6 +325,19 @@ TEST(GpuAppend, MatchesCpuAppendAndRecomputation) {
                 ASSERT_EQ(gv.get(o + i), load_as_float(after.v, dt, o + i)) << "V b=" << b << " j=" << j;
               }
               const int64_t so = after.stats_offset(page, h);
+              if (st == DType::e4m3) {
+                for (int w = 0; w < 2; ++w)
+                  ASSERT_EQ(gscale[after.scale_offset(page, h) + w], after.stats_scale[after.scale_offset(page, h) + w])
+                      << "fp8 scale " << w << " b=" << b << " j=" << j << " h=" << h;
+                const Buf* g[4] = {&gm, &gs, &gmin, &gmax};
+                const void* want[4] = {after.mean, after.std, after.kmin, after.kmax};
+                for (int i = 0; i < 4; ++i)
+                  for (int d = 0; d < D; ++d)
+                    ASSERT_EQ(int(static_cast<const uint8_t*>(g[i]->data())[so + d]),
+                              int(static_cast<const uint8_t*>(want[i])[so + d]))
+                        << "fp8 code of stat " << i << " b=" << b << " j=" << j << " h=" << h << " d=" << d;
+                continue;
+              }
               for (int d = 0; d < D; ++d) {
                 auto near = [&](const Buf& g, const void* want, const char* what) {
                   const float w = load_as_float(want, st, so + d);

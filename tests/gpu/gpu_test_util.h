@@ -46,7 +46,7 @@ struct Dev {
 
 // A device mirror of a host PagedKV (pool, stats, page table).
 struct DevKV {
-  Dev k, v, mean, std, kmin, kmax, indptr, indices, last;
+  Dev k, v, mean, std, kmin, kmax, scale, indptr, indices, last;
   PagedKV kv;
   DevKV(const PagedKV& h) {
     const size_t e = size_t(h.num_pages) * h.num_kv_heads * h.page_size * h.head_dim;
@@ -69,6 +69,10 @@ struct DevKV {
       kmax = Dev(h.kmax, s * ss);
       kv.kmin = kmin.p;
       kv.kmax = kmax.p;
+    }
+    if (h.stats_scale) {  // fp8 statistics: [num_pages, num_kv_heads, 2] fp32
+      scale = Dev(h.stats_scale, size_t(h.num_pages) * h.num_kv_heads * 2 * 4);
+      kv.stats_scale = scale.as<float>();
     }
     indptr = Dev(h.page_indptr, (h.batch + 1) * 4);
     const int nnz = h.page_indptr[h.batch];

@@ -1,0 +1,221 @@
+// `unique stats-recall`: what storing the page statistics in fp8 does to selection, on a
+// model's real queries and keys. The passkey prompt of the eval is prefilled (CPU engine,
+// bf16 KV), then the answer is decoded densely (teacher forced); at every step and layer
+// the statistics of the same keys are rebuilt once in bf16 and once in fp8
+// (recompute_page_stats), and each estimator x budget selects pages from both. Reported
+// per (page size, estimator, budget), averaged over steps, layers and heads:
+//   overlap    |fp8 pages & bf16 pages| / |bf16 pages|, over the top-k pages only (the
+//              always-kept sink/recent pages excluded)
+//   same       fraction of (step, layer, KV head) rows whose selections are identical
+//   recall     attention mass (softmax of the exact logits, double) on the selected pages,
+//              for the bf16 and the fp8 selection
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <memory>
+
+#include "commands.h"
+#include "unique/engine/engine.h"
+#include "unique/engine/model.h"
+#include "unique/engine/tokenizer.h"
+#include "unique/error.h"
+#include "unique/eval/haystack.h"
+#include "unique/eval/tasks.h"
+#include "unique/page_stats.h"
+#include "unique/selection.h"
+
+namespace unique::cli {
+
+namespace {
+
+struct Options {
+  std::string model, haystack = "kjv", markdown;
+  std::vector<int64_t> contexts = {8000};
+  std::vector<double> depths = {10, 50, 90};
+  std::vector<uint64_t> seeds = {0};
+  std::vector<int> page_sizes = {16, 32, 64};
+  std::vector<int> budgets = {256, 512, 1024, 2048};
+  std::vector<std::string> estimators = {"unique", "quest"};
+  int sink = 1, recent = 1;
+};
+
+struct Acc {
+  double overlap = 0, same = 0, rec16 = 0, rec8 = 0, min_delta = INFINITY;
+  int64_t rows = 0, head_rows = 0;
+};
+
+// Softmax mass of every logical page of sequence 0 for query head hq (double).
+std::vector<double> page_mass(const TensorView& q, const PagedKV& kv, int hq, int group) {
+  const int D = kv.head_dim, h = hq / group, n = seq_pages(kv, 0);
+  const double scale = 1.0 / std::sqrt(double(D));
+  std::vector<double> qd(D), logits;
+  std::vector<int> page_of;
+  for (int d = 0; d < D; ++d) qd[d] = load_as_float(q.data, q.dtype, hq * q.stride[1] + d * q.stride[2]);
+  for (int j = 0; j < n; ++j) {
+    const int page = kv.page_indices[kv.page_indptr[0] + j];
+    const int tokens = j == n - 1 ? kv.last_page_len[0] : kv.page_size;
+    for (int t = 0; t < tokens; ++t) {
+      double s = 0;
+      for (int d = 0; d < D; ++d) s += qd[d] * load_as_float(kv.k, kv.dtype, kv.kv_offset(page, h) + int64_t(t) * D + d);
+      logits.push_back(s * scale);
+      page_of.push_back(j);
+    }
+  }
+  const double m = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (double& l : logits) sum += (l = std::exp(l - m));
+  std::vector<double> mass(n, 0.0);
+  for (size_t i = 0; i < logits.size(); ++i) mass[page_of[i]] += logits[i] / sum;
+  return mass;
+}
+
+// Statistics storage of one dtype beside the engine's cache, rebuilt from its keys.
+struct SideStats {
+  std::vector<uint8_t> mean, std, kmin, kmax;
+  std::vector<float> scale;
+  PagedKV view(const PagedKV& kv, DType st) {
+    const size_t n = size_t(kv.num_pages) * kv.num_kv_heads * kv.head_dim * dtype_size(st);
+    for (auto* v : {&mean, &std, &kmin, &kmax}) v->resize(n);
+    scale.resize(size_t(kv.num_pages) * kv.num_kv_heads * 2);
+    PagedKV o = kv;
+    o.stats_dtype = st;
+    o.mean = mean.data();
+    o.std = std.data();
+    o.kmin = kmin.data();
+    o.kmax = kmax.data();
+    o.stats_scale = st == DType::e4m3 ? scale.data() : nullptr;
+    recompute_page_stats(o);
+    return o;
+  }
+};
+
+int run(const Options& o) {
+  const std::string dir = o.model.empty() ? demo_model_dir("stats-recall") : o.model;
+  auto model = engine::Model::load(dir);
+  const engine::ModelConfig& mc = model->config();
+  const engine::Tokenizer tok = engine::Tokenizer::from_file(dir + "/tokenizer.json");
+  const eval::Haystack hay(eval::load_haystack_text(o.haystack), tok);
+  const int Hq = mc.num_heads, Hk = mc.num_kv_heads, D = mc.head_dim, group = Hq / Hk;
+  std::vector<Estimator> ests;
+  for (const std::string& e : o.estimators) ests.push_back(parse_estimator(e));
+  std::map<std::tuple<int, int, int>, Acc> acc;  // (page, estimator index, budget)
+  int64_t steps_total = 0;
+  for (int64_t ctx : o.contexts)
+    for (double depth : o.depths)
+      for (uint64_t seed : o.seeds) {
+        const eval::Sample s = eval::make_passkey(hay, tok, eval::SampleSpec{ctx, depth / 100.0, seed});
+        std::vector<int> steps = {s.prompt.back()};
+        const std::vector<int> ans = tok.encode(" " + s.hops[0].expected, false);
+        steps.insert(steps.end(), ans.begin(), ans.end() - 1);
+        for (int P : o.page_sizes) {
+          engine::EngineOptions eo;
+          eo.attention.page_size = P;
+          eo.attention.budget_tokens = P;
+          eo.attention.estimator = Estimator::dense;
+          eo.keep_all_stats = true;
+          eo.kv_dtype = DType::bf16;
+          eo.stats_dtype = DType::bf16;
+          eo.max_context = static_cast<int64_t>(s.prompt.size() + steps.size() + 1);
+          eo.prefill_chunk = 512;
+          engine::Engine eng(*model, eo);
+          const int seq = eng.add_sequence();
+          eng.prefill(seq, std::vector<int>(s.prompt.begin(), s.prompt.end() - 1), nullptr);
+          SideStats s16, s8;
+          eng.set_decode_observer([&](int, const TensorView& q, const PagedKV& kv, const TensorView&) {
+            const PagedKV k16 = s16.view(kv, DType::bf16), k8 = s8.view(kv, DType::e4m3);
+            std::vector<std::vector<double>> mass(Hq);
+            for (int h = 0; h < Hq; ++h) mass[h] = page_mass(q, kv, h, group);
+            const int n = seq_pages(kv, 0);
+            for (size_t ei = 0; ei < ests.size(); ++ei)
+              for (int budget : o.budgets) {
+                AttentionConfig cfg;
+                cfg.page_size = P;
+                cfg.budget_tokens = budget;
+                cfg.estimator = ests[ei];
+                cfg.sink_pages = o.sink;
+                cfg.recent_pages = o.recent;
+                const int ms = std::max(1, cfg.max_selected(n));
+                std::vector<int32_t> p16(size_t(Hk) * ms), c16(Hk), p8(p16.size()), c8(Hk);
+                select_pages(cfg, q, k16, Selection{p16.data(), c16.data(), 1, Hk, ms, Device::cpu});
+                select_pages(cfg, q, k8, Selection{p8.data(), c8.data(), 1, Hk, ms, Device::cpu});
+                Acc& a = acc[{P, int(ei), budget}];
+                const int recent = std::max(o.recent, 1);
+                for (int h = 0; h < Hk; ++h) {
+                  const int32_t* a16 = p16.data() + size_t(h) * ms;
+                  const int32_t* a8 = p8.data() + size_t(h) * ms;
+                  int topk = 0, common = 0;
+                  for (int i = 0; i < c16[h]; ++i) {
+                    const int j = a16[i];
+                    if (j < o.sink || j >= n - recent) continue;
+                    ++topk;
+                    common += std::find(a8, a8 + c8[h], j) != a8 + c8[h];
+                  }
+                  a.overlap += topk ? double(common) / topk : 1.0;
+                  a.same += std::equal(a16, a16 + c16[h], a8, a8 + c8[h]) && c16[h] == c8[h];
+                  ++a.rows;
+                  for (int i = 0; i < group; ++i) {
+                    const std::vector<double>& m = mass[h * group + i];
+                    double r16 = 0, r8 = 0;
+                    for (int c = 0; c < c16[h]; ++c) r16 += m[a16[c]];
+                    for (int c = 0; c < c8[h]; ++c) r8 += m[a8[c]];
+                    a.rec16 += std::min(1.0, r16);
+                    a.rec8 += std::min(1.0, r8);
+                    a.min_delta = std::min(a.min_delta, r8 - r16);
+                    ++a.head_rows;
+                  }
+                }
+              }
+          });
+          std::vector<float> logits(mc.vocab_size);
+          for (int t : steps) eng.decode({seq}, {t}, logits.data());
+          steps_total += static_cast<int64_t>(steps.size());
+          std::fprintf(stderr, "[stats-recall ctx %lld depth %g seed %llu page %d] %zu steps x %d layers\n",
+                       static_cast<long long>(ctx), depth, static_cast<unsigned long long>(seed), P, steps.size(),
+                       mc.num_layers);
+        }
+      }
+  std::string md = unique::detail::concat(
+      "fp8 vs bf16 page statistics on ", dir, " (", mc.num_layers, " layers, ", Hq, " query / ", Hk,
+      " KV heads, head_dim ", D, "): passkey prompts of ", o.contexts.size(), " context(s) x ", o.depths.size(),
+      " depth(s) x ", o.seeds.size(), " seed(s), ", steps_total / std::max<size_t>(1, o.page_sizes.size()),
+      " teacher-forced decode steps per page size, every layer.\n\n"
+      "| page | estimator | budget | top-k overlap fp8 vs bf16 | identical rows | mass recall bf16 | mass recall fp8 | "
+      "worst fp8 - bf16 |\n|---|---|---|---|---|---|---|---|\n");
+  for (const auto& [key, a] : acc) {
+    const auto [P, ei, budget] = key;
+    char line[256];
+    std::snprintf(line, sizeof line, "| %d | %s | %d | %.4f | %.3f | %.4f | %.4f | %+.4f |\n", P,
+                  to_string(ests[ei]), budget, a.overlap / a.rows, a.same / a.rows, a.rec16 / a.head_rows,
+                  a.rec8 / a.head_rows, a.min_delta);
+    md += line;
+  }
+  std::printf("%s", md.c_str());
+  if (!o.markdown.empty()) {
+    std::FILE* f = std::fopen(o.markdown.c_str(), "a");
+    UNIQUE_CHECK_ARG(f != nullptr, "--markdown", "a writable file", o.markdown);
+    std::fprintf(f, "%s\n", md.c_str());
+    std::fclose(f);
+  }
+  return 0;
+}
+
+}  // namespace
+
+Runner add_stats_recall(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  app.add_option("--model", o->model, "Model directory (default: $UNIQUE_MODEL, else models/unique-demo)");
+  app.add_option("--contexts", o->contexts, "Prompt lengths in tokens")->delimiter(',')->capture_default_str();
+  app.add_option("--depths", o->depths, "Pass-key depths in percent")->delimiter(',')->capture_default_str();
+  app.add_option("--seeds", o->seeds, "Seeds")->delimiter(',')->capture_default_str();
+  app.add_option("--page-sizes", o->page_sizes, "KV page sizes")->delimiter(',')->capture_default_str();
+  app.add_option("--budgets", o->budgets, "Top-k budgets in tokens")->delimiter(',')->capture_default_str();
+  app.add_option("--estimators", o->estimators, "Estimators: unique, quest, mean")->delimiter(',')->capture_default_str();
+  app.add_option("--sink", o->sink, "First pages always attended")->capture_default_str();
+  app.add_option("--recent", o->recent, "Last pages always attended")->capture_default_str();
+  app.add_option("--haystack", o->haystack, "kjv or a text file")->capture_default_str();
+  app.add_option("--markdown", o->markdown, "Append the table to this markdown file");
+  return [o] { return run(*o); };
+}
+
+}  // namespace unique::cli
