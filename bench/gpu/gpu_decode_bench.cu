@@ -37,13 +37,41 @@ void fill(void* p, size_t n, uint32_t seed, float scale = 2.0f, float offset = 0
   CK(cudaGetLastError());
 }
 
+// Reads the flush buffer (the store never happens: the sum of the words is not ~0 here).
+__global__ void read_flush_kernel(const uint4* p, size_t n, unsigned* sink) {
+  unsigned s = 0;
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const uint4 v = p[i];
+    s += v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (s == 0xdeadbeefu) *sink = s;
+}
+
+// L2 flush before every timed rep: by default a 256 MiB memset (what Triton's and FlashInfer's
+// benchmarks do); it leaves L2 full of dirty lines, so a kernel's first ~50 MB of reads also
+// pay their write-back. UNIQUE_BENCH_FLUSH=read reads the buffer instead (L2 full of clean
+// lines, as after a layer's weight reads in a real decode step).
 struct Timer {
   void* flush = nullptr;
   size_t flush_bytes = size_t(256) << 20;
-  Timer() { CK(cudaMalloc(&flush, flush_bytes)); }
+  bool read_flush = false;
+  Timer() {
+    CK(cudaMalloc(&flush, flush_bytes));
+    CK(cudaMemset(flush, 1, flush_bytes));
+    const char* e = std::getenv("UNIQUE_BENCH_FLUSH");
+    read_flush = e && std::string(e) == "read";
+  }
   template <class F>
   double median_us(F&& f, int reps) {
-    return 1e3 * median_event_ms(f, reps, 3, [&](int i) { CK(cudaMemsetAsync(flush, i & 0xff, flush_bytes)); });
+    return 1e3 * median_event_ms(f, reps, 3, [&](int i) {
+      if (read_flush) {
+        read_flush_kernel<<<1024, 256>>>(static_cast<const uint4*>(flush), flush_bytes / 16,
+                                         static_cast<unsigned*>(flush));
+        CK(cudaGetLastError());
+      } else {
+        CK(cudaMemsetAsync(flush, i & 0xff, flush_bytes));
+      }
+    });
   }
 };
 
@@ -78,6 +106,7 @@ int main(int argc, char** argv) {
     CK(cudaFree(y));
   }
   std::printf("device: %s, %d SMs; copy peak %.0f GB/s (read+write)\n", prop.name, prop.multiProcessorCount, peak);
+  std::printf("L2 flush before each rep: %s\n", timer.read_flush ? "read 256 MiB (clean L2)" : "memset 256 MiB (dirty L2)");
   if (js) std::fprintf(js, "{\"kind\":\"peak\",\"device\":\"%s\",\"copy_GBps\":%.1f}\n", prop.name, peak);
 
   const int Hq = 32, Hk = 8, D = 128;
@@ -99,8 +128,8 @@ int main(int argc, char** argv) {
       pos = end + 1;
     }
   }
-  std::printf("%-5s %-7s %-3s %-6s %-8s %10s %9s %6s %9s %9s %7s\n", "batch", "context", "P", "budget", "variant",
-              "time_us", "GB/s", "%peak", "bytes_MB", "sel_us", "ideal_x");
+  std::printf("%-5s %-7s %-3s %-6s %-8s %10s %9s %6s %9s %9s %9s %7s\n", "batch", "context", "P", "budget", "variant",
+              "time_us", "GB/s", "%peak", "bytes_MB", "sel_us", "dec_us", "ideal_x");
   for (const Shape& sh : shapes) {
     for (int P : {16, 32}) {
       if (dense_only && P == 32) continue;
@@ -157,14 +186,16 @@ int main(int argc, char** argv) {
       const TensorView qv = make_view(q, DType::bf16, {sh.B, Hq, D}, Device::cuda);
       const TensorView ov = make_view(out, DType::bf16, {sh.B, Hq, D}, Device::cuda);
       const double dense_bytes = 2.0 * kv_elems * 2;
-      auto row = [&](const char* variant, int budget, double us, double bytes, double sel_us, double ideal) {
-        std::printf("%-5d %-7d %-3d %-6d %-8s %10.1f %9.0f %6.1f %9.1f %9.1f %7.1f\n", sh.B, sh.ctx, P, budget, variant,
-                    us, bytes / (us * 1e-6) / 1e9, 100.0 * bytes / (us * 1e-6) / 1e9 / peak, bytes / 1e6, sel_us, ideal);
+      auto row = [&](const char* variant, int budget, double us, double bytes, double sel_us, double dec_us,
+                     double ideal) {
+        std::printf("%-5d %-7d %-3d %-6d %-8s %10.1f %9.0f %6.1f %9.1f %9.1f %9.1f %7.1f\n", sh.B, sh.ctx, P, budget,
+                    variant, us, bytes / (us * 1e-6) / 1e9, 100.0 * bytes / (us * 1e-6) / 1e9 / peak, bytes / 1e6,
+                    sel_us, dec_us, ideal);
         if (js)
           std::fprintf(js,
                        "{\"kind\":\"ours\",\"batch\":%d,\"context\":%d,\"page\":%d,\"budget\":%d,\"variant\":\"%s\","
-                       "\"us\":%.2f,\"bytes\":%.0f,\"select_us\":%.2f,\"ideal_x\":%.2f}\n",
-                       sh.B, sh.ctx, P, budget, variant, us, bytes, sel_us, ideal);
+                       "\"us\":%.2f,\"bytes\":%.0f,\"select_us\":%.2f,\"decode_us\":%.2f,\"ideal_x\":%.2f}\n",
+                       sh.B, sh.ctx, P, budget, variant, us, bytes, sel_us, dec_us, ideal);
       };
       {
         AttentionConfig cfg;
@@ -173,7 +204,7 @@ int main(int argc, char** argv) {
         DecodePlan plan;
         plan.plan(cfg, DecodeShape{sh.B, Hq, Hk, D, pages});
         const double us = timer.median_us([&] { plan.run(qv, kv, ov, TensorView{}, nullptr); }, reps);
-        row("dense", 0, us, dense_bytes, 0, 1.0);
+        row("dense", 0, us, dense_bytes, 0, us, 1.0);
       }
       for (int budget : {1024, 2048, 4096}) {
         if (dense_only || budget >= sh.ctx / 2) continue;
@@ -188,10 +219,13 @@ int main(int argc, char** argv) {
           plan.plan(cfg, DecodeShape{sh.B, Hq, Hk, D, pages});
           const double us = timer.median_us([&] { plan.run(qv, kv, ov, TensorView{}, nullptr); }, reps);
           const double sel_us = timer.median_us([&] { plan.select(qv, kv, nullptr); }, reps);
+          // The sparse attention alone, over the selection the last select left.
+          const double dec_us =
+              timer.median_us([&] { paged_decode(cfg, qv, kv, &plan.selection(), ov, TensorView{}); }, reps);
           const int selected = std::min(pages, cfg.max_selected(pages));
           const int stat_arrays = e == Estimator::random ? 0 : e == Estimator::mean ? 1 : 2;
           const double bytes = double(st_elems) * 2 * stat_arrays + double(sh.B) * selected * Hk * P * D * 2 * 2;
-          row(to_string(e), budget, us, bytes, sel_us, dense_bytes / bytes);
+          row(to_string(e), budget, us, bytes, sel_us, dec_us, dense_bytes / bytes);
           if (e == Estimator::unique && budget == 2048) {
             const double stats_bytes = double(st_elems) * 2 * 2;
             // read-once time of the statistics at the copy peak (which counts read + write)

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 #include <vector>
@@ -70,6 +71,8 @@ std::vector<SweepParam> sweep() {
   v.push_back({16, 256, 2, DType::bf16});
   v.push_back({32, 128, 6, DType::bf16});   // group not a power of two
   v.push_back({16, 64, 16, DType::f16});    // group above 8
+  v.push_back({24, 64, 2, DType::f16});     // page size not a power of two; decode tiles span pages
+  v.push_back({7, 128, 4, DType::bf16});    // page size below the decode tile
   return v;
 }
 
@@ -246,6 +249,64 @@ TEST(GpuSelect, LongSequencesAndExactTiesMatchReference) {
         expect_same_selection(ref_sel, gp, gc, ref_scores, max_pages, B, H, 1e-4f);
       }
     }
+  }
+}
+
+// The decode kernel resolves the page table a window of 128 list entries at a time; the
+// sweep's sequences fit one window. Here one chunk per (sequence, head) (UNIQUE_DECODE_CHUNKS,
+// read per launch) makes blocks walk several windows, dense and sparse, and writes the output
+// directly (no merge); three chunks cut windows mid-list.
+TEST(GpuDecode, LongListsCrossPageTableWindows) {
+  SKIP_WITHOUT_GPU();
+  for (int P : {16, 24}) {
+    CaseSpec spec;
+    spec.lens = {int64_t(P) * 300 + 5, int64_t(P) * 129, 7};
+    spec.num_kv_heads = 2;
+    spec.page_size = P;
+    spec.head_dim = 128;
+    spec.dtype = DType::bf16;
+    spec.stats_dtype = DType::bf16;
+    spec.max_chunk = 64 * P;
+    const uint64_t seed = case_seed(12, P);
+    CacheCase c = make_case(spec, seed);
+    const PagedKV hkv = c.kv();
+    DevKV dkv(hkv);
+    const int B = c.batch(), H = 2, D = 128, group = 4, Hq = H * group;
+    Buf q = make_queries(c, group, DType::bf16, seed, 0.3f);
+    Dev dq(q.data(), q.bytes.size());
+    const TensorView hq = q.view({B, Hq, D});
+    for (const char* chunks : {"1", "3"}) {
+      setenv("UNIQUE_DECODE_CHUNKS", chunks, 1);
+      for (bool sparse : {true, false}) {
+        SCOPED_TRACE(detail::concat("P=", P, " chunks=", chunks, sparse ? " sparse" : " dense"));
+        AttentionConfig cfg;
+        cfg.page_size = P;
+        cfg.budget_tokens = 200 * P;  // > one window of selected pages
+        const int max_pages = max_seq_pages(hkv), M = cfg.max_selected(max_pages);
+        SelBuf ref_sel(B, H, M);
+        ref::select_pages(cfg, hq, hkv, ref_sel.sel);
+        Dev dp(ref_sel.pages.data(), ref_sel.pages.size() * 4), dc(ref_sel.counts.data(), ref_sel.counts.size() * 4);
+        Selection dsel{dp.as<int32_t>(), dc.as<int32_t>(), B, H, M, Device::cuda};
+        Buf ref_out(DType::f32, size_t(B) * Hq * D);
+        std::vector<float> ref_lse(size_t(B) * Hq), got_lse(ref_lse.size());
+        ref::paged_decode(cfg, hq, hkv, sparse ? &ref_sel.sel : nullptr, ref_out.view({B, Hq, D}),
+                          make_view(ref_lse.data(), DType::f32, {B, Hq}));
+        Dev dout(size_t(B) * Hq * D * 4), dlse(size_t(B) * Hq * 4);
+        dout.poison();
+        dlse.poison();
+        paged_decode(cfg, dview(dq, DType::bf16, {B, Hq, D}), dkv.kv, sparse ? &dsel : nullptr,
+                     dview(dout, DType::f32, {B, Hq, D}), dview(dlse, DType::f32, {B, Hq}));
+        Buf got(DType::f32, size_t(B) * Hq * D);
+        dout.down(got.data(), got.bytes.size());
+        dlse.down(got_lse.data(), got_lse.size() * 4);
+        const float tol = tol_for(DType::bf16);
+        for (size_t i = 0; i < got.size(); ++i)
+          ASSERT_NEAR(got.get(i), ref_out.get(i), tol * (1 + std::abs(ref_out.get(i)))) << "out i=" << i;
+        for (size_t i = 0; i < got_lse.size(); ++i)
+          ASSERT_NEAR(got_lse[i], ref_lse[i], 1e-3f * (1 + std::abs(ref_lse[i]))) << "lse i=" << i;
+      }
+    }
+    unsetenv("UNIQUE_DECODE_CHUNKS");
   }
 }
 
