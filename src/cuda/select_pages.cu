@@ -63,7 +63,8 @@ struct ScoreParams {
   int max_selected;
   int sink, recent, topk;
   int chunks, chunk_pages;
-  int prefetch;   // L2 prefetch of the next iteration's statistics rows
+  int prefetch;   // L2 prefetch of statistics rows: 1 the next iteration's, 2 also the first's
+  int trigger;    // score_kernel lets the select grid launch at its start (PDL trigger)
   int hist_topk;  // histogram threshold search (0: the bitwise one alone; benchmark knob)
 };
 
@@ -325,14 +326,14 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
   if (threadIdx.x < 3) sh.cnt[threadIdx.x] = 0;
   if (threadIdx.x == 0) sh.ncand = 0;  // all read after the barrier that ends the aggregation
 
+  const int b = blockIdx.y, hk = blockIdx.x;
+  const int tid = threadIdx.x;
+  const int n = p.indptr[b + 1] - p.indptr[b];  // the page table is not written by the score kernel
   // Launched as a programmatic dependent of the score kernel: wait for its results
   // (sm_90+; older GPUs ignore the launch attribute and run the launches in stream order).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
-  const int b = blockIdx.y, hk = blockIdx.x;
-  const int tid = threadIdx.x;
-  const int n = p.indptr[b + 1] - p.indptr[b];
   float* agg = p.agg + (int64_t(b) * p.Hk + hk) * p.max_pages;
   const float* raw = p.raw + (int64_t(b) * p.Hq + hk * p.group) * p.max_pages;
   const bool oracle = p.est == Estimator::oracle;
@@ -452,13 +453,44 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane % LPP;
   const int h0 = hk * p.group + sg * kHeads;
   const int ng = min(kHeads, p.group - sg * kHeads);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // The select grid (a programmatic dependent) may launch now: its blocks take SMs as score
+  // blocks of the last wave leave and read the page table before they wait for this grid's
+  // completion (griddepcontrol.wait; the trigger does not make these results visible early).
+  if (p.trigger) asm volatile("griddepcontrol.launch_dependents;");
+#endif
   const int seq0 = p.indptr[b];
   const int n = p.indptr[b + 1] - seq0;
   const int begin = blockIdx.x * p.chunk_pages;
   const int end = min(n, begin + p.chunk_pages);
+  const S* A = static_cast<const S*>(p.sa);
+  const S* B = static_cast<const S*>(p.sb);
+  // Page ids one iteration ahead: their latency overlaps this iteration's statistics loads
+  // (the first iteration's, the query loads).
+  int32_t id_next[U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int j = begin + warp * PPW + u * NW * PPW + lane / LPP;
+    id_next[u] = j < end ? p.indices[seq0 + j] : -1;
+  }
   for (int i = threadIdx.x; i < kHeads * D; i += kThreads) {
     const int g = i / D, d = i % D;
     q_s[g][d] = g < ng ? load_any(p.q, p.q_dtype, b * p.qs0 + (h0 + g) * p.qs1 + d * p.qs2) : 0.0f;
+  }
+  // The first iteration's rows into L2 while the queries arrive: a block's prologue was
+  // three dependent DRAM round trips (queries, then ids, then rows) before any row came;
+  // now the rows' trip overlaps the queries'.
+  if (p.prefetch >= 2) {
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (id_next[u] >= 0) {
+#pragma unroll
+        for (int nv = 0; nv < NV; ++nv) {
+          const int64_t e = (int64_t(id_next[u]) * p.Hk + hk) * D + (nv * LPP + sub) * SV;
+          asm volatile("prefetch.global.L2 [%0];" ::"l"(A + e));
+          if constexpr (F != Form::mean) asm volatile("prefetch.global.L2 [%0];" ::"l"(B + e));
+        }
+      }
   }
   __syncthreads();
   if constexpr (F == Form::norm) {
@@ -479,15 +511,6 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
     for (int nv = 0; nv < NV; ++nv)
 #pragma unroll
       for (int e = 0; e < SV; ++e) qr[g][nv * SV + e] = q_s[g][(nv * LPP + sub) * SV + e];
-  const S* A = static_cast<const S*>(p.sa);
-  const S* B = static_cast<const S*>(p.sb);
-  // Page ids one iteration ahead: their latency overlaps this iteration's statistics loads.
-  int32_t id_next[U];
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int j = begin + warp * PPW + u * NW * PPW + lane / LPP;
-    id_next[u] = j < end ? p.indices[seq0 + j] : -1;
-  }
   for (int base = begin + warp * PPW; base < end; base += NW * PPW * U) {
     int jj[U];
     int64_t off[U];
@@ -682,8 +705,10 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
   const int rows = kv.batch * Hk * (p.raw_mode ? p.subgroups : 1);
   // Groups of <= 4 query heads keep only 4 heads' queries in registers (fewer registers).
   const bool g4 = std::min(group, kHeads) <= 4;
-  static const int k_prefetch = env_knob("UNIQUE_SEL_PREFETCH", 1);  // benchmark knob
+  static const int k_prefetch = env_knob("UNIQUE_SEL_PREFETCH", 2);  // benchmark knob
   p.prefetch = k_prefetch;
+  static const int k_trigger = env_knob("UNIQUE_SEL_TRIGGER", 1);  // benchmark knob
+  p.trigger = k_trigger;
   static const int k_hist = env_knob("UNIQUE_SEL_HIST", 1);  // benchmark knob
   p.hist_topk = k_hist;
   int chunks = 1;
