@@ -4,21 +4,21 @@
 // head (up to 8 at a time; the queries sit in shared memory, then each lane's channels in
 // registers: 4 heads' worth when the group has <= 4 query heads, which frees 32 registers).
 // The statistics rows are read once with 16-byte loads, D/VEC lanes per page, 4 page steps in
-// flight per warp. L2 prefetches hold no registers: at the block's start each warp
-// bulk-prefetches (cp.async.bulk.prefetch.L2) the rows of its first 32 pages, issued while
-// the queries load, and each iteration prefetches the next one's rows. The estimator is
-// folded into one sum per head (unique/channel: q.mu + alpha*|q|.sigma), so one shuffle
-// reduction per head and page remains; GQA max is taken in registers. The kernel triggers
-// the select grid's launch at its start (PDL).
+// flight per warp. L2 prefetches hold no registers (prefetch.global.L2): the first
+// iteration's rows while the queries load (ids fetched before the queries), then each
+// iteration the next one's rows. The estimator is folded into one sum per head
+// (unique/channel: q.mu + alpha*|q|.sigma), so one shuffle reduction per head and page
+// remains; GQA max is taken in registers. The kernel triggers the select grid's launch at its
+// start (programmatic dependent launch).
 // select_kernel: one 1024-thread block per (sequence, KV head), launched as a programmatic
-// dependent of the score kernel (its blocks start as score blocks of the last wave leave and
-// wait for the score grid with griddepcontrol.wait): GQA aggregations that need every page
-// (softmax sums, oracle masses), then an exact top-k over the non-forced pages
-// [sink, n - recent), keys in registers: the threshold (the k-th largest key) from a linear
-// histogram of the active scores' range, refined in the boundary bucket by one warp
-// (bitwise search as fallback, see histogram_threshold), then one ordered compaction (block
-// scans) that writes ascending page positions. Ties go to the lower position, as in the
-// reference.
+// dependent of the score kernel (its blocks start as the last score blocks leave, read the
+// page table, then wait for the score grid with griddepcontrol.wait): GQA aggregations that
+// need every page (softmax sums, oracle masses), then an exact top-k over the non-forced
+// pages [sink, n - recent), keys in registers: the threshold (the k-th largest key) from a
+// linear histogram over the active scores' range, resolved in the boundary bucket by one
+// warp (bitwise search as fallback; see histogram_threshold), then one ordered compaction
+// (block scans) that writes ascending page positions. Ties go to the lower position, as in
+// the reference.
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
@@ -68,7 +68,7 @@ struct ScoreParams {
   int max_selected;
   int sink, recent, topk;
   int chunks, chunk_pages;
-  int prefetch;   // L2 prefetch of statistics rows: 1 the next iteration's, 2 also a warp's first 32 pages
+  int prefetch;   // L2 prefetch of statistics rows: 1 the next iteration's, 2 also the first's
   int trigger;    // score_kernel lets the select grid launch at its start (PDL trigger)
   int hist_topk;  // histogram threshold search (0: the bitwise one alone; benchmark knob)
 };
@@ -102,12 +102,13 @@ __device__ float block_sum(float x, Reduce::TempStorage& tmp, float* bcast) {
 
 // ---- exact top-k threshold of the select kernel ---------------------------------------------
 // T = the k-th largest order key of the block's keys (0 = excluded). The search used to be
-// bitwise (32 block-wide counts, one barrier each: ~16 us at 8192 pages, latency-bound on
-// the few SMs one block per (sequence, KV head) occupies). Now a linear histogram over the
-// active keys' score range [lo, hi] finds the bucket holding the k-th largest in ~4
-// barriers; one warp then resolves it among that bucket's few keys. A bucket too full for
-// the warp is refined by another histogram over its own range (at most kLevels); non-finite
-// ranges (inf scores) fall back to the bitwise search.
+// bitwise: 32 block-wide counts, one barrier each (~4 us of the kernel's 16 us at 8192
+// pages on the H100: latency-bound on the few SMs that one block per (sequence, KV head)
+// occupies). Now a linear histogram over the active keys' score range [lo, hi] finds the
+// bucket holding the k-th largest in ~4 barriers; one warp then resolves it among that
+// bucket's few keys. A bucket too full for the warp is refined by another histogram over
+// its own range (at most kLevels); non-finite ranges (inf / NaN scores) fall back to the
+// bitwise search.
 constexpr int kBins = 2 * kSelThreads;  // buckets per histogram level (2 per thread)
 constexpr int kCand = 256;              // boundary-bucket keys one warp resolves (8 per lane)
 constexpr int kLevels = 3;
@@ -241,8 +242,7 @@ __device__ bool histogram_threshold(const uint32_t (&keys)[KPT], uint32_t nact, 
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         const uint32_t idx = lane + 32 * r;
-        ck[r] = sh.cand[idx];  // unconditional: the 8 loads in flight together
-        ck[r] = idx < cnt ? ck[r] : 0u;
+        ck[r] = idx < cnt ? sh.cand[idx] : 0u;
         if (idx < cnt) {
           all_and &= ck[r];
           all_or |= ck[r];
@@ -394,27 +394,11 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
   const int lo = min(p.sink, n), hi = max(lo, n - recent);
   const int rest = hi - lo;
   const bool all = p.est == Estimator::dense || p.topk >= rest;
-  // Consecutive pages per thread (one scan orders the output). The loads are unconditional
-  // (clamped in-row addresses), 8 at a time, so they are all in flight together: loads
-  // guarded one by one were issued one after another, each waiting for the previous one's
-  // conversion (~3 us per 4 keys per thread).
   uint32_t keys[KPT];
-  if (all) {
 #pragma unroll
-    for (int i = 0; i < KPT; ++i) keys[i] = 0u;
-  } else {
-    constexpr int C = KPT < 8 ? KPT : 8;
-#pragma unroll
-    for (int i0 = 0; i0 < KPT; i0 += C) {
-      float v[C];
-#pragma unroll
-      for (int i = 0; i < C; ++i) v[i] = agg[min(tid * KPT + i0 + i, max(n - 1, 0))];
-#pragma unroll
-      for (int i = 0; i < C; ++i) {
-        const int j = tid * KPT + i0 + i;
-        keys[i0 + i] = (j >= lo && j < hi) ? order_key(v[i]) : 0u;
-      }
-    }
+  for (int i = 0; i < KPT; ++i) {
+    const int j = tid * KPT + i;  // consecutive pages per thread: one scan orders the output
+    keys[i] = (!all && j >= lo && j < hi) ? order_key(agg[j]) : 0u;
   }
   uint32_t T = 0, need_eq = 0, eq_total = 0;
   if (!all) {
@@ -487,18 +471,6 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
   const int end = min(n, begin + p.chunk_pages);
   const S* A = static_cast<const S*>(p.sa);
   const S* B = static_cast<const S*>(p.sb);
-  // Lane l of a warp bulk-prefetches into L2 the rows of the warp's l-th page (its first
-  // 32 pages: its whole share of a 256-page chunk), id loaded before the queries so both
-  // round trips overlap. A block's prologue was three dependent DRAM round trips (queries,
-  // ids, rows) and then one iteration's rows (plus the next one's, prefetched) in flight at a
-  // time; now the chunk's rows are requested at once (<= 128 KB per block at D 128 bf16, so
-  // <= ~34 MB for all resident blocks: they stay in the 50 MB L2 until used).
-  int32_t pf_id = -1;
-  if (p.prefetch >= 2) {
-    const int it = lane / (U * PPW), r = lane % (U * PPW);
-    const int j = begin + warp * PPW + it * NW * PPW * U + (r / PPW) * NW * PPW + r % PPW;
-    pf_id = j < end ? p.indices[seq0 + j] : -1;
-  }
   // Page ids one iteration ahead: their latency overlaps this iteration's statistics loads
   // (the first iteration's, the query loads).
   int32_t id_next[U];
@@ -511,14 +483,21 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
     const int g = i / D, d = i % D;
     q_s[g][d] = g < ng ? load_any(p.q, p.q_dtype, b * p.qs0 + (h0 + g) * p.qs1 + d * p.qs2) : 0.0f;
   }
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (pf_id >= 0) {
-    const int64_t e = (int64_t(pf_id) * p.Hk + hk) * D;  // rows are 16-byte aligned, D * sizeof(S) bytes
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(A + e), "r"(uint32_t(D * sizeof(S))) : "memory");
-    if constexpr (F != Form::mean)
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(B + e), "r"(uint32_t(D * sizeof(S))) : "memory");
+  // The first iteration's rows into L2 while the queries arrive: a block's prologue was
+  // three dependent DRAM round trips (queries, then ids, then rows) before any row came;
+  // now the rows' trip overlaps the queries'.
+  if (p.prefetch >= 2) {
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (id_next[u] >= 0) {
+#pragma unroll
+        for (int nv = 0; nv < NV; ++nv) {
+          const int64_t e = (int64_t(id_next[u]) * p.Hk + hk) * D + (nv * LPP + sub) * SV;
+          asm volatile("prefetch.global.L2 [%0];" ::"l"(A + e));
+          if constexpr (F != Form::mean) asm volatile("prefetch.global.L2 [%0];" ::"l"(B + e));
+        }
+      }
   }
-#endif
   __syncthreads();
   if constexpr (F == Form::norm) {
     if (warp < kHeads) {
