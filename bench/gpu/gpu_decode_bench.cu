@@ -4,7 +4,10 @@
 // events; the median is reported. Prints a table and writes JSON lines (--json FILE) that
 // bench/gpu/compare_baselines.py joins with FlashInfer / torch SDPA timings.
 //
-//   unique_bench_gpu [--quick] [--json out.jsonl] [--reps N]
+//   unique_bench_gpu [--quick] [--json out.jsonl] [--reps N] [--shapes BxCTX,...] [--dense-only]
+//                    [--select-only]
+// --select-only: the UNIQUE estimator at budget 2048 alone, selection timed alone (no dense or
+// decode rows; the KV pool is not filled), for quick A/B runs of the selection kernels.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -76,7 +79,7 @@ struct Timer {
 };
 
 int main(int argc, char** argv) {
-  bool quick = false, dense_only = false;
+  bool quick = false, dense_only = false, select_only = false;
   std::string shape_list;
   int reps = 30;
   std::string json;
@@ -85,6 +88,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
     else if (!std::strcmp(argv[i], "--dense-only")) dense_only = true;
+    else if (!std::strcmp(argv[i], "--select-only")) select_only = true;
     else if (!std::strcmp(argv[i], "--shapes") && i + 1 < argc) shape_list = argv[++i];  // "1x131072,8x32768"
   }
   FILE* js = json.empty() ? nullptr : std::fopen(json.c_str(), "w");
@@ -143,8 +147,10 @@ int main(int argc, char** argv) {
       CK(cudaMalloc(&sd, st_elems * 2));
       CK(cudaMalloc(&kmin, st_elems * 2));
       CK(cudaMalloc(&kmax, st_elems * 2));
-      fill(k, kv_elems, 1);
-      fill(v, kv_elems, 2);
+      if (!select_only) {
+        fill(k, kv_elems, 1);
+        fill(v, kv_elems, 2);
+      }
       fill(mean, st_elems, 3);
       fill(sd, st_elems, 4, 0.5f, 0.5f);
       fill(kmin, st_elems, 5, 1.0f, -1.0f);
@@ -197,7 +203,7 @@ int main(int argc, char** argv) {
                        "\"us\":%.2f,\"bytes\":%.0f,\"select_us\":%.2f,\"decode_us\":%.2f,\"ideal_x\":%.2f}\n",
                        sh.B, sh.ctx, P, budget, variant, us, bytes, sel_us, dec_us, ideal);
       };
-      {
+      if (!select_only) {
         AttentionConfig cfg;
         cfg.page_size = P;
         cfg.estimator = Estimator::dense;
@@ -211,13 +217,15 @@ int main(int argc, char** argv) {
         if (P == 32 && budget != 2048) continue;
         for (Estimator e : {Estimator::unique, Estimator::quest, Estimator::mean, Estimator::random}) {
           if (budget != 2048 && e != Estimator::unique) continue;
+          if (select_only && (budget != 2048 || e != Estimator::unique)) continue;
           AttentionConfig cfg;
           cfg.page_size = P;
           cfg.budget_tokens = budget;
           cfg.estimator = e;
           DecodePlan plan;
           plan.plan(cfg, DecodeShape{sh.B, Hq, Hk, D, pages});
-          const double us = timer.median_us([&] { plan.run(qv, kv, ov, TensorView{}, nullptr); }, reps);
+          const double us =
+              select_only ? 0.0 : timer.median_us([&] { plan.run(qv, kv, ov, TensorView{}, nullptr); }, reps);
           const double sel_us = timer.median_us([&] { plan.select(qv, kv, nullptr); }, reps);
           // The sparse attention alone, over the selection the last select left.
           const double dec_us =

@@ -199,36 +199,61 @@ std::string param_name(const ::testing::TestParamInfo<SweepParam>& i) {
 }
 INSTANTIATE_TEST_SUITE_P(Sweep, GpuSweep, ::testing::ValuesIn(sweep()), param_name);
 
-// Long sequences (several thousand pages: the select kernel's larger register tiles) and
-// exact ties (every page given the same statistics: the lowest positions must win).
+// Long sequences (up to 20000 pages: every register tile of the select kernel) and
+// distributions that reach each branch of its threshold search: random scores (one
+// histogram level), exact ties (every page given the same statistics: the lowest
+// positions must win; the all-equal shortcut), three distinct scores (a full bucket,
+// refined by a second level that finds all keys equal), one outlier page (every other
+// score in one bucket: a second histogram level), and an inf and a NaN score (a
+// non-finite range: the bitwise fallback; NaN ranks as -inf).
 TEST(GpuSelect, LongSequencesAndExactTiesMatchReference) {
   SKIP_WITHOUT_GPU();
-  for (bool ties : {false, true}) {
-    CaseSpec spec;
-    spec.lens = {int64_t(16) * 9000 + 7, 16 * 2500, 300};
-    spec.num_kv_heads = 1;
-    spec.page_size = 16;
-    spec.head_dim = 64;
-    spec.dtype = DType::bf16;
-    spec.stats_dtype = DType::bf16;
-    spec.max_chunk = 4096;
-    CacheCase c = make_case(spec, 11);
-    PagedKV hkv = c.kv();
-    const size_t row = size_t(hkv.num_kv_heads) * hkv.head_dim;
-    if (ties)  // every page gets the statistics of physical page 0
+  CaseSpec spec;
+  spec.lens = {int64_t(16) * 20000 + 7, 16 * 2500, 300, int64_t(16) * 9000 + 3};
+  spec.num_kv_heads = 1;
+  spec.page_size = 16;
+  spec.head_dim = 64;
+  spec.dtype = DType::bf16;
+  spec.stats_dtype = DType::bf16;
+  spec.max_chunk = 4096;
+  CacheCase c = make_case(spec, 11);
+  PagedKV hkv = c.kv();
+  const size_t row = size_t(hkv.num_kv_heads) * hkv.head_dim, bytes = hkv.num_pages * row * 2;
+  const std::vector<char> mean0(static_cast<char*>(hkv.mean), static_cast<char*>(hkv.mean) + bytes);
+  const std::vector<char> std0(static_cast<char*>(hkv.std), static_cast<char*>(hkv.std) + bytes);
+  // physical pages of two non-forced logical pages of the longest sequence
+  const int pa = hkv.page_indices[hkv.page_indptr[0] + 100], pb = hkv.page_indices[hkv.page_indptr[0] + 101];
+  auto set_row = [&](void* st, int pg, float x) {
+    for (size_t d = 0; d < row; ++d) static_cast<uint16_t*>(st)[pg * row + d] = float_to_bf16_bits(x);
+  };
+  for (const char* mode : {"random", "ties", "ties3", "outlier", "nonfinite"}) {
+    const std::string m = mode;
+    std::memcpy(hkv.mean, mean0.data(), bytes);
+    std::memcpy(hkv.std, std0.data(), bytes);
+    if (m == "ties" || m == "ties3")  // page pg gets the statistics of physical page 0 (or pg % 3)
       for (int pg = 1; pg < hkv.num_pages; ++pg)
         for (void* st : {hkv.mean, hkv.std})
-          std::memcpy(static_cast<char*>(st) + pg * row * 2, st, row * 2);
+          std::memcpy(static_cast<char*>(st) + pg * row * 2,
+                      static_cast<char*>(st) + (m == "ties" ? 0 : pg % 3) * row * 2, row * 2);
+    if (m == "outlier")  // a std 1000x larger: a score far above all others
+      for (size_t d = 0; d < row; ++d) {
+        uint16_t& x = static_cast<uint16_t*>(hkv.std)[pa * row + d];
+        x = float_to_bf16_bits(1000.0f * (std::abs(bf16_bits_to_float(x)) + 0.1f));
+      }
+    if (m == "nonfinite") {
+      set_row(hkv.std, pa, INFINITY);  // score +inf
+      set_row(hkv.mean, pb, NAN);      // score NaN
+    }
     DevKV dkv(hkv);
     const int B = c.batch(), H = 1, D = 64, group = 4, Hq = group;
     Buf q = make_queries(c, group, DType::f32, 5, 0.3f);
     Dev dq(q.data(), q.bytes.size());
-    for (int budget : {16 * 64, 16 * 3000}) {
+    for (int budget : {16 * 64, 16 * 3000, 16 * 12000}) {
       AttentionConfig cfg;
       cfg.budget_tokens = budget;
       cfg.sink_pages = 2;
       cfg.recent_pages = 3;
-      SCOPED_TRACE(std::string(ties ? "ties" : "random") + " budget=" + std::to_string(budget));
+      SCOPED_TRACE(m + " budget=" + std::to_string(budget));
       const int max_pages = max_seq_pages(hkv), M = cfg.max_selected(max_pages);
       SelBuf ref_sel(B, H, M);
       ref::select_pages(cfg, q.view({B, Hq, D}), hkv, ref_sel.sel);
@@ -242,7 +267,7 @@ TEST(GpuSelect, LongSequencesAndExactTiesMatchReference) {
       std::vector<int32_t> gp(size_t(B) * H * M), gc(size_t(B) * H);
       dp.down(gp.data(), gp.size() * 4);
       dc.down(gc.data(), gc.size() * 4);
-      if (ties) {
+      if (m == "ties" || m == "ties3") {
         EXPECT_EQ(gp, ref_sel.pages);
         EXPECT_EQ(gc, ref_sel.counts);
       } else {
@@ -250,6 +275,8 @@ TEST(GpuSelect, LongSequencesAndExactTiesMatchReference) {
       }
     }
   }
+  std::memcpy(hkv.mean, mean0.data(), bytes);
+  std::memcpy(hkv.std, std0.data(), bytes);
 }
 
 // The decode kernel resolves the page table a window of 128 list entries at a time; the
