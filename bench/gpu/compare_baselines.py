@@ -10,6 +10,7 @@ with the same L2 flush + CUDA-event median method, then prints one comparison ta
 """
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -17,12 +18,16 @@ import torch.nn.functional as F
 
 
 def bench(fn, reps=30, warm=3):
-    flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    flush = torch.ones(256 << 20, dtype=torch.uint8, device="cuda")
+    read_flush = os.environ.get("UNIQUE_BENCH_FLUSH") == "read"  # as unique_bench_gpu
     for _ in range(warm):
         fn()
     ts = []
     for i in range(reps):
-        flush.fill_(i & 0xFF)
+        if read_flush:
+            flush.view(torch.int64).max()
+        else:
+            flush.fill_(i & 0xFF)
         a = torch.cuda.Event(enable_timing=True)
         b = torch.cuda.Event(enable_timing=True)
         a.record()

@@ -4,9 +4,12 @@
 // events; the median is reported. Prints a table and writes JSON lines (--json FILE) that
 // bench/gpu/compare_baselines.py joins with FlashInfer / torch SDPA timings.
 //
-//   unique_bench_gpu [--quick] [--json out.jsonl] [--reps N] [--stats-dtype bf16|fp8]
+//   unique_bench_gpu [--quick] [--json out.jsonl] [--reps N] [--shapes BxCTX,...] [--dense-only]
+//                    [--select-only]
+// --select-only: the UNIQUE estimator at budget 2048 alone, selection timed alone (no dense or
+// decode rows; the KV pool is not filled), for quick A/B runs of the selection kernels.
 // --stats-dtype fp8: the page statistics as e4m3 codes with one fp32 scale per (page, KV
-// head, statistics pair); rows then carry "stats_dtype":"fp8" in the JSON.
+// head, statistics pair) (default bf16); rows then carry "stats_dtype":"fp8" in the JSON.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -58,18 +61,46 @@ void fill_stats(void* p, size_t n, DType sdt, uint32_t seed, float scale = 2.0f,
   CK(cudaGetLastError());
 }
 
+// Reads the flush buffer (the store never happens: the sum of the words is not ~0 here).
+__global__ void read_flush_kernel(const uint4* p, size_t n, unsigned* sink) {
+  unsigned s = 0;
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const uint4 v = p[i];
+    s += v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (s == 0xdeadbeefu) *sink = s;
+}
+
+// L2 flush before every timed rep: by default a 256 MiB memset (what Triton's and FlashInfer's
+// benchmarks do); it leaves L2 full of dirty lines, so a kernel's first ~50 MB of reads also
+// pay their write-back. UNIQUE_BENCH_FLUSH=read reads the buffer instead (L2 full of clean
+// lines, as after a layer's weight reads in a real decode step).
 struct Timer {
   void* flush = nullptr;
   size_t flush_bytes = size_t(256) << 20;
-  Timer() { CK(cudaMalloc(&flush, flush_bytes)); }
+  bool read_flush = false;
+  Timer() {
+    CK(cudaMalloc(&flush, flush_bytes));
+    CK(cudaMemset(flush, 1, flush_bytes));
+    const char* e = std::getenv("UNIQUE_BENCH_FLUSH");
+    read_flush = e && std::string(e) == "read";
+  }
   template <class F>
   double median_us(F&& f, int reps) {
-    return 1e3 * median_event_ms(f, reps, 3, [&](int i) { CK(cudaMemsetAsync(flush, i & 0xff, flush_bytes)); });
+    return 1e3 * median_event_ms(f, reps, 3, [&](int i) {
+      if (read_flush) {
+        read_flush_kernel<<<1024, 256>>>(static_cast<const uint4*>(flush), flush_bytes / 16,
+                                         static_cast<unsigned*>(flush));
+        CK(cudaGetLastError());
+      } else {
+        CK(cudaMemsetAsync(flush, i & 0xff, flush_bytes));
+      }
+    });
   }
 };
 
 int main(int argc, char** argv) {
-  bool quick = false, dense_only = false;
+  bool quick = false, dense_only = false, select_only = false;
   std::string shape_list;
   int reps = 30;
   std::string json;
@@ -79,6 +110,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
     else if (!std::strcmp(argv[i], "--dense-only")) dense_only = true;
+    else if (!std::strcmp(argv[i], "--select-only")) select_only = true;
     else if (!std::strcmp(argv[i], "--stats-dtype") && i + 1 < argc) sdt = parse_stats_dtype(argv[++i]);
     else if (!std::strcmp(argv[i], "--shapes") && i + 1 < argc) shape_list = argv[++i];  // "1x131072,8x32768"
   }
@@ -100,9 +132,10 @@ int main(int argc, char** argv) {
     CK(cudaFree(x));
     CK(cudaFree(y));
   }
-  std::printf("device: %s, %d SMs; copy peak %.0f GB/s (read+write); page statistics %s\n", prop.name,
-              prop.multiProcessorCount, peak, to_string(sdt));
+  std::printf("device: %s, %d SMs; copy peak %.0f GB/s (read+write)\n", prop.name, prop.multiProcessorCount, peak);
+  std::printf("page statistics: %s\n", to_string(sdt));
   const double st_size = double(dtype_size(sdt));
+  std::printf("L2 flush before each rep: %s\n", timer.read_flush ? "read 256 MiB (clean L2)" : "memset 256 MiB (dirty L2)");
   if (js) std::fprintf(js, "{\"kind\":\"peak\",\"device\":\"%s\",\"copy_GBps\":%.1f}\n", prop.name, peak);
 
   const int Hq = 32, Hk = 8, D = 128;
@@ -124,8 +157,8 @@ int main(int argc, char** argv) {
       pos = end + 1;
     }
   }
-  std::printf("%-5s %-7s %-3s %-6s %-8s %10s %9s %6s %9s %9s %7s\n", "batch", "context", "P", "budget", "variant",
-              "time_us", "GB/s", "%peak", "bytes_MB", "sel_us", "ideal_x");
+  std::printf("%-5s %-7s %-3s %-6s %-8s %10s %9s %6s %9s %9s %9s %7s\n", "batch", "context", "P", "budget", "variant",
+              "time_us", "GB/s", "%peak", "bytes_MB", "sel_us", "dec_us", "ideal_x");
   for (const Shape& sh : shapes) {
     for (int P : {16, 32}) {
       if (dense_only && P == 32) continue;
@@ -140,8 +173,10 @@ int main(int argc, char** argv) {
       CK(cudaMalloc(&sd, st_elems * dtype_size(sdt)));
       CK(cudaMalloc(&kmin, st_elems * dtype_size(sdt)));
       CK(cudaMalloc(&kmax, st_elems * dtype_size(sdt)));
-      fill(k, kv_elems, 1);
-      fill(v, kv_elems, 2);
+      if (!select_only) {
+        fill(k, kv_elems, 1);
+        fill(v, kv_elems, 2);
+      }
       fill_stats(mean, st_elems, sdt, 3);
       fill_stats(sd, st_elems, sdt, 4, 0.5f, 0.5f);
       fill_stats(kmin, st_elems, sdt, 5, 1.0f, -1.0f);
@@ -189,38 +224,45 @@ int main(int argc, char** argv) {
       const TensorView qv = make_view(q, DType::bf16, {sh.B, Hq, D}, Device::cuda);
       const TensorView ov = make_view(out, DType::bf16, {sh.B, Hq, D}, Device::cuda);
       const double dense_bytes = 2.0 * kv_elems * 2;
-      auto row = [&](const char* variant, int budget, double us, double bytes, double sel_us, double ideal) {
-        std::printf("%-5d %-7d %-3d %-6d %-8s %10.1f %9.0f %6.1f %9.1f %9.1f %7.1f\n", sh.B, sh.ctx, P, budget, variant,
-                    us, bytes / (us * 1e-6) / 1e9, 100.0 * bytes / (us * 1e-6) / 1e9 / peak, bytes / 1e6, sel_us, ideal);
+      auto row = [&](const char* variant, int budget, double us, double bytes, double sel_us, double dec_us,
+                     double ideal) {
+        std::printf("%-5d %-7d %-3d %-6d %-8s %10.1f %9.0f %6.1f %9.1f %9.1f %9.1f %7.1f\n", sh.B, sh.ctx, P, budget,
+                    variant, us, bytes / (us * 1e-6) / 1e9, 100.0 * bytes / (us * 1e-6) / 1e9 / peak, bytes / 1e6,
+                    sel_us, dec_us, ideal);
         if (js)
           std::fprintf(js,
                        "{\"kind\":\"ours\",\"batch\":%d,\"context\":%d,\"page\":%d,\"budget\":%d,\"variant\":\"%s\","
-                       "\"us\":%.2f,\"bytes\":%.0f,\"select_us\":%.2f,\"ideal_x\":%.2f%s}\n",
-                       sh.B, sh.ctx, P, budget, variant, us, bytes, sel_us, ideal,
+                       "\"us\":%.2f,\"bytes\":%.0f,\"select_us\":%.2f,\"decode_us\":%.2f,\"ideal_x\":%.2f%s}\n",
+                       sh.B, sh.ctx, P, budget, variant, us, bytes, sel_us, dec_us, ideal,
                        sdt == DType::e4m3 ? ",\"stats_dtype\":\"fp8\"" : "");
       };
-      {
+      if (!select_only) {
         AttentionConfig cfg;
         cfg.page_size = P;
         cfg.estimator = Estimator::dense;
         DecodePlan plan;
         plan.plan(cfg, DecodeShape{sh.B, Hq, Hk, D, pages});
         const double us = timer.median_us([&] { plan.run(qv, kv, ov, TensorView{}, nullptr); }, reps);
-        row("dense", 0, us, dense_bytes, 0, 1.0);
+        row("dense", 0, us, dense_bytes, 0, us, 1.0);
       }
       for (int budget : {1024, 2048, 4096}) {
         if (dense_only || budget >= sh.ctx / 2) continue;
         if (P == 32 && budget != 2048) continue;
         for (Estimator e : {Estimator::unique, Estimator::quest, Estimator::mean, Estimator::random}) {
           if (budget != 2048 && e != Estimator::unique) continue;
+          if (select_only && (budget != 2048 || e != Estimator::unique)) continue;
           AttentionConfig cfg;
           cfg.page_size = P;
           cfg.budget_tokens = budget;
           cfg.estimator = e;
           DecodePlan plan;
           plan.plan(cfg, DecodeShape{sh.B, Hq, Hk, D, pages});
-          const double us = timer.median_us([&] { plan.run(qv, kv, ov, TensorView{}, nullptr); }, reps);
+          const double us =
+              select_only ? 0.0 : timer.median_us([&] { plan.run(qv, kv, ov, TensorView{}, nullptr); }, reps);
           const double sel_us = timer.median_us([&] { plan.select(qv, kv, nullptr); }, reps);
+          // The sparse attention alone, over the selection the last select left.
+          const double dec_us =
+              timer.median_us([&] { paged_decode(cfg, qv, kv, &plan.selection(), ov, TensorView{}); }, reps);
           const int selected = std::min(pages, cfg.max_selected(pages));
           const int stat_arrays = e == Estimator::random ? 0 : e == Estimator::mean ? 1 : 2;
           // Statistics rows (fp8: plus one fp32 scale per page-head for the pair read).
@@ -228,7 +270,7 @@ int main(int argc, char** argv) {
                                   : double(st_elems) * st_size * stat_arrays +
                                         (sdt == DType::e4m3 ? double(total_pages) * Hk * 4 : 0.0);
           const double bytes = st_bytes + double(sh.B) * selected * Hk * P * D * 2 * 2;
-          row(to_string(e), budget, us, bytes, sel_us, dense_bytes / bytes);
+          row(to_string(e), budget, us, bytes, sel_us, dec_us, dense_bytes / bytes);
           if (e == Estimator::unique && budget == 2048) {
             const double stats_bytes = st_bytes;
             // read-once time of the statistics at the copy peak (which counts read + write)

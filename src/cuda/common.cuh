@@ -113,6 +113,26 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
+// Launches kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent of the
+// previous kernel in the stream (PDL, sm_90): its launch and block setup overlap that
+// kernel's tail. The kernel must execute `griddepcontrol.wait` before reading anything the
+// previous kernel writes. Errors are left to UNIQUE_CUDA_LAUNCH / the returned status.
+template <class... Params, class... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                const Args&... args) {
+  cudaLaunchConfig_t lc{};
+  lc.gridDim = grid;
+  lc.blockDim = block;
+  lc.dynamicSmemBytes = smem;
+  lc.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  lc.attrs = attr;
+  lc.numAttrs = 1;
+  UNIQUE_CUDA_CHECK(cudaLaunchKernelEx(&lc, kernel, args...));
+}
+
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 

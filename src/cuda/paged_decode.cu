@@ -4,22 +4,28 @@
 // single long sequence still fills the GPU. Each block writes a normalised partial output
 // and its log-sum-exp; a second kernel merges the partials (skipped when chunks == 1).
 //
-// Inside a block (4 warps) a warp takes 32 token slots at a time: for q.k each lane owns
-// one token and reads its K row with 16-byte loads (no shuffles; the query heads sit in
-// shared memory, read as broadcasts); online softmax per warp; for p.V a row is read by
-// D/VEC lanes with 16-byte loads, the probabilities come from shared memory.
+// Inside a block (128 threads) a token is owned by LPT = D / CPL lanes, each holding CPL
+// channels (16, or 8 for groups of 8 query heads) of every query head and of the output
+// accumulators, so a tile of 128 / LPT tokens covers the block. Each lane streams its own
+// 16-byte pieces of K and V through a private multi-stage cp.async ring in shared memory:
+// the bytes in flight do not occupy registers (the register-prefetching kernel this replaces
+// held ~2 TB/s at 3-4 warps per scheduler), and since a lane only reads what it copied itself
+// no barrier is needed inside the loop. Online softmax per lane (its token stream), rescaling
+// only when the running maximum grows; lanes are merged once at the end.
 #include <algorithm>
 #include <cstdlib>
 
 #include "attention/cuda_backend.h"
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
+#include "cuda/mma.cuh"
 
 namespace unique::cuda {
 
 namespace {
 
-constexpr int kWarps = 4;
+constexpr int kThreads = 128;
+constexpr int kWindow = 128;  // page-table entries resolved into shared memory at a time
 
 struct DecodeParams {
   const void* k;
@@ -31,6 +37,7 @@ struct DecodeParams {
   const int32_t* sel_counts;
   int max_selected;
   int Hk, Hq, group, subgroups, P;
+  int p_shift;  // log2(P) when P is a power of two (no integer division per tile), else -1
   const void* q;
   DType q_dtype;
   int64_t qs0, qs1, qs2;
@@ -43,22 +50,49 @@ struct DecodeParams {
   float* part_lse;
   int chunks, chunk_pages;
   float scale_log2;  // sm_scale * log2(e)
-  bool k_stream;     // K loads evict-first instead of through L1 (tuning knob)
+};
+
+// Lanes per token, tokens per tile and pipeline depth of decode_kernel<T, D, G>.
+template <class T, int D, int G>
+struct DecodeTile {
+  static constexpr int CPL = G <= 4 ? 16 : 8;            // channels per lane (registers: 2*G*CPL)
+  static constexpr int LPT = D / CPL;                    // lanes per token, 4..32
+  static constexpr int TT = kThreads / LPT;              // tokens per tile
+  static constexpr int NCH = CPL * int(sizeof(T)) / 16;  // 16-byte pieces per lane per row
+  static constexpr int VEC = 16 / int(sizeof(T));
+  // Ring stages (32 KB of K+V per block at 16-bit storage). 8 stages were measured no
+  // faster on the H100 (the loop is issue-bound, not latency-bound, at 3 blocks per SM).
+  static constexpr int S = NCH <= 2 ? 4 : 2;
+  static constexpr int NW = kThreads / 32;
+  static_assert(LPT >= 1 && LPT <= 32 && NCH >= 1, "unsupported head dim / group");
 };
 
 template <class T, int D, int G>
-__global__ void __launch_bounds__(kWarps * 32) decode_kernel(const DecodeParams p) {
-  constexpr int VEC = Vec<T>::n;
-  constexpr int LPR = (D / VEC) < 32 ? (D / VEC) : 32;  // lanes per V row
-  constexpr int NV = D / (VEC * LPR);                   // vectors per lane per V row
-  constexpr int TPW = 32 / LPR;                         // V rows per warp step
+__global__ void __launch_bounds__(kThreads, 3) decode_kernel(const DecodeParams p) {
+  using Tile = DecodeTile<T, D, G>;
+  constexpr int CPL = Tile::CPL, LPT = Tile::LPT, TT = Tile::TT, NCH = Tile::NCH, VEC = Tile::VEC, S = Tile::S;
+  constexpr int NW = Tile::NW;
+  // The ring is dead once the loop ends: the warps' partial outputs reuse its memory.
+  __shared__ union {
+    struct {
+      uint4 k[S][NCH][kThreads], v[S][NCH][kThreads];
+    } ring;
+    float acc[NW][G][D];
+  } sm;
+  auto& kbuf = sm.ring.k;
+  auto& vbuf = sm.ring.v;
+  auto& acc_s = sm.acc;
+  __shared__ float m_s[NW][G], l_s[NW][G];
   __shared__ __align__(16) float q_s[G][D];
-  __shared__ float p_s[kWarps][32][G];
-  __shared__ int64_t row_s[kWarps][32];
-  __shared__ float m_s[kWarps][G], l_s[kWarps][G];
-  __shared__ __align__(16) float acc_s[kWarps][G][D];
+  __shared__ int32_t page_s[kWindow];
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // Launched as a programmatic dependent (PDL): the launch overlaps the previous kernel's
+  // tail; wait for its results (selection, queries, page table) before reading anything.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int tok = tid / LPT, part = tid % LPT;
   const int b = blockIdx.z, hk = blockIdx.y / p.subgroups, sg = blockIdx.y % p.subgroups;
   const int chunk = blockIdx.x;
   const int h0 = hk * p.group + sg * G;
@@ -69,152 +103,185 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(const DecodeParams 
   const int begin = chunk * p.chunk_pages;
   const int end = min(count, begin + p.chunk_pages);
   const int last_len = p.last_len[b];
-
-  for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
-    const int g = i / D, d = i % D;
-    q_s[g][d] = g < ng ? load_any(p.q, p.q_dtype, b * p.qs0 + (h0 + g) * p.qs1 + d * p.qs2) * p.scale_log2
-                       : 0.0f;
-  }
-  __syncthreads();
+  const int32_t* sel = p.sel_pages ? p.sel_pages + (int64_t(b) * p.Hk + hk) * p.max_selected : nullptr;
 
   const T* K = static_cast<const T*>(p.k);
   const T* V = static_cast<const T*>(p.v);
-  float m[G], l[G], acc[G][NV * VEC];
+  const int slots = end > begin ? (end - begin) * p.P : 0;
+  const int tiles = (slots + TT - 1) / TT;
+  // The page table is resolved a window of kWindow list entries at a time into shared
+  // memory (-1: no page), so the loop issues its copies without a chain of dependent
+  // global reads (selection -> page id -> data) per tile; a window costs one barrier pair.
+  auto load_window = [&](int w) {
+    for (int t = tid; t < kWindow; t += kThreads) {
+      const int li = begin + w * kWindow + t;
+      int32_t page = -1;
+      if (li < end) {
+        const int j = sel ? sel[li] : li;
+        if (j >= 0 && j < n) page = p.indices[seq0 + j] * 2 + (j == n - 1);  // low bit: last page
+      }
+      page_s[t] = page;
+    }
+  };
+  load_window(0);
+  for (int i = tid; i < G * D; i += kThreads) {
+    const int g = i / D, d = i % D;
+    q_s[g][d] = g < ng ? load_any(p.q, p.q_dtype, b * p.qs0 + (h0 + g) * p.qs1 + d * p.qs2) * p.scale_log2 : 0.0f;
+  }
+  __syncthreads();
+  // Channel c of piece j of this lane: (j * LPT + part) * VEC + e (a token's LPT lanes read
+  // LPT * 16 contiguous bytes per piece: whole cache lines).
+  float q[G][CPL];
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+#pragma unroll
+    for (int j = 0; j < NCH; ++j)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) q[g][j * VEC + e] = q_s[g][(j * LPT + part) * VEC + e];
+
+  // Element offset of this lane's token row in tile i (-1: no token there). Tiles are asked
+  // for in increasing order, block-uniformly; a tile never straddles two windows.
+  int window = 0;
+  auto page_of = [&](int slot) { return p.p_shift >= 0 ? slot >> p.p_shift : slot / p.P; };
+  auto row_of = [&](int i) -> int64_t {
+    const int li = page_of(i * TT);  // the tile's first list entry, relative to begin
+    if (li / kWindow != window && i < tiles) {
+      window = li / kWindow;
+      __syncthreads();
+      load_window(window);
+      __syncthreads();
+    }
+    const int slot = i * TT + tok;
+    if (slot >= slots) return -1;
+    const int li_t = page_of(slot);
+    const int page = page_s[li_t % kWindow], r = slot - li_t * p.P;
+    if (page < 0 || r >= ((page & 1) ? last_len : p.P)) return -1;
+    return ((int64_t(page >> 1) * p.Hk + hk) * p.P + r) * D;
+  };
+  auto issue = [&](int stage, int64_t row) {
+#pragma unroll
+    for (int j = 0; j < NCH; ++j) {
+      const int64_t e = row >= 0 ? row + (j * LPT + part) * VEC : 0;
+      cp_async16(&kbuf[stage][j][tid], K + e, row >= 0 ? 16 : 0);
+      cp_async16(&vbuf[stage][j][tid], V + e, row >= 0 ? 16 : 0);
+    }
+  };
+
+  float m[G], l[G], acc[G][CPL];
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     m[g] = -INFINITY;
     l[g] = 0.0f;
 #pragma unroll
-    for (int e = 0; e < NV * VEC; ++e) acc[g][e] = 0.0f;
+    for (int e = 0; e < CPL; ++e) acc[g][e] = 0.0f;
   }
 
-  const int slots = end > begin ? (end - begin) * p.P : 0;
-  // Row offset of a token slot (-1: none). The page-table reads of the next iteration are
-  // issued one iteration ahead so their latency overlaps this iteration's K/V loads.
-  auto row_of = [&](int slot) -> int64_t {
-    if (slot >= slots) return -1;
-    const int i = begin + slot / p.P, r = slot % p.P;
-    const int j = p.sel_pages ? p.sel_pages[(int64_t(b) * p.Hk + hk) * p.max_selected + i] : i;
-    const int tokens = j == n - 1 ? last_len : p.P;
-    if (j < 0 || j >= n || r >= tokens) return -1;
-    const int64_t page = p.indices[seq0 + j];
-    return ((page * p.Hk + hk) * p.P + r) * D;
-  };
-  int64_t row_next = row_of(warp * 32 + lane);
-  for (int base = warp * 32; base < slots; base += kWarps * 32) {
-    const int64_t row = row_next;
-    row_next = row_of(base + kWarps * 32 + lane);
+  // Prologue: S - 1 tiles in flight. Bit s of `held`: stage s holds a token of this lane.
+  int64_t rows[S - 1];
+  uint32_t held = 0;
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) rows[s] = row_of(s);
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) {
+    issue(s, rows[s]);
+    cp_async_commit();
+    held |= rows[s] >= 0 ? 1u << s : 0u;
+  }
+  int64_t row_next = row_of(S - 1);  // one tile ahead: the page-table reads overlap a tile
+  for (int i = 0; i < tiles; ++i) {
+    const int stage = i % S;
+    // Refill the stage consumed in the previous iteration (by this lane only) with tile i+S-1.
+    const int fill = (i + S - 1) % S;
+    asm volatile("" ::: "memory");  // the last tile's reads of that stage stay above the refill
+    held = (held & ~(1u << fill)) | (row_next >= 0 ? 1u << fill : 0u);
+    issue(fill, row_next);
+    cp_async_commit();
+    row_next = row_of(i + S);
+    cp_async_wait<S - 1>();  // tile i's group has landed
+    // No barrier orders this lane's shared reads against its own cp.async writes: keep the
+    // compiler from moving the reads above the wait or below the next refill.
+    asm volatile("" ::: "memory");
+    const bool valid = (held >> stage) & 1u;
+
+    float x[CPL];
+#pragma unroll
+    for (int j = 0; j < NCH; ++j) unpack16<T>(kbuf[stage][j][tid], x + j * VEC);
     float s[G];
 #pragma unroll
-    for (int g = 0; g < G; ++g) s[g] = 0.0f;
-    if (row >= 0) {
-      // Batches of 8 independent 16-byte loads in flight per lane; a warp load touches 32 rows
-      // (half a sector each), so K goes through L1 (__ldg), which serves the other half.
-      constexpr int KB = (D / VEC) < 8 ? (D / VEC) : 8;
+    for (int g = 0; g < G; ++g) {
+      float a = 0.0f;
 #pragma unroll
-      for (int c0 = 0; c0 < D / VEC; c0 += KB) {
-        uint4 raw[KB];
+      for (int e = 0; e < CPL; ++e) a = fmaf(q[g][e], x[e], a);
 #pragma unroll
-        for (int c = 0; c < KB; ++c) {
-          const uint4* src = reinterpret_cast<const uint4*>(K + row + (c0 + c) * VEC);
-          raw[c] = p.k_stream ? __ldcs(src) : __ldg(src);
+      for (int o = LPT / 2; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+      s[g] = a;
+    }
+    if (valid) {
+#pragma unroll
+      for (int j = 0; j < NCH; ++j) unpack16<T>(vbuf[stage][j][tid], x + j * VEC);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        if (s[g] > m[g]) {  // rare after the first tokens: the running maximum of a stream
+          const float corr = fast_exp2(m[g] - s[g]);
+          l[g] *= corr;
+#pragma unroll
+          for (int e = 0; e < CPL; ++e) acc[g][e] *= corr;
+          m[g] = s[g];
         }
+        const float pr = fast_exp2(s[g] - m[g]);
+        l[g] += pr;
 #pragma unroll
-        for (int c = 0; c < KB; ++c) {
-          float x[VEC];
-          unpack16<T>(raw[c], x);
-#pragma unroll
-          for (int g = 0; g < G; ++g) {
-#pragma unroll
-            for (int e = 0; e < VEC; e += 4) {
-              const float4 qv = *reinterpret_cast<const float4*>(&q_s[g][(c0 + c) * VEC + e]);
-              s[g] = fmaf(qv.x, x[e], s[g]);
-              s[g] = fmaf(qv.y, x[e + 1], s[g]);
-              s[g] = fmaf(qv.z, x[e + 2], s[g]);
-              s[g] = fmaf(qv.w, x[e + 3], s[g]);
-            }
-          }
-        }
+        for (int e = 0; e < CPL; ++e) acc[g][e] = fmaf(pr, x[e], acc[g][e]);
       }
     }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // every lane is done with the ring before acc_s overwrites it
+
+  // Merge the lanes that hold the same channels (same part, other tokens) of this warp...
+#pragma unroll
+  for (int o = LPT; o < 32; o <<= 1) {
 #pragma unroll
     for (int g = 0; g < G; ++g) {
-      const float sv = row >= 0 ? s[g] : -INFINITY;
-      const float mnew = fmaxf(m[g], warp_max(sv));
-      const float corr = mnew == -INFINITY ? 1.0f : fast_exp2(m[g] - mnew);
-      const float pr = row >= 0 ? fast_exp2(sv - mnew) : 0.0f;
-      l[g] = l[g] * corr + pr;
-      m[g] = mnew;
+      const float mo = __shfl_xor_sync(0xffffffffu, m[g], o);
+      const float lo = __shfl_xor_sync(0xffffffffu, l[g], o);
+      const float M = fmaxf(m[g], mo);
+      const float fa = M == -INFINITY ? 0.0f : fast_exp2(m[g] - M);
+      const float fb = M == -INFINITY ? 0.0f : fast_exp2(mo - M);
+      l[g] = l[g] * fa + lo * fb;
 #pragma unroll
-      for (int e = 0; e < NV * VEC; ++e) acc[g][e] *= corr;
-      p_s[warp][lane][g] = pr;
-    }
-    row_s[warp][lane] = row;
-    __syncwarp();
-    const int sub = lane % LPR;
-    // V rows in batches: VB rows x NV vectors of independent loads per lane.
-    constexpr int STEPS = 32 / TPW;
-    constexpr int VB = STEPS < 8 ? STEPS : 8;
-#pragma unroll
-    for (int t0 = 0; t0 < STEPS; t0 += VB) {
-      uint4 raw[VB][NV];
-#pragma unroll
-      for (int i = 0; i < VB; ++i) {
-        const int64_t vr = row_s[warp][(t0 + i) * TPW + lane / LPR];
-#pragma unroll
-        for (int nv = 0; nv < NV; ++nv)
-          raw[i][nv] = vr >= 0 ? __ldcs(reinterpret_cast<const uint4*>(V + vr + (nv * LPR + sub) * VEC))
-                               : make_uint4(0, 0, 0, 0);
+      for (int e = 0; e < CPL; ++e) {
+        const float ao = __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+        acc[g][e] = acc[g][e] * fa + ao * fb;
       }
-#pragma unroll
-      for (int i = 0; i < VB; ++i) {
-        const int t = (t0 + i) * TPW + lane / LPR;
-#pragma unroll
-        for (int nv = 0; nv < NV; ++nv) {
-          float x[VEC];
-          unpack16<T>(raw[i][nv], x);
-#pragma unroll
-          for (int g = 0; g < G; ++g) {
-            const float pg = p_s[warp][t][g];
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) acc[g][nv * VEC + e] = fmaf(pg, x[e], acc[g][nv * VEC + e]);
-          }
-        }
-      }
+      m[g] = M;
     }
-    __syncwarp();
   }
-
-  // Lanes holding the same channels (lane % LPR) saw different tokens: sum them.
+  // ... then the warps through shared memory.
+  if (lane < LPT) {
 #pragma unroll
-  for (int g = 0; g < G; ++g) {
-    const float lw = warp_sum(l[g]);
+    for (int g = 0; g < G; ++g) {
+      if (lane == 0) {
+        m_s[warp][g] = m[g];
+        l_s[warp][g] = l[g];
+      }
 #pragma unroll
-    for (int o = LPR; o < 32; o <<= 1)
+      for (int j = 0; j < NCH; ++j)
 #pragma unroll
-      for (int e = 0; e < NV * VEC; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
-    if (lane == 0) {
-      m_s[warp][g] = m[g];
-      l_s[warp][g] = lw;
-    }
-    if (lane < LPR) {
-#pragma unroll
-      for (int nv = 0; nv < NV; ++nv)
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) acc_s[warp][g][(nv * LPR + lane) * VEC + e] = acc[g][nv * VEC + e];
+        for (int e = 0; e < VEC; ++e) acc_s[warp][g][(j * LPT + part) * VEC + e] = acc[g][j * VEC + e];
     }
   }
   __syncthreads();
 
-  for (int i = threadIdx.x; i < ng * D; i += blockDim.x) {
+  for (int i = tid; i < ng * D; i += kThreads) {
     const int g = i / D, d = i % D;
     float M = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, m_s[w][g]);
+    for (int w = 0; w < NW; ++w) M = fmaxf(M, m_s[w][g]);
     float L = 0.0f, o = 0.0f;
     if (M != -INFINITY) {
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
+      for (int w = 0; w < NW; ++w) {
         const float f = fast_exp2(m_s[w][g] - M);
         L += l_s[w][g] * f;
         o += acc_s[w][g][d] * f;
@@ -242,6 +309,9 @@ __global__ void __launch_bounds__(kMergeWarps * 32) merge_kernel(const DecodePar
   __shared__ float red[kMergeWarps];
   __shared__ float o_s[kMergeWarps][256];
   __shared__ float l_s[kMergeWarps];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");  // launched as a PDL dependent of decode_kernel
+#endif
   const int bh = blockIdx.x, b = bh / p.Hq, hq = bh % p.Hq;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const float* lse = p.part_lse + int64_t(bh) * p.chunks;
@@ -287,15 +357,20 @@ __global__ void __launch_bounds__(kMergeWarps * 32) merge_kernel(const DecodePar
 // larger groups are split into blocks of 8 heads.
 int heads_per_block(int group) { return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8; }
 
+// Calls f(kernel) with the instantiation serving `group`.
+template <class T, int D, class F>
+void with_decode_kernel(int group, F&& f) {
+  switch (heads_per_block(group)) {
+    case 1: f(decode_kernel<T, D, 1>); break;
+    case 2: f(decode_kernel<T, D, 2>); break;
+    case 4: f(decode_kernel<T, D, 4>); break;
+    default: f(decode_kernel<T, D, 8>); break;
+  }
+}
+
 template <class T, int D>
 void launch_typed(const DecodeParams& p, dim3 grid, int group, cudaStream_t stream) {
-  const dim3 block(kWarps * 32);
-  switch (heads_per_block(group)) {
-    case 1: decode_kernel<T, D, 1><<<grid, block, 0, stream>>>(p); break;
-    case 2: decode_kernel<T, D, 2><<<grid, block, 0, stream>>>(p); break;
-    case 4: decode_kernel<T, D, 4><<<grid, block, 0, stream>>>(p); break;
-    default: decode_kernel<T, D, 8><<<grid, block, 0, stream>>>(p); break;
-  }
+  with_decode_kernel<T, D>(group, [&](auto kernel) { launch_pdl(kernel, grid, dim3(kThreads), 0, stream, p); });
   UNIQUE_CUDA_LAUNCH("decode_kernel");
 }
 
@@ -312,17 +387,10 @@ int blocks_per_sm(DType dtype, int D, int group) {
   int n = 0;
   dispatch_dtype(dtype, [&](auto t) {
     using T = decltype(t);
-    auto q = [&](auto kernel) {
-      UNIQUE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kWarps * 32, 0));
-    };
     auto by_group = [&](auto dtag) {
-      constexpr int DD = decltype(dtag)::value;
-      switch (hpb) {
-        case 1: q(decode_kernel<T, DD, 1>); break;
-        case 2: q(decode_kernel<T, DD, 2>); break;
-        case 4: q(decode_kernel<T, DD, 4>); break;
-        default: q(decode_kernel<T, DD, 8>); break;
-      }
+      with_decode_kernel<T, decltype(dtag)::value>(group, [&](auto kernel) {
+        UNIQUE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0));
+      });
     };
     if (D == 64) by_group(std::integral_constant<int, 64>{});
     else if (D == 128) by_group(std::integral_constant<int, 128>{});
@@ -335,17 +403,23 @@ int blocks_per_sm(DType dtype, int D, int group) {
 
 int decode_chunks(int batch, int num_qo_heads, int num_kv_heads, int page_size, int max_list, DType dtype,
                   int head_dim) {
-  // Tuning knob for benchmarks: UNIQUE_DECODE_CHUNKS=N forces N chunks per (sequence, head).
+  // Tuning knob for benchmarks and tests: UNIQUE_DECODE_CHUNKS=N forces N chunks per
+  // (sequence, head); read per call (a test sets it around a launch).
   if (const char* e = std::getenv("UNIQUE_DECODE_CHUNKS"); e && std::atoi(e) > 0)
     return std::min(std::atoi(e), std::max(1, max_list));
   const int group = num_qo_heads / num_kv_heads;
   const int sgs = (group + heads_per_block(group) - 1) / heads_per_block(group);
   const int rows = batch * num_kv_heads * sgs;
-  // Two full waves of blocks (resident blocks per SM from the occupancy calculator): the
-  // largest chunk count whose blocks fit in them, so no wave is partly filled; each chunk
-  // at least 64 tokens. (Many more chunks make the merge costly; fewer idle SMs.)
+  // One full wave of blocks (resident blocks per SM from the occupancy calculator): the
+  // largest chunk count whose blocks fit in it; each chunk at least 64 tokens. A block's
+  // copies run ahead of its arithmetic, so long chunks stream at full speed and extra waves
+  // only add start-up latency and merge work (2 waves measured 3-12% slower on the H100).
   const int slots = blocks_per_sm(dtype, head_dim, group) * num_sms();
-  const int want = std::max(1, 2 * slots / rows);
+  static const int waves = [] {  // tuning knob for benchmarks: UNIQUE_DECODE_WAVES
+    const char* e = std::getenv("UNIQUE_DECODE_WAVES");
+    return e && std::atoi(e) > 0 ? std::atoi(e) : 1;
+  }();
+  const int want = std::max(1, waves * slots / rows);
   const int most = std::max(1, (max_list * page_size + 63) / 64);
   return std::min(want, most);
 }
@@ -381,6 +455,7 @@ void launch_decode(const AttentionConfig& cfg, const TensorView& q, const PagedK
   p.group = group;
   p.subgroups = (group + hpb - 1) / hpb;
   p.P = kv.page_size;
+  p.p_shift = (kv.page_size & (kv.page_size - 1)) == 0 ? __builtin_ctz(kv.page_size) : -1;
   p.q = q.data;
   p.q_dtype = q.dtype;
   p.qs0 = q.stride[0];
@@ -399,11 +474,6 @@ void launch_decode(const AttentionConfig& cfg, const TensorView& q, const PagedK
   p.chunks = chunks;
   p.chunk_pages = (max_list + chunks - 1) / chunks;
   p.scale_log2 = cfg.scale_for(D) * kLog2e;
-  static const bool k_stream = [] {
-    const char* e = std::getenv("UNIQUE_DECODE_K_STREAM");
-    return e && *e == '1';
-  }();
-  p.k_stream = k_stream;
   const dim3 grid(chunks, Hk * p.subgroups, kv.batch);
   dispatch_dtype(kv.dtype, [&](auto t) {
     using T = decltype(t);
@@ -414,7 +484,7 @@ void launch_decode(const AttentionConfig& cfg, const TensorView& q, const PagedK
     }
   });
   if (chunks > 1) {
-    merge_kernel<<<kv.batch * Hq, kMergeWarps * 32, 0, stream>>>(p, D);
+    launch_pdl(merge_kernel, dim3(kv.batch * Hq), dim3(kMergeWarps * 32), 0, stream, p, D);
     UNIQUE_CUDA_LAUNCH("merge_kernel");
   }
 }

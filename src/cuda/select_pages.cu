@@ -4,20 +4,26 @@
 // head (up to 8 at a time; the queries sit in shared memory, then each lane's channels in
 // registers: 4 heads' worth when the group has <= 4 query heads, which frees 32 registers).
 // The statistics rows are read once with 16-byte loads, D/VEC lanes per page, 4 page steps in
-// flight per warp, and the next iteration's rows are prefetched into L2 (prefetch.global.L2,
-// no registers held); the estimator is folded into one sum per head (unique/channel:
-// q.mu + alpha*|q|.sigma), so one shuffle reduction per head and page remains; GQA max is
-// taken in registers.
+// flight per warp. L2 prefetches hold no registers (prefetch.global.L2): the first
+// iteration's rows while the queries load (ids fetched before the queries), then each
+// iteration the next one's rows. The estimator is folded into one sum per head
+// (unique/channel: q.mu + alpha*|q|.sigma), so one shuffle reduction per head and page
+// remains; GQA max is taken in registers. The kernel triggers the select grid's launch at its
+// start (programmatic dependent launch).
 // select_kernel: one 1024-thread block per (sequence, KV head), launched as a programmatic
-// dependent of the score kernel (its launch overlaps the score kernel's tail): GQA
-// aggregations that need every page (softmax sums, oracle masses), then an exact top-k by a
-// bitwise threshold search (32 block-wide counts) over the non-forced pages [sink, n - recent),
-// keys in registers, then one ordered compaction (block scans) that writes ascending page
-// positions. Ties go to the lower position, as in the reference.
+// dependent of the score kernel (its blocks start as the last score blocks leave, read the
+// page table, then wait for the score grid with griddepcontrol.wait): GQA aggregations that
+// need every page (softmax sums, oracle masses), then an exact top-k over the non-forced
+// pages [sink, n - recent), keys in registers: the threshold (the k-th largest key) from a
+// linear histogram over the active scores' range, resolved in the boundary bucket by one
+// warp (bitwise search as fallback; see histogram_threshold), then one ordered compaction
+// (block scans) that writes ascending page positions. Ties go to the lower position, as in
+// the reference.
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
+#include <cfloat>
 #include <cstdlib>
 
 #include "attention/cuda_backend.h"
@@ -62,7 +68,9 @@ struct ScoreParams {
   int max_selected;
   int sink, recent, topk;
   int chunks, chunk_pages;
-  int prefetch;  // L2 prefetch of the next iteration's statistics rows
+  int prefetch;   // L2 prefetch of statistics rows: 1 the next iteration's, 2 also the first's
+  int trigger;    // score_kernel lets the select grid launch at its start (PDL trigger)
+  int hist_topk;  // histogram threshold search (0: the bitwise one alone; benchmark knob)
 };
 
 __device__ __forceinline__ uint32_t order_key(float f) {
@@ -92,6 +100,223 @@ __device__ float block_sum(float x, Reduce::TempStorage& tmp, float* bcast) {
   return out;
 }
 
+// ---- exact top-k threshold of the select kernel ---------------------------------------------
+// T = the k-th largest order key of the block's keys (0 = excluded). The search used to be
+// bitwise: 32 block-wide counts, one barrier each (~4 us of the kernel's 16 us at 8192
+// pages on the H100: latency-bound on the few SMs that one block per (sequence, KV head)
+// occupies). Now a linear histogram over the active keys' score range [lo, hi] finds the
+// bucket holding the k-th largest in ~4 barriers; one warp then resolves it among that
+// bucket's few keys. A bucket too full for the warp is refined by another histogram over
+// its own range (at most kLevels); non-finite ranges (inf / NaN scores) fall back to the
+// bitwise search.
+constexpr int kBins = 2 * kSelThreads;  // buckets per histogram level (2 per thread)
+constexpr int kCand = 256;              // boundary-bucket keys one warp resolves (8 per lane)
+constexpr int kLevels = 3;
+
+struct SelShared {
+  uint32_t hist[2][kBins];  // a level fills one while the next level's is cleared
+  uint32_t cand[kCand];
+  uint32_t wsum[kSelThreads / 32];
+  float lo[kSelThreads / 32], hi[kSelThreads / 32];
+  uint32_t ncand;
+  uint32_t res[3];  // T, keys > T, keys == T (from the resolving warp)
+  uint32_t cnt[3];  // rotating counters of the bitwise fallback
+};
+
+__device__ __forceinline__ float key_value(uint32_t key) {  // inverse of order_key
+  return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+__device__ __forceinline__ float warp_min(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = fminf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+// Bucket of v among kBins linear buckets over [lo, lo + kBins / scale]: non-decreasing in v
+// (each correctly rounded op is monotone; explicit _rn so nothing is contracted), so equal
+// keys share a bucket and buckets order keys; lo -> 0, the range's top -> kBins - 1 (also
+// when scale is inf: NaN and inf are clamped).
+__device__ __forceinline__ uint32_t bucket_of(uint32_t key, float lo, float scale) {
+  const float x = __fmul_rn(__fsub_rn(key_value(key), lo), scale);
+  return uint32_t(fminf(fmaxf(x, 0.0f), float(kBins - 1)));
+}
+// Inclusive suffix sum over lanes >= lane.
+__device__ __forceinline__ uint32_t warp_suffix_sum(uint32_t x) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint32_t t = __shfl_down_sync(0xffffffffu, x, o);
+    if (lane + o < 32) x += t;
+  }
+  return x;
+}
+
+// Histogram search (above). nact = the number of nonzero keys, 1 <= need < nact.
+// Returns false (nothing decided) for a non-finite score range or kLevels full buckets.
+template <int KPT>
+__device__ bool histogram_threshold(const uint32_t (&keys)[KPT], uint32_t nact, uint32_t need, SelShared& sh,
+                                    uint32_t& T, uint32_t& n_gt, uint32_t& eq_total) {
+  static_assert(KPT <= 32 && kBins == 64 * (kSelThreads / 32));
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  uint32_t active = 0;  // bit i: keys[i] is still a candidate
+#pragma unroll
+  for (int i = 0; i < KPT; ++i) active |= keys[i] ? 1u << i : 0u;
+  uint32_t above = 0;  // keys above the active ones (all > T)
+  for (int level = 0; level < kLevels; ++level) {
+    uint32_t* hist = sh.hist[level & 1];
+    float lo = INFINITY, hi = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < KPT; ++i)
+      if (active >> i & 1u) {
+        lo = fminf(lo, key_value(keys[i]));
+        hi = fmaxf(hi, key_value(keys[i]));
+      }
+    lo = warp_min(lo);
+    hi = warp_max(hi);
+    if (lane == 0) {
+      sh.lo[warp] = lo;
+      sh.hi[warp] = hi;
+    }
+    __syncthreads();
+    lo = warp_min(sh.lo[lane]);
+    hi = warp_max(sh.hi[lane]);
+    // Clear the next level's histogram: its last reads (two levels up) precede the barrier above.
+    sh.hist[(level + 1) & 1][tid] = 0;
+    sh.hist[(level + 1) & 1][tid + kSelThreads] = 0;
+    if (lo == hi) {  // every active key is the threshold (e.g. all scores equal)
+      T = order_key(lo);
+      n_gt = above;
+      eq_total = nact;
+      return true;
+    }
+    if (!(hi - lo <= FLT_MAX)) return false;  // inf / NaN range: block-uniform
+    const float scale = float(kBins) / (hi - lo);
+#pragma unroll
+    for (int i = 0; i < KPT; ++i)
+      if (active >> i & 1u) atomicAdd(&hist[bucket_of(keys[i], lo, scale)], 1u);
+    __syncthreads();
+    {
+      const uint32_t* hw = hist + warp * 64;
+      const uint32_t c = __reduce_add_sync(0xffffffffu, hw[2 * lane] + hw[2 * lane + 1]);
+      if (lane == 0) sh.wsum[warp] = c;
+    }
+    __syncthreads();
+    // Every warp alike (no barrier): the warp range, then the bucket, holding the need-th
+    // largest, counting from the top.
+    uint32_t s = sh.wsum[lane];
+    uint32_t suf = warp_suffix_sum(s);
+    const int w = 31 - __clz(__ballot_sync(0xffffffffu, suf >= need));
+    const uint32_t above_w = __shfl_sync(0xffffffffu, suf - s, w);
+    const uint32_t c0 = hist[w * 64 + 2 * lane], c1 = hist[w * 64 + 2 * lane + 1];
+    s = c0 + c1;
+    suf = warp_suffix_sum(s) + above_w;
+    const int l2 = 31 - __clz(__ballot_sync(0xffffffffu, suf >= need));
+    uint32_t above_b = __shfl_sync(0xffffffffu, suf - s, l2);
+    const uint32_t n1 = __shfl_sync(0xffffffffu, c1, l2), n0 = __shfl_sync(0xffffffffu, c0, l2);
+    uint32_t bin, cnt;
+    if (above_b + n1 >= need) {
+      bin = w * 64 + 2 * l2 + 1;
+      cnt = n1;
+    } else {
+      bin = w * 64 + 2 * l2;
+      above_b += n1;
+      cnt = n0;
+    }
+    need -= above_b;
+    above += above_b;
+    nact = cnt;
+    uint32_t next = 0;
+#pragma unroll
+    for (int i = 0; i < KPT; ++i)
+      if ((active >> i & 1u) && bucket_of(keys[i], lo, scale) == bin) next |= 1u << i;
+    active = next;
+    if (cnt > kCand) continue;  // refine this bucket by its own histogram
+    // Gather the bucket's keys; one warp finds the need-th largest among them bitwise
+    // (warp-level counts, no barriers), starting below the bits they all share.
+#pragma unroll
+    for (int i = 0; i < KPT; ++i)
+      if (active >> i & 1u) sh.cand[atomicAdd(&sh.ncand, 1u)] = keys[i];
+    __syncthreads();
+    if (warp == 0) {
+      constexpr int R = kCand / 32;
+      uint32_t ck[R], all_and = ~0u, all_or = 0u;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const uint32_t idx = lane + 32 * r;
+        ck[r] = idx < cnt ? sh.cand[idx] : 0u;
+        if (idx < cnt) {
+          all_and &= ck[r];
+          all_or |= ck[r];
+        }
+      }
+      all_and = __reduce_and_sync(0xffffffffu, all_and);
+      all_or = __reduce_or_sync(0xffffffffu, all_or);
+      const uint32_t diff = all_and ^ all_or;
+      const int top = diff ? 31 - __clz(diff) : -1;
+      uint32_t t = top >= 0 ? all_and & ~(0xffffffffu >> (31 - top)) : all_and;
+      for (int bit = top; bit >= 0; --bit) {
+        const uint32_t x = t | (1u << bit);
+        uint32_t c = 0;
+#pragma unroll
+        for (int r = 0; r < R; ++r) c += ck[r] >= x ? 1u : 0u;
+        if (__reduce_add_sync(0xffffffffu, c) >= need) t = x;
+      }
+      uint32_t gt = 0, eq = 0;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        gt += ck[r] > t ? 1u : 0u;
+        eq += ck[r] == t ? 1u : 0u;
+      }
+      gt = __reduce_add_sync(0xffffffffu, gt);
+      eq = __reduce_add_sync(0xffffffffu, eq);
+      if (lane == 0) {
+        sh.res[0] = t;
+        sh.res[1] = above + gt;
+        sh.res[2] = eq;
+      }
+    }
+    __syncthreads();
+    T = sh.res[0];
+    n_gt = sh.res[1];
+    eq_total = sh.res[2];
+    return true;
+  }
+  return false;
+}
+
+// The old search, kept as the fallback: T bit by bit from the top, keeping a bit when at
+// least k keys are >= the candidate. One block-wide count per bit (warp reductions, one
+// shared atomic per warp, three rotating counters so one barrier per bit suffices).
+template <int KPT>
+__device__ void bitwise_threshold(const uint32_t (&keys)[KPT], uint32_t k, SelShared& sh, uint32_t& T,
+                                  uint32_t& n_gt, uint32_t& eq_total) {
+  const int tid = threadIdx.x;
+  auto block_count = [&](int it, uint32_t c) {
+    c = __reduce_add_sync(0xffffffffu, c);
+    if ((tid & 31) == 0 && c) atomicAdd(&sh.cnt[it % 3], c);
+    __syncthreads();
+    const uint32_t total = sh.cnt[it % 3];
+    if (tid == 0) sh.cnt[(it + 2) % 3] = 0;  // read before this barrier by everyone
+    return total;
+  };
+  T = 0;
+  int it = 0;
+  for (int bit = 31; bit >= 0; --bit, ++it) {
+    const uint32_t cand = T | (1u << bit);
+    uint32_t c = 0;
+#pragma unroll
+    for (int i = 0; i < KPT; ++i) c += keys[i] >= cand ? 1u : 0u;
+    if (block_count(it, c) >= k) T = cand;
+  }
+  uint32_t gt = 0, eq = 0;
+#pragma unroll
+  for (int i = 0; i < KPT; ++i) {
+    gt += keys[i] > T ? 1u : 0u;
+    eq += keys[i] == T ? 1u : 0u;
+  }
+  n_gt = block_count(it++, gt);
+  eq_total = block_count(it++, eq);
+}
+
 // One block per (b, hk): aggregation where it needs every page, scores_out, top-k.
 // KPT keys per thread in registers cover n <= KPT * kSelThreads pages.
 template <int KPT>
@@ -102,15 +327,19 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
   } tmp;
   __shared__ float head_m[kMaxGroup], head_z[kMaxGroup];
   __shared__ float bcast;
+  __shared__ SelShared sh;
+  for (int i = threadIdx.x; i < kBins; i += kSelThreads) sh.hist[0][i] = 0;
+  if (threadIdx.x < 3) sh.cnt[threadIdx.x] = 0;
+  if (threadIdx.x == 0) sh.ncand = 0;  // all read after the barrier that ends the aggregation
 
+  const int b = blockIdx.y, hk = blockIdx.x;
+  const int tid = threadIdx.x;
+  const int n = p.indptr[b + 1] - p.indptr[b];  // the page table is not written by the score kernel
   // Launched as a programmatic dependent of the score kernel: wait for its results
   // (sm_90+; older GPUs ignore the launch attribute and run the launches in stream order).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
-  const int b = blockIdx.y, hk = blockIdx.x;
-  const int tid = threadIdx.x;
-  const int n = p.indptr[b + 1] - p.indptr[b];
   float* agg = p.agg + (int64_t(b) * p.Hk + hk) * p.max_pages;
   const float* raw = p.raw + (int64_t(b) * p.Hq + hk * p.group) * p.max_pages;
   const bool oracle = p.est == Estimator::oracle;
@@ -171,39 +400,13 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
     const int j = tid * KPT + i;  // consecutive pages per thread: one scan orders the output
     keys[i] = (!all && j >= lo && j < hi) ? order_key(agg[j]) : 0u;
   }
-  // Threshold T = the topk-th largest key, found bit by bit from the top: keep a bit when at
-  // least topk keys are >= the candidate. One block-wide count per bit (warp reductions,
-  // one shared atomic per warp, three rotating counters so one barrier per bit suffices).
-  __shared__ uint32_t s_cnt[3];
-  if (tid < 3) s_cnt[tid] = 0;
-  __syncthreads();
-  auto block_count = [&](int it, uint32_t c) {
-    c = __reduce_add_sync(0xffffffffu, c);
-    if ((tid & 31) == 0 && c) atomicAdd(&s_cnt[it % 3], c);
-    __syncthreads();
-    const uint32_t total = s_cnt[it % 3];
-    if (tid == 0) s_cnt[(it + 2) % 3] = 0;  // read before this barrier by everyone
-    return total;
-  };
   uint32_t T = 0, need_eq = 0, eq_total = 0;
   if (!all) {
     const uint32_t k = uint32_t(p.topk);
-    int it = 0;
-    for (int bit = 31; bit >= 0; --bit, ++it) {
-      const uint32_t cand = T | (1u << bit);
-      uint32_t c = 0;
-#pragma unroll
-      for (int i = 0; i < KPT; ++i) c += keys[i] >= cand ? 1u : 0u;
-      if (block_count(it, c) >= k) T = cand;
-    }
-    uint32_t gt = 0, eq = 0;
-#pragma unroll
-    for (int i = 0; i < KPT; ++i) {
-      gt += keys[i] > T ? 1u : 0u;
-      eq += keys[i] == T ? 1u : 0u;
-    }
-    const uint32_t n_gt = block_count(it++, gt);
-    eq_total = block_count(it++, eq);
+    uint32_t n_gt = 0;
+    if (k == 0) T = ~0u;  // nothing taken (no key is ~0: that is a NaN's, and NaN maps to -inf)
+    else if (!p.hist_topk || !histogram_threshold<KPT>(keys, uint32_t(rest), k, sh, T, n_gt, eq_total))
+      bitwise_threshold<KPT>(keys, k, sh, T, n_gt, eq_total);
     need_eq = k - n_gt;
   }
 
@@ -256,13 +459,44 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane % LPP;
   const int h0 = hk * p.group + sg * kHeads;
   const int ng = min(kHeads, p.group - sg * kHeads);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // The select grid (a programmatic dependent) may launch now: its blocks take SMs as score
+  // blocks of the last wave leave and read the page table before they wait for this grid's
+  // completion (griddepcontrol.wait; the trigger does not make these results visible early).
+  if (p.trigger) asm volatile("griddepcontrol.launch_dependents;");
+#endif
   const int seq0 = p.indptr[b];
   const int n = p.indptr[b + 1] - seq0;
   const int begin = blockIdx.x * p.chunk_pages;
   const int end = min(n, begin + p.chunk_pages);
+  const S* A = static_cast<const S*>(p.sa);
+  const S* B = static_cast<const S*>(p.sb);
+  // Page ids one iteration ahead: their latency overlaps this iteration's statistics loads
+  // (the first iteration's, the query loads).
+  int32_t id_next[U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int j = begin + warp * PPW + u * NW * PPW + lane / LPP;
+    id_next[u] = j < end ? p.indices[seq0 + j] : -1;
+  }
   for (int i = threadIdx.x; i < kHeads * D; i += kThreads) {
     const int g = i / D, d = i % D;
     q_s[g][d] = g < ng ? load_any(p.q, p.q_dtype, b * p.qs0 + (h0 + g) * p.qs1 + d * p.qs2) : 0.0f;
+  }
+  // The first iteration's rows into L2 while the queries arrive: a block's prologue was
+  // three dependent DRAM round trips (queries, then ids, then rows) before any row came;
+  // now the rows' trip overlaps the queries'.
+  if (p.prefetch >= 2) {
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (id_next[u] >= 0) {
+#pragma unroll
+        for (int nv = 0; nv < NV; ++nv) {
+          const int64_t e = (int64_t(id_next[u]) * p.Hk + hk) * D + (nv * LPP + sub) * SV;
+          asm volatile("prefetch.global.L2 [%0];" ::"l"(A + e));
+          if constexpr (F != Form::mean) asm volatile("prefetch.global.L2 [%0];" ::"l"(B + e));
+        }
+      }
   }
   __syncthreads();
   if constexpr (F == Form::norm) {
@@ -283,15 +517,6 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
     for (int nv = 0; nv < NV; ++nv)
 #pragma unroll
       for (int e = 0; e < SV; ++e) qr[g][nv * SV + e] = q_s[g][(nv * LPP + sub) * SV + e];
-  const S* A = static_cast<const S*>(p.sa);
-  const S* B = static_cast<const S*>(p.sb);
-  // Page ids one iteration ahead: their latency overlaps this iteration's statistics loads.
-  int32_t id_next[U];
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int j = begin + warp * PPW + u * NW * PPW + lane / LPP;
-    id_next[u] = j < end ? p.indices[seq0 + j] : -1;
-  }
   for (int base = begin + warp * PPW; base < end; base += NW * PPW * U) {
     int jj[U];
     int64_t off[U];
@@ -486,8 +711,12 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
   const int rows = kv.batch * Hk * (p.raw_mode ? p.subgroups : 1);
   // Groups of <= 4 query heads keep only 4 heads' queries in registers (fewer registers).
   const bool g4 = std::min(group, kHeads) <= 4;
-  static const int k_prefetch = env_knob("UNIQUE_SEL_PREFETCH", 1);  // benchmark knob
+  static const int k_prefetch = env_knob("UNIQUE_SEL_PREFETCH", 2);  // benchmark knob
   p.prefetch = k_prefetch;
+  static const int k_trigger = env_knob("UNIQUE_SEL_TRIGGER", 1);  // benchmark knob
+  p.trigger = k_trigger;
+  static const int k_hist = env_knob("UNIQUE_SEL_HIST", 1);  // benchmark knob
+  p.hist_topk = k_hist;
   int chunks = 1;
   if (per_page) {
     // Up to 8 waves of blocks (two 256-thread blocks per SM), at least 256 pages each (a

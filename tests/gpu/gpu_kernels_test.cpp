@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 #include <vector>
@@ -70,6 +71,8 @@ std::vector<SweepParam> sweep() {
   v.push_back({16, 256, 2, DType::bf16});
   v.push_back({32, 128, 6, DType::bf16});   // group not a power of two
   v.push_back({16, 64, 16, DType::f16});    // group above 8
+  v.push_back({24, 64, 2, DType::f16});     // page size not a power of two; decode tiles span pages
+  v.push_back({7, 128, 4, DType::bf16});    // page size below the decode tile
   return v;
 }
 
@@ -196,36 +199,61 @@ std::string param_name(const ::testing::TestParamInfo<SweepParam>& i) {
 }
 INSTANTIATE_TEST_SUITE_P(Sweep, GpuSweep, ::testing::ValuesIn(sweep()), param_name);
 
-// Long sequences (several thousand pages: the select kernel's larger register tiles) and
-// exact ties (every page given the same statistics: the lowest positions must win).
+// Long sequences (up to 20000 pages: every register tile of the select kernel) and
+// distributions that reach each branch of its threshold search: random scores (one
+// histogram level), exact ties (every page given the same statistics: the lowest
+// positions must win; the all-equal shortcut), three distinct scores (a full bucket,
+// refined by a second level that finds all keys equal), one outlier page (every other
+// score in one bucket: a second histogram level), and an inf and a NaN score (a
+// non-finite range: the bitwise fallback; NaN ranks as -inf).
 TEST(GpuSelect, LongSequencesAndExactTiesMatchReference) {
   SKIP_WITHOUT_GPU();
-  for (bool ties : {false, true}) {
-    CaseSpec spec;
-    spec.lens = {int64_t(16) * 9000 + 7, 16 * 2500, 300};
-    spec.num_kv_heads = 1;
-    spec.page_size = 16;
-    spec.head_dim = 64;
-    spec.dtype = DType::bf16;
-    spec.stats_dtype = DType::bf16;
-    spec.max_chunk = 4096;
-    CacheCase c = make_case(spec, 11);
-    PagedKV hkv = c.kv();
-    const size_t row = size_t(hkv.num_kv_heads) * hkv.head_dim;
-    if (ties)  // every page gets the statistics of physical page 0
+  CaseSpec spec;
+  spec.lens = {int64_t(16) * 20000 + 7, 16 * 2500, 300, int64_t(16) * 9000 + 3};
+  spec.num_kv_heads = 1;
+  spec.page_size = 16;
+  spec.head_dim = 64;
+  spec.dtype = DType::bf16;
+  spec.stats_dtype = DType::bf16;
+  spec.max_chunk = 4096;
+  CacheCase c = make_case(spec, 11);
+  PagedKV hkv = c.kv();
+  const size_t row = size_t(hkv.num_kv_heads) * hkv.head_dim, bytes = hkv.num_pages * row * 2;
+  const std::vector<char> mean0(static_cast<char*>(hkv.mean), static_cast<char*>(hkv.mean) + bytes);
+  const std::vector<char> std0(static_cast<char*>(hkv.std), static_cast<char*>(hkv.std) + bytes);
+  // physical pages of two non-forced logical pages of the longest sequence
+  const int pa = hkv.page_indices[hkv.page_indptr[0] + 100], pb = hkv.page_indices[hkv.page_indptr[0] + 101];
+  auto set_row = [&](void* st, int pg, float x) {
+    for (size_t d = 0; d < row; ++d) static_cast<uint16_t*>(st)[pg * row + d] = float_to_bf16_bits(x);
+  };
+  for (const char* mode : {"random", "ties", "ties3", "outlier", "nonfinite"}) {
+    const std::string m = mode;
+    std::memcpy(hkv.mean, mean0.data(), bytes);
+    std::memcpy(hkv.std, std0.data(), bytes);
+    if (m == "ties" || m == "ties3")  // page pg gets the statistics of physical page 0 (or pg % 3)
       for (int pg = 1; pg < hkv.num_pages; ++pg)
         for (void* st : {hkv.mean, hkv.std})
-          std::memcpy(static_cast<char*>(st) + pg * row * 2, st, row * 2);
+          std::memcpy(static_cast<char*>(st) + pg * row * 2,
+                      static_cast<char*>(st) + (m == "ties" ? 0 : pg % 3) * row * 2, row * 2);
+    if (m == "outlier")  // a std 1000x larger: a score far above all others
+      for (size_t d = 0; d < row; ++d) {
+        uint16_t& x = static_cast<uint16_t*>(hkv.std)[pa * row + d];
+        x = float_to_bf16_bits(1000.0f * (std::abs(bf16_bits_to_float(x)) + 0.1f));
+      }
+    if (m == "nonfinite") {
+      set_row(hkv.std, pa, INFINITY);  // score +inf
+      set_row(hkv.mean, pb, NAN);      // score NaN
+    }
     DevKV dkv(hkv);
     const int B = c.batch(), H = 1, D = 64, group = 4, Hq = group;
     Buf q = make_queries(c, group, DType::f32, 5, 0.3f);
     Dev dq(q.data(), q.bytes.size());
-    for (int budget : {16 * 64, 16 * 3000}) {
+    for (int budget : {16 * 64, 16 * 3000, 16 * 12000}) {
       AttentionConfig cfg;
       cfg.budget_tokens = budget;
       cfg.sink_pages = 2;
       cfg.recent_pages = 3;
-      SCOPED_TRACE(std::string(ties ? "ties" : "random") + " budget=" + std::to_string(budget));
+      SCOPED_TRACE(m + " budget=" + std::to_string(budget));
       const int max_pages = max_seq_pages(hkv), M = cfg.max_selected(max_pages);
       SelBuf ref_sel(B, H, M);
       ref::select_pages(cfg, q.view({B, Hq, D}), hkv, ref_sel.sel);
@@ -239,13 +267,73 @@ TEST(GpuSelect, LongSequencesAndExactTiesMatchReference) {
       std::vector<int32_t> gp(size_t(B) * H * M), gc(size_t(B) * H);
       dp.down(gp.data(), gp.size() * 4);
       dc.down(gc.data(), gc.size() * 4);
-      if (ties) {
+      if (m == "ties" || m == "ties3") {
         EXPECT_EQ(gp, ref_sel.pages);
         EXPECT_EQ(gc, ref_sel.counts);
       } else {
         expect_same_selection(ref_sel, gp, gc, ref_scores, max_pages, B, H, 1e-4f);
       }
     }
+  }
+  std::memcpy(hkv.mean, mean0.data(), bytes);
+  std::memcpy(hkv.std, std0.data(), bytes);
+}
+
+// The decode kernel resolves the page table a window of 128 list entries at a time; the
+// sweep's sequences fit one window. Here one chunk per (sequence, head) (UNIQUE_DECODE_CHUNKS,
+// read per launch) makes blocks walk several windows, dense and sparse, and writes the output
+// directly (no merge); three chunks cut windows mid-list.
+TEST(GpuDecode, LongListsCrossPageTableWindows) {
+  SKIP_WITHOUT_GPU();
+  for (int P : {16, 24}) {
+    CaseSpec spec;
+    spec.lens = {int64_t(P) * 300 + 5, int64_t(P) * 129, 7};
+    spec.num_kv_heads = 2;
+    spec.page_size = P;
+    spec.head_dim = 128;
+    spec.dtype = DType::bf16;
+    spec.stats_dtype = DType::bf16;
+    spec.max_chunk = 64 * P;
+    const uint64_t seed = case_seed(12, P);
+    CacheCase c = make_case(spec, seed);
+    const PagedKV hkv = c.kv();
+    DevKV dkv(hkv);
+    const int B = c.batch(), H = 2, D = 128, group = 4, Hq = H * group;
+    Buf q = make_queries(c, group, DType::bf16, seed, 0.3f);
+    Dev dq(q.data(), q.bytes.size());
+    const TensorView hq = q.view({B, Hq, D});
+    for (const char* chunks : {"1", "3"}) {
+      setenv("UNIQUE_DECODE_CHUNKS", chunks, 1);
+      for (bool sparse : {true, false}) {
+        SCOPED_TRACE(detail::concat("P=", P, " chunks=", chunks, sparse ? " sparse" : " dense"));
+        AttentionConfig cfg;
+        cfg.page_size = P;
+        cfg.budget_tokens = 200 * P;  // > one window of selected pages
+        const int max_pages = max_seq_pages(hkv), M = cfg.max_selected(max_pages);
+        SelBuf ref_sel(B, H, M);
+        ref::select_pages(cfg, hq, hkv, ref_sel.sel);
+        Dev dp(ref_sel.pages.data(), ref_sel.pages.size() * 4), dc(ref_sel.counts.data(), ref_sel.counts.size() * 4);
+        Selection dsel{dp.as<int32_t>(), dc.as<int32_t>(), B, H, M, Device::cuda};
+        Buf ref_out(DType::f32, size_t(B) * Hq * D);
+        std::vector<float> ref_lse(size_t(B) * Hq), got_lse(ref_lse.size());
+        ref::paged_decode(cfg, hq, hkv, sparse ? &ref_sel.sel : nullptr, ref_out.view({B, Hq, D}),
+                          make_view(ref_lse.data(), DType::f32, {B, Hq}));
+        Dev dout(size_t(B) * Hq * D * 4), dlse(size_t(B) * Hq * 4);
+        dout.poison();
+        dlse.poison();
+        paged_decode(cfg, dview(dq, DType::bf16, {B, Hq, D}), dkv.kv, sparse ? &dsel : nullptr,
+                     dview(dout, DType::f32, {B, Hq, D}), dview(dlse, DType::f32, {B, Hq}));
+        Buf got(DType::f32, size_t(B) * Hq * D);
+        dout.down(got.data(), got.bytes.size());
+        dlse.down(got_lse.data(), got_lse.size() * 4);
+        const float tol = tol_for(DType::bf16);
+        for (size_t i = 0; i < got.size(); ++i)
+          ASSERT_NEAR(got.get(i), ref_out.get(i), tol * (1 + std::abs(ref_out.get(i)))) << "out i=" << i;
+        for (size_t i = 0; i < got_lse.size(); ++i)
+          ASSERT_NEAR(got_lse[i], ref_lse[i], 1e-3f * (1 + std::abs(ref_lse[i]))) << "lse i=" << i;
+      }
+    }
+    unsetenv("UNIQUE_DECODE_CHUNKS");
   }
 }
 
