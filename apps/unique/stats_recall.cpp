@@ -8,7 +8,9 @@
 //              always-kept sink/recent pages excluded)
 //   same       fraction of (step, layer, KV head) rows whose selections are identical
 //   recall     attention mass (softmax of the exact logits, double) on the selected pages,
-//              for the bf16 and the fp8 selection
+//              for the bf16 and the fp8 selection; per (step, layer, query head) the
+//              difference fp8 - bf16: its extremes and the share of |difference| > 0.05
+//   bf16 vs fp32: the overlap of the bf16 selection with the fp32 statistics' one, for scale
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -41,9 +43,21 @@ struct Options {
 };
 
 struct Acc {
-  double overlap = 0, same = 0, rec16 = 0, rec8 = 0, min_delta = INFINITY;
-  int64_t rows = 0, head_rows = 0;
+  double overlap = 0, overlap32 = 0, same = 0, rec16 = 0, rec8 = 0, min_delta = INFINITY, max_delta = -INFINITY;
+  int64_t rows = 0, head_rows = 0, big = 0;
 };
+
+// |a & b| / |b| over the non-forced pages of b.
+double topk_overlap(const int32_t* a, int na, const int32_t* b, int nb, int sink, int n, int recent) {
+  int topk = 0, common = 0;
+  for (int i = 0; i < nb; ++i) {
+    const int j = b[i];
+    if (j < sink || j >= n - recent) continue;
+    ++topk;
+    common += std::find(a, a + na, j) != a + na;
+  }
+  return topk ? double(common) / topk : 1.0;
+}
 
 // Softmax mass of every logical page of sequence 0 for query head hq (double).
 std::vector<double> page_mass(const TensorView& q, const PagedKV& kv, int hq, int group) {
@@ -121,9 +135,9 @@ int run(const Options& o) {
           engine::Engine eng(*model, eo);
           const int seq = eng.add_sequence();
           eng.prefill(seq, std::vector<int>(s.prompt.begin(), s.prompt.end() - 1), nullptr);
-          SideStats s16, s8;
+          SideStats s16, s8, s32;
           eng.set_decode_observer([&](int, const TensorView& q, const PagedKV& kv, const TensorView&) {
-            const PagedKV k16 = s16.view(kv, DType::bf16), k8 = s8.view(kv, DType::e4m3);
+            const PagedKV k16 = s16.view(kv, DType::bf16), k8 = s8.view(kv, DType::e4m3), k32 = s32.view(kv, DType::f32);
             std::vector<std::vector<double>> mass(Hq);
             for (int h = 0; h < Hq; ++h) mass[h] = page_mass(q, kv, h, group);
             const int n = seq_pages(kv, 0);
@@ -136,22 +150,17 @@ int run(const Options& o) {
                 cfg.sink_pages = o.sink;
                 cfg.recent_pages = o.recent;
                 const int ms = std::max(1, cfg.max_selected(n));
-                std::vector<int32_t> p16(size_t(Hk) * ms), c16(Hk), p8(p16.size()), c8(Hk);
+                std::vector<int32_t> p16(size_t(Hk) * ms), c16(Hk), p8(p16.size()), c8(Hk), p32(p16.size()), c32(Hk);
                 select_pages(cfg, q, k16, Selection{p16.data(), c16.data(), 1, Hk, ms, Device::cpu});
                 select_pages(cfg, q, k8, Selection{p8.data(), c8.data(), 1, Hk, ms, Device::cpu});
+                select_pages(cfg, q, k32, Selection{p32.data(), c32.data(), 1, Hk, ms, Device::cpu});
                 Acc& a = acc[{P, int(ei), budget}];
                 const int recent = std::max(o.recent, 1);
                 for (int h = 0; h < Hk; ++h) {
                   const int32_t* a16 = p16.data() + size_t(h) * ms;
                   const int32_t* a8 = p8.data() + size_t(h) * ms;
-                  int topk = 0, common = 0;
-                  for (int i = 0; i < c16[h]; ++i) {
-                    const int j = a16[i];
-                    if (j < o.sink || j >= n - recent) continue;
-                    ++topk;
-                    common += std::find(a8, a8 + c8[h], j) != a8 + c8[h];
-                  }
-                  a.overlap += topk ? double(common) / topk : 1.0;
+                  a.overlap += topk_overlap(a8, c8[h], a16, c16[h], o.sink, n, recent);
+                  a.overlap32 += topk_overlap(a16, c16[h], p32.data() + size_t(h) * ms, c32[h], o.sink, n, recent);
                   a.same += std::equal(a16, a16 + c16[h], a8, a8 + c8[h]) && c16[h] == c8[h];
                   ++a.rows;
                   for (int i = 0; i < group; ++i) {
@@ -162,6 +171,8 @@ int run(const Options& o) {
                     a.rec16 += std::min(1.0, r16);
                     a.rec8 += std::min(1.0, r8);
                     a.min_delta = std::min(a.min_delta, r8 - r16);
+                    a.max_delta = std::max(a.max_delta, r8 - r16);
+                    a.big += std::fabs(r8 - r16) > 0.05;
                     ++a.head_rows;
                   }
                 }
@@ -180,14 +191,15 @@ int run(const Options& o) {
       " KV heads, head_dim ", D, "): passkey prompts of ", o.contexts.size(), " context(s) x ", o.depths.size(),
       " depth(s) x ", o.seeds.size(), " seed(s), ", steps_total / std::max<size_t>(1, o.page_sizes.size()),
       " teacher-forced decode steps per page size, every layer.\n\n"
-      "| page | estimator | budget | top-k overlap fp8 vs bf16 | identical rows | mass recall bf16 | mass recall fp8 | "
-      "worst fp8 - bf16 |\n|---|---|---|---|---|---|---|---|\n");
+      "| page | estimator | budget | top-k overlap fp8 vs bf16 | (bf16 vs fp32) | identical rows fp8/bf16 | "
+      "mass recall bf16 | mass recall fp8 | fp8 - bf16 min / max | share abs > 0.05 |\n"
+      "|---|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& [key, a] : acc) {
     const auto [P, ei, budget] = key;
     char line[256];
-    std::snprintf(line, sizeof line, "| %d | %s | %d | %.4f | %.3f | %.4f | %.4f | %+.4f |\n", P,
-                  to_string(ests[ei]), budget, a.overlap / a.rows, a.same / a.rows, a.rec16 / a.head_rows,
-                  a.rec8 / a.head_rows, a.min_delta);
+    std::snprintf(line, sizeof line, "| %d | %s | %d | %.4f | %.4f | %.3f | %.4f | %.4f | %+.3f / %+.3f | %.4f |\n", P,
+                  to_string(ests[ei]), budget, a.overlap / a.rows, a.overlap32 / a.rows, a.same / a.rows,
+                  a.rec16 / a.head_rows, a.rec8 / a.head_rows, a.min_delta, a.max_delta, double(a.big) / a.head_rows);
     md += line;
   }
   std::printf("%s", md.c_str());

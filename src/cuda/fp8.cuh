@@ -30,4 +30,18 @@ __device__ __forceinline__ void unpack16_e4m3(const uint4 u, float* x) {
   }
 }
 
+// 8 codes (an 8-byte load) -> x[0..8).
+__device__ __forceinline__ void unpack8_e4m3(const uint2 u, float* x) {
+  const uint32_t w[2] = {u.x, u.y};
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const float2 lo = e4m3x2_to_float2(static_cast<uint16_t>(w[i] & 0xffffu));
+    const float2 hi = e4m3x2_to_float2(static_cast<uint16_t>(w[i] >> 16));
+    x[4 * i] = lo.x;
+    x[4 * i + 1] = lo.y;
+    x[4 * i + 2] = hi.x;
+    x[4 * i + 3] = hi.y;
+  }
+}
+
 }  // namespace unique::cuda

@@ -10,6 +10,11 @@
 // (unique/channel: q.mu + alpha*|q|.sigma), so one shuffle reduction per head and page
 // remains; GQA max is taken in registers. The kernel triggers the select grid's launch at its
 // start (programmatic dependent launch).
+// fp8 (e4m3) statistics: the codes are summed as above and each page's pair scale
+// (PagedKV::stats_scale, a power of two) multiplies the head's sum once, after the lane
+// reduction. 8 codes per 8-byte load (LB = 8): a lane then holds as many query channels in
+// registers as with bf16 statistics (16 codes per 16-byte load need twice as many: with 4
+// heads in registers that kernel spills; UNIQUE_SEL_FP8_LOAD=16 selects it, benchmark knob).
 // select_kernel: one 1024-thread block per (sequence, KV head), launched as a programmatic
 // dependent of the score kernel (its blocks start as the last score blocks leave, read the
 // page table, then wait for the score grid with griddepcontrol.wait): GQA aggregations that
@@ -24,10 +29,12 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <type_traits>
 #include <cstdlib>
 
 #include "attention/cuda_backend.h"
 #include "cuda/common.cuh"
+#include "cuda/fp8.cuh"
 #include "cuda/kernels.h"
 #include "unique/detail/hash.h"
 
@@ -45,6 +52,8 @@ enum class Form : int { mean, channel, norm, quest };
 struct ScoreParams {
   const void* sa;  // mean or kmin
   const void* sb;  // std or kmax
+  const float* sscale;  // fp8 statistics: [pages, Hk, 2] pair scales (else null)
+  int sw;               // the pair of sa/sb: 0 mean/std, 1 kmin/kmax
   const void* k;   // oracle
   const int32_t* indptr;
   const int32_t* indices;
@@ -445,9 +454,12 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
   if (tid == 0) p.sel_counts[b * p.Hk + hk] = count;
 }
 
-template <class S, int D, Form F, int G, int MINB>
+template <class S, int D, Form F, int G, int MINB, int LB>
 __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams p) {
-  constexpr int SV = Vec<S>::n;
+  constexpr bool kFp8 = std::is_same_v<S, e4m3>;
+  constexpr int SV = LB / int(sizeof(S));  // statistics per lane load of LB bytes (16; fp8: 8)
+  static_assert(LB == 16 || (kFp8 && LB == 8));
+  using LoadT = std::conditional_t<LB == 16, uint4, uint2>;
   constexpr int LPP = (D / SV) < 32 ? (D / SV) : 32;  // lanes per page
   constexpr int NV = D / (SV * LPP);
   constexpr int PPW = 32 / LPP;  // pages per warp step
@@ -527,16 +539,19 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
       const int jn = jj[u] + NW * PPW * U;
       id_next[u] = jn < end ? p.indices[seq0 + jn] : -1;
     }
-    uint4 ra[U][NV], rb[U][NV];
+    LoadT ra[U][NV], rb[U][NV];
+    float sc[U];  // fp8: the page's pair scale
 #pragma unroll
-    for (int u = 0; u < U; ++u)
+    for (int u = 0; u < U; ++u) {
 #pragma unroll
       for (int nv = 0; nv < NV; ++nv) {
         const int64_t e = off[u] + (nv * LPP + sub) * SV;
-        ra[u][nv] = off[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(A + e)) : make_uint4(0, 0, 0, 0);
+        ra[u][nv] = off[u] >= 0 ? __ldg(reinterpret_cast<const LoadT*>(A + e)) : LoadT{};
         if constexpr (F != Form::mean)
-          rb[u][nv] = off[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(B + e)) : make_uint4(0, 0, 0, 0);
+          rb[u][nv] = off[u] >= 0 ? __ldg(reinterpret_cast<const LoadT*>(B + e)) : LoadT{};
       }
+      if constexpr (kFp8) sc[u] = off[u] >= 0 ? __ldg(p.sscale + off[u] / D * 2 + p.sw) : 1.0f;
+    }
     // The next iteration's rows into L2 (no registers held): twice the bytes in flight.
     if (p.prefetch) {
 #pragma unroll
@@ -557,8 +572,16 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
       float a[NV * SV], bb[NV * SV];
 #pragma unroll
       for (int nv = 0; nv < NV; ++nv) {
-        unpack16<S>(ra[u][nv], a + nv * SV);
-        if constexpr (F != Form::mean) unpack16<S>(rb[u][nv], bb + nv * SV);
+        if constexpr (kFp8 && SV == 16) {
+          unpack16_e4m3(ra[u][nv], a + nv * SV);
+          if constexpr (F != Form::mean) unpack16_e4m3(rb[u][nv], bb + nv * SV);
+        } else if constexpr (kFp8) {
+          unpack8_e4m3(ra[u][nv], a + nv * SV);
+          if constexpr (F != Form::mean) unpack8_e4m3(rb[u][nv], bb + nv * SV);
+        } else {
+          unpack16<S>(ra[u][nv], a + nv * SV);
+          if constexpr (F != Form::mean) unpack16<S>(rb[u][nv], bb + nv * SV);
+        }
       }
       float bsq = 0.0f;
       if constexpr (F == Form::norm) {
@@ -585,6 +608,7 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
 #pragma unroll
         for (int o = LPP / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
         if constexpr (F == Form::norm) s += p.alpha * qn_s[g] * sqrtf(bsq);
+        if constexpr (kFp8) s *= sc[u];  // a power of two > 0: exact, order-preserving in max
         best = fmaxf(best, s);
         if (p.raw_mode && valid && sub == 0) p.raw[(int64_t(b) * p.Hq + h0 + g) * p.max_pages + jj[u]] = s;
       }
@@ -674,6 +698,8 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
   const bool unique_est = cfg.estimator == Estimator::unique;
   p.sa = cfg.estimator == Estimator::quest ? kv.kmin : kv.mean;
   p.sb = cfg.estimator == Estimator::quest ? kv.kmax : kv.std;
+  p.sscale = kv.stats_dtype == DType::e4m3 ? kv.stats_scale : nullptr;
+  p.sw = cfg.estimator == Estimator::quest ? 1 : 0;
   p.k = kv.k;
   p.indptr = kv.page_indptr;
   p.indices = kv.page_indices;
@@ -743,21 +769,31 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
     Form f = Form::mean;
     if (cfg.estimator == Estimator::quest) f = Form::quest;
     else if (unique_est) f = cfg.offset == OffsetForm::norm ? Form::norm : Form::channel;
-    dispatch_dtype(kv.stats_dtype, [&](auto t) {
+    dispatch_stats_dtype(kv.stats_dtype, [&](auto t) {
       using S = decltype(t);
       auto go = [&](auto dtag) {
         constexpr int DD = decltype(dtag)::value;
-        auto launch = [&](auto gtag, auto mtag) {
-          constexpr int GG = decltype(gtag)::value, MB = decltype(mtag)::value;
+        auto launch = [&](auto gtag, auto mtag, auto ltag) {
+          constexpr int GG = decltype(gtag)::value, MB = decltype(mtag)::value, L = decltype(ltag)::value;
           switch (f) {
-            case Form::quest: score_kernel<S, DD, Form::quest, GG, MB><<<grid, kThreads, 0, stream>>>(p); break;
-            case Form::norm: score_kernel<S, DD, Form::norm, GG, MB><<<grid, kThreads, 0, stream>>>(p); break;
-            case Form::channel: score_kernel<S, DD, Form::channel, GG, MB><<<grid, kThreads, 0, stream>>>(p); break;
-            default: score_kernel<S, DD, Form::mean, GG, MB><<<grid, kThreads, 0, stream>>>(p); break;
+            case Form::quest: score_kernel<S, DD, Form::quest, GG, MB, L><<<grid, kThreads, 0, stream>>>(p); break;
+            case Form::norm: score_kernel<S, DD, Form::norm, GG, MB, L><<<grid, kThreads, 0, stream>>>(p); break;
+            case Form::channel: score_kernel<S, DD, Form::channel, GG, MB, L><<<grid, kThreads, 0, stream>>>(p); break;
+            default: score_kernel<S, DD, Form::mean, GG, MB, L><<<grid, kThreads, 0, stream>>>(p); break;
           }
         };
-        if (g4) launch(std::integral_constant<int, 4>{}, std::integral_constant<int, 2>{});
-        else launch(std::integral_constant<int, 8>{}, std::integral_constant<int, 2>{});
+        using I2 = std::integral_constant<int, 2>;
+        using I16 = std::integral_constant<int, 16>;
+        if constexpr (std::is_same_v<S, e4m3>) {
+          using I8 = std::integral_constant<int, 8>;
+          static const int k_fp8_load = env_knob("UNIQUE_SEL_FP8_LOAD", 8);  // benchmark knob
+          if (g4 && k_fp8_load == 16) launch(std::integral_constant<int, 4>{}, I2{}, I16{});
+          else if (g4) launch(std::integral_constant<int, 4>{}, I2{}, I8{});
+          else launch(std::integral_constant<int, 8>{}, I2{}, I8{});
+        } else {
+          if (g4) launch(std::integral_constant<int, 4>{}, I2{}, I16{});
+          else launch(std::integral_constant<int, 8>{}, I2{}, I16{});
+        }
       };
       switch (D) {
         case 64: go(std::integral_constant<int, 64>{}); break;
