@@ -11,6 +11,8 @@
 //              for the bf16 and the fp8 selection; per (step, layer, query head) the
 //              difference fp8 - bf16: its extremes and the share of |difference| > 0.05
 //   bf16 vs fp32: the overlap of the bf16 selection with the fp32 statistics' one, for scale
+// --synthetic CONTEXT: the same on include/unique/synthetic.h's workload instead (batch 4,
+// 32 query / 8 KV heads, head_dim 128, its queries and planted needle pages), one step.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -26,6 +28,7 @@
 #include "unique/eval/tasks.h"
 #include "unique/page_stats.h"
 #include "unique/selection.h"
+#include "unique/synthetic.h"
 
 namespace unique::cli {
 
@@ -40,6 +43,7 @@ struct Options {
   std::vector<int> budgets = {256, 512, 1024, 2048};
   std::vector<std::string> estimators = {"unique", "quest"};
   int sink = 1, recent = 1;
+  int64_t synthetic = 0;  // > 0: the synthetic workload of this context instead of the model
 };
 
 struct Acc {
@@ -60,15 +64,16 @@ double topk_overlap(const int32_t* a, int na, const int32_t* b, int nb, int sink
 }
 
 // Softmax mass of every logical page of sequence 0 for query head hq (double).
-std::vector<double> page_mass(const TensorView& q, const PagedKV& kv, int hq, int group) {
-  const int D = kv.head_dim, h = hq / group, n = seq_pages(kv, 0);
+std::vector<double> page_mass(const TensorView& q, const PagedKV& kv, int hq, int group, int b = 0) {
+  const int D = kv.head_dim, h = hq / group, n = seq_pages(kv, b);
   const double scale = 1.0 / std::sqrt(double(D));
   std::vector<double> qd(D), logits;
   std::vector<int> page_of;
-  for (int d = 0; d < D; ++d) qd[d] = load_as_float(q.data, q.dtype, hq * q.stride[1] + d * q.stride[2]);
+  for (int d = 0; d < D; ++d)
+    qd[d] = load_as_float(q.data, q.dtype, b * q.stride[0] + hq * q.stride[1] + d * q.stride[2]);
   for (int j = 0; j < n; ++j) {
-    const int page = kv.page_indices[kv.page_indptr[0] + j];
-    const int tokens = j == n - 1 ? kv.last_page_len[0] : kv.page_size;
+    const int page = kv.page_indices[kv.page_indptr[b] + j];
+    const int tokens = j == n - 1 ? kv.last_page_len[b] : kv.page_size;
     for (int t = 0; t < tokens; ++t) {
       double s = 0;
       for (int d = 0; d < D; ++d) s += qd[d] * load_as_float(kv.k, kv.dtype, kv.kv_offset(page, h) + int64_t(t) * D + d);
@@ -104,15 +109,121 @@ struct SideStats {
   }
 };
 
+// Selections from bf16, fp8 and fp32 statistics of kv's keys for every estimator x budget,
+// accumulated into acc[(page size, estimator, budget)].
+void compare(const Options& o, const std::vector<Estimator>& ests, const TensorView& q, const PagedKV& kv, int group,
+             std::map<std::tuple<int, int, int>, Acc>& acc) {
+  const int Hk = kv.num_kv_heads, Hq = Hk * group, P = kv.page_size;
+  SideStats s16, s8, s32;
+  const PagedKV k16 = s16.view(kv, DType::bf16), k8 = s8.view(kv, DType::e4m3), k32 = s32.view(kv, DType::f32);
+  for (int b = 0; b < kv.batch; ++b) {
+    std::vector<std::vector<double>> mass(Hq);
+    for (int h = 0; h < Hq; ++h) mass[h] = page_mass(q, kv, h, group, b);
+    const int n = seq_pages(kv, b);
+    for (size_t ei = 0; ei < ests.size(); ++ei)
+      for (int budget : o.budgets) {
+        AttentionConfig cfg;
+        cfg.page_size = P;
+        cfg.budget_tokens = budget;
+        cfg.estimator = ests[ei];
+        cfg.sink_pages = o.sink;
+        cfg.recent_pages = o.recent;
+        const int ms = std::max(1, cfg.max_selected(max_seq_pages(kv)));
+        const int B = kv.batch;
+        std::vector<int32_t> p16(size_t(B) * Hk * ms), c16(size_t(B) * Hk), p8(p16.size()), c8(c16.size()),
+            p32(p16.size()), c32(c16.size());
+        select_pages(cfg, q, k16, Selection{p16.data(), c16.data(), B, Hk, ms, Device::cpu});
+        select_pages(cfg, q, k8, Selection{p8.data(), c8.data(), B, Hk, ms, Device::cpu});
+        select_pages(cfg, q, k32, Selection{p32.data(), c32.data(), B, Hk, ms, Device::cpu});
+        Acc& a = acc[{P, int(ei), budget}];
+        const int recent = std::max(o.recent, 1);
+        for (int h = 0; h < Hk; ++h) {
+          const size_t r = size_t(b) * Hk + h;
+          const int32_t* a16 = p16.data() + r * ms;
+          const int32_t* a8 = p8.data() + r * ms;
+          a.overlap += topk_overlap(a8, c8[r], a16, c16[r], o.sink, n, recent);
+          a.overlap32 += topk_overlap(a16, c16[r], p32.data() + r * ms, c32[r], o.sink, n, recent);
+          a.same += std::equal(a16, a16 + c16[r], a8, a8 + c8[r]) && c16[r] == c8[r];
+          ++a.rows;
+          for (int i = 0; i < group; ++i) {
+            const std::vector<double>& m = mass[h * group + i];
+            double r16 = 0, r8 = 0;
+            for (int c = 0; c < c16[r]; ++c) r16 += m[a16[c]];
+            for (int c = 0; c < c8[r]; ++c) r8 += m[a8[c]];
+            a.rec16 += std::min(1.0, r16);
+            a.rec8 += std::min(1.0, r8);
+            a.min_delta = std::min(a.min_delta, r8 - r16);
+            a.max_delta = std::max(a.max_delta, r8 - r16);
+            a.big += std::fabs(r8 - r16) > 0.05;
+            ++a.head_rows;
+          }
+        }
+      }
+  }
+}
+
+std::string table(const std::string& title, const std::vector<Estimator>& ests,
+                  const std::map<std::tuple<int, int, int>, Acc>& acc) {
+  std::string md = title +
+      "| page | estimator | budget | top-k overlap fp8 vs bf16 | (bf16 vs fp32) | identical rows fp8/bf16 | "
+      "mass recall bf16 | mass recall fp8 | fp8 - bf16 min / max | share abs > 0.05 |\n"
+      "|---|---|---|---|---|---|---|---|---|---|\n";
+  for (const auto& [key, a] : acc) {
+    const auto [P, ei, budget] = key;
+    char line[256];
+    std::snprintf(line, sizeof line, "| %d | %s | %d | %.4f | %.4f | %.3f | %.4f | %.4f | %+.3f / %+.3f | %.4f |\n", P,
+                  to_string(ests[ei]), budget, a.overlap / a.rows, a.overlap32 / a.rows, a.same / a.rows,
+                  a.rec16 / a.head_rows, a.rec8 / a.head_rows, a.min_delta, a.max_delta, double(a.big) / a.head_rows);
+    md += line;
+  }
+  return md;
+}
+
+void emit(const Options& o, const std::string& md) {
+  std::printf("%s", md.c_str());
+  if (!o.markdown.empty()) {
+    std::FILE* f = std::fopen(o.markdown.c_str(), "a");
+    UNIQUE_CHECK_ARG(f != nullptr, "--markdown", "a writable file", o.markdown);
+    std::fprintf(f, "%s\n", md.c_str());
+    std::fclose(f);
+  }
+}
+
+int run_synthetic(const Options& o, const std::vector<Estimator>& ests) {
+  std::map<std::tuple<int, int, int>, Acc> acc;
+  int nseeds = 0;
+  for (uint64_t seed : o.seeds)
+    for (int P : o.page_sizes) {
+      SyntheticSpec sp;
+      sp.batch = 4;
+      sp.context = o.synthetic;
+      sp.page_size = P;
+      sp.dtype = DType::bf16;
+      sp.stats_dtype = DType::bf16;
+      sp.seed = seed;
+      const SyntheticWorkload w = make_synthetic_workload(sp);
+      compare(o, ests, w.q_view(sp), w.kv(), sp.num_qo_heads / sp.num_kv_heads, acc);
+      std::fprintf(stderr, "[stats-recall synthetic ctx %lld seed %llu page %d]\n", static_cast<long long>(sp.context),
+                   static_cast<unsigned long long>(seed), P);
+      nseeds += P == o.page_sizes[0];
+    }
+  emit(o, table(unique::detail::concat("fp8 vs bf16 page statistics on the synthetic workload (include/unique/synthetic.h): "
+                                       "batch 4 x ", o.synthetic, " tokens, 32 query / 8 KV heads, head_dim 128, bf16 keys, ",
+                                       nseeds, " seed(s), one decode query per sequence.\n\n"),
+                ests, acc));
+  return 0;
+}
+
 int run(const Options& o) {
+  std::vector<Estimator> ests;
+  for (const std::string& e : o.estimators) ests.push_back(parse_estimator(e));
+  if (o.synthetic > 0) return run_synthetic(o, ests);
   const std::string dir = o.model.empty() ? demo_model_dir("stats-recall") : o.model;
   auto model = engine::Model::load(dir);
   const engine::ModelConfig& mc = model->config();
   const engine::Tokenizer tok = engine::Tokenizer::from_file(dir + "/tokenizer.json");
   const eval::Haystack hay(eval::load_haystack_text(o.haystack), tok);
   const int Hq = mc.num_heads, Hk = mc.num_kv_heads, D = mc.head_dim, group = Hq / Hk;
-  std::vector<Estimator> ests;
-  for (const std::string& e : o.estimators) ests.push_back(parse_estimator(e));
   std::map<std::tuple<int, int, int>, Acc> acc;  // (page, estimator index, budget)
   int64_t steps_total = 0;
   for (int64_t ctx : o.contexts)
@@ -135,48 +246,8 @@ int run(const Options& o) {
           engine::Engine eng(*model, eo);
           const int seq = eng.add_sequence();
           eng.prefill(seq, std::vector<int>(s.prompt.begin(), s.prompt.end() - 1), nullptr);
-          SideStats s16, s8, s32;
           eng.set_decode_observer([&](int, const TensorView& q, const PagedKV& kv, const TensorView&) {
-            const PagedKV k16 = s16.view(kv, DType::bf16), k8 = s8.view(kv, DType::e4m3), k32 = s32.view(kv, DType::f32);
-            std::vector<std::vector<double>> mass(Hq);
-            for (int h = 0; h < Hq; ++h) mass[h] = page_mass(q, kv, h, group);
-            const int n = seq_pages(kv, 0);
-            for (size_t ei = 0; ei < ests.size(); ++ei)
-              for (int budget : o.budgets) {
-                AttentionConfig cfg;
-                cfg.page_size = P;
-                cfg.budget_tokens = budget;
-                cfg.estimator = ests[ei];
-                cfg.sink_pages = o.sink;
-                cfg.recent_pages = o.recent;
-                const int ms = std::max(1, cfg.max_selected(n));
-                std::vector<int32_t> p16(size_t(Hk) * ms), c16(Hk), p8(p16.size()), c8(Hk), p32(p16.size()), c32(Hk);
-                select_pages(cfg, q, k16, Selection{p16.data(), c16.data(), 1, Hk, ms, Device::cpu});
-                select_pages(cfg, q, k8, Selection{p8.data(), c8.data(), 1, Hk, ms, Device::cpu});
-                select_pages(cfg, q, k32, Selection{p32.data(), c32.data(), 1, Hk, ms, Device::cpu});
-                Acc& a = acc[{P, int(ei), budget}];
-                const int recent = std::max(o.recent, 1);
-                for (int h = 0; h < Hk; ++h) {
-                  const int32_t* a16 = p16.data() + size_t(h) * ms;
-                  const int32_t* a8 = p8.data() + size_t(h) * ms;
-                  a.overlap += topk_overlap(a8, c8[h], a16, c16[h], o.sink, n, recent);
-                  a.overlap32 += topk_overlap(a16, c16[h], p32.data() + size_t(h) * ms, c32[h], o.sink, n, recent);
-                  a.same += std::equal(a16, a16 + c16[h], a8, a8 + c8[h]) && c16[h] == c8[h];
-                  ++a.rows;
-                  for (int i = 0; i < group; ++i) {
-                    const std::vector<double>& m = mass[h * group + i];
-                    double r16 = 0, r8 = 0;
-                    for (int c = 0; c < c16[h]; ++c) r16 += m[a16[c]];
-                    for (int c = 0; c < c8[h]; ++c) r8 += m[a8[c]];
-                    a.rec16 += std::min(1.0, r16);
-                    a.rec8 += std::min(1.0, r8);
-                    a.min_delta = std::min(a.min_delta, r8 - r16);
-                    a.max_delta = std::max(a.max_delta, r8 - r16);
-                    a.big += std::fabs(r8 - r16) > 0.05;
-                    ++a.head_rows;
-                  }
-                }
-              }
+            compare(o, ests, q, kv, group, acc);
           });
           std::vector<float> logits(mc.vocab_size);
           for (int t : steps) eng.decode({seq}, {t}, logits.data());
@@ -186,29 +257,13 @@ int run(const Options& o) {
                        mc.num_layers);
         }
       }
-  std::string md = unique::detail::concat(
-      "fp8 vs bf16 page statistics on ", dir, " (", mc.num_layers, " layers, ", Hq, " query / ", Hk,
-      " KV heads, head_dim ", D, "): passkey prompts of ", o.contexts.size(), " context(s) x ", o.depths.size(),
-      " depth(s) x ", o.seeds.size(), " seed(s), ", steps_total / std::max<size_t>(1, o.page_sizes.size()),
-      " teacher-forced decode steps per page size, every layer.\n\n"
-      "| page | estimator | budget | top-k overlap fp8 vs bf16 | (bf16 vs fp32) | identical rows fp8/bf16 | "
-      "mass recall bf16 | mass recall fp8 | fp8 - bf16 min / max | share abs > 0.05 |\n"
-      "|---|---|---|---|---|---|---|---|---|---|\n");
-  for (const auto& [key, a] : acc) {
-    const auto [P, ei, budget] = key;
-    char line[256];
-    std::snprintf(line, sizeof line, "| %d | %s | %d | %.4f | %.4f | %.3f | %.4f | %.4f | %+.3f / %+.3f | %.4f |\n", P,
-                  to_string(ests[ei]), budget, a.overlap / a.rows, a.overlap32 / a.rows, a.same / a.rows,
-                  a.rec16 / a.head_rows, a.rec8 / a.head_rows, a.min_delta, a.max_delta, double(a.big) / a.head_rows);
-    md += line;
-  }
-  std::printf("%s", md.c_str());
-  if (!o.markdown.empty()) {
-    std::FILE* f = std::fopen(o.markdown.c_str(), "a");
-    UNIQUE_CHECK_ARG(f != nullptr, "--markdown", "a writable file", o.markdown);
-    std::fprintf(f, "%s\n", md.c_str());
-    std::fclose(f);
-  }
+  emit(o, table(unique::detail::concat(
+                    "fp8 vs bf16 page statistics on ", dir, " (", mc.num_layers, " layers, ", Hq, " query / ", Hk,
+                    " KV heads, head_dim ", D, ", bf16 keys): passkey prompts of ", o.contexts.size(),
+                    " context(s) x ", o.depths.size(), " depth(s) x ", o.seeds.size(), " seed(s), ",
+                    steps_total / std::max<size_t>(1, o.page_sizes.size()),
+                    " teacher-forced decode steps per page size, every layer.\n\n"),
+                ests, acc));
   return 0;
 }
 
@@ -227,6 +282,8 @@ Runner add_stats_recall(CLI::App& app) {
   app.add_option("--recent", o->recent, "Last pages always attended")->capture_default_str();
   app.add_option("--haystack", o->haystack, "kjv or a text file")->capture_default_str();
   app.add_option("--markdown", o->markdown, "Append the table to this markdown file");
+  app.add_option("--synthetic", o->synthetic,
+                 "Context of the synthetic workload (include/unique/synthetic.h) to use instead of the model");
   return [o] { return run(*o); };
 }
 
