@@ -17,7 +17,8 @@ struct KVCacheOptions {
   int page_size = 16;
   int head_dim = 128;
   DType dtype = DType::bf16;
-  DType stats_dtype = DType::f32;  // page statistics storage (bf16: half the selection bytes)
+  DType stats_dtype = DType::f32;  // page statistics storage (bf16: half the selection bytes;
+                                   // fp8 (e4m3): a quarter, plus an fp32 scale per page, head, pair)
   Device device = Device::cpu;
   bool keep_unique_stats = true;  // mean/std
   bool keep_quest_stats = true;   // min/max

@@ -454,7 +454,7 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
   if (tid == 0) p.sel_counts[b * p.Hk + hk] = count;
 }
 
-template <class S, int D, Form F, int G, int MINB, int LB, int U>
+template <class S, int D, Form F, int G, int MINB, int LB>
 __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams p) {
   constexpr bool kFp8 = std::is_same_v<S, e4m3>;
   constexpr int SV = LB / int(sizeof(S));  // statistics per lane load of LB bytes (16; fp8: 8)
@@ -463,8 +463,7 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
   constexpr int LPP = (D / SV) < 32 ? (D / SV) : 32;  // lanes per page
   constexpr int NV = D / (SV * LPP);
   constexpr int PPW = 32 / LPP;  // pages per warp step
-  // U: warp steps in flight (4; fp8 with 4 heads: 8 with UNIQUE_SEL_FP8_U=8, as many bytes
-  // in flight per warp as bf16's 4 steps)
+  constexpr int U = 4;           // warp steps in flight (fp8: 8 measured no faster)
   constexpr int NW = kThreads / 32;
   __shared__ __align__(16) float q_s[kHeads][D];
   __shared__ float qn_s[kHeads];
@@ -774,16 +773,13 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
       using S = decltype(t);
       auto go = [&](auto dtag) {
         constexpr int DD = decltype(dtag)::value;
-        auto launch = [&](auto gtag, auto mtag, auto ltag, auto utag) {
+        auto launch = [&](auto gtag, auto mtag, auto ltag) {
           constexpr int GG = decltype(gtag)::value, MB = decltype(mtag)::value, L = decltype(ltag)::value;
-          constexpr int UU = decltype(utag)::value;
           switch (f) {
-            case Form::quest: score_kernel<S, DD, Form::quest, GG, MB, L, UU><<<grid, kThreads, 0, stream>>>(p); break;
-            case Form::norm: score_kernel<S, DD, Form::norm, GG, MB, L, UU><<<grid, kThreads, 0, stream>>>(p); break;
-            case Form::channel:
-              score_kernel<S, DD, Form::channel, GG, MB, L, UU><<<grid, kThreads, 0, stream>>>(p);
-              break;
-            default: score_kernel<S, DD, Form::mean, GG, MB, L, UU><<<grid, kThreads, 0, stream>>>(p); break;
+            case Form::quest: score_kernel<S, DD, Form::quest, GG, MB, L><<<grid, kThreads, 0, stream>>>(p); break;
+            case Form::norm: score_kernel<S, DD, Form::norm, GG, MB, L><<<grid, kThreads, 0, stream>>>(p); break;
+            case Form::channel: score_kernel<S, DD, Form::channel, GG, MB, L><<<grid, kThreads, 0, stream>>>(p); break;
+            default: score_kernel<S, DD, Form::mean, GG, MB, L><<<grid, kThreads, 0, stream>>>(p); break;
           }
         };
         using I2 = std::integral_constant<int, 2>;
@@ -792,14 +788,12 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
         using I16 = std::integral_constant<int, 16>;
         if constexpr (std::is_same_v<S, e4m3>) {
           static const int k_fp8_load = env_knob("UNIQUE_SEL_FP8_LOAD", 8);  // benchmark knob
-          static const int k_fp8_u = env_knob("UNIQUE_SEL_FP8_U", 4);         // benchmark knob
-          if (g4 && k_fp8_load == 16) launch(I4{}, I2{}, I16{}, I4{});
-          else if (g4 && k_fp8_u == 8) launch(I4{}, I2{}, I8{}, I8{});
-          else if (g4) launch(I4{}, I2{}, I8{}, I4{});
-          else launch(I8{}, I2{}, I8{}, I4{});
+          if (g4 && k_fp8_load == 16) launch(I4{}, I2{}, I16{});
+          else if (g4) launch(I4{}, I2{}, I8{});
+          else launch(I8{}, I2{}, I8{});
         } else {
-          if (g4) launch(I4{}, I2{}, I16{}, I4{});
-          else launch(I8{}, I2{}, I16{}, I4{});
+          if (g4) launch(I4{}, I2{}, I16{});
+          else launch(I8{}, I2{}, I16{});
         }
       };
       switch (D) {
