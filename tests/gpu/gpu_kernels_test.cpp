@@ -59,6 +59,7 @@ void expect_same_selection(const SelBuf& ref, const std::vector<int32_t>& pages,
 struct SweepParam {
   int P, D, group;
   DType dtype;
+  int Hk = 2;  // KV heads
 };
 
 std::vector<SweepParam> sweep() {
@@ -73,6 +74,9 @@ std::vector<SweepParam> sweep() {
   v.push_back({16, 64, 16, DType::f16});    // group above 8
   v.push_back({24, 64, 2, DType::f16});     // page size not a power of two; decode tiles span pages
   v.push_back({7, 128, 4, DType::bf16});    // page size below the decode tile
+  v.push_back({16, 128, 4, DType::bf16, 8});  // the benchmark shape: 8 KV heads, group 4
+  v.push_back({32, 64, 8, DType::f16, 4});    // 4 KV heads, group 8
+  v.push_back({16, 128, 1, DType::bf16, 16}); // 16 KV heads, MHA
   return v;
 }
 
@@ -82,7 +86,7 @@ class GpuSweep : public ::testing::TestWithParam<SweepParam> {};
 CaseSpec spec_for(const SweepParam& p, DType stats) {
   CaseSpec s;
   s.lens = {int64_t(p.P) * 37 + 5, 1, int64_t(p.P) * 3, int64_t(p.P) * 20 + p.P - 1};
-  s.num_kv_heads = 2;
+  s.num_kv_heads = p.Hk;
   s.page_size = p.P;
   s.head_dim = p.D;
   s.dtype = p.dtype;
@@ -96,8 +100,8 @@ TEST_P(GpuSweep, ScoresSelectionDecodeMatchReference) {
   SKIP_WITHOUT_GPU();
   const SweepParam prm = GetParam();
   int case_i = 0;
-  for (DType stats : {DType::f32, DType::bf16, DType::e4m3}) {
-    const uint64_t seed = case_seed(4, prm.P * 1000 + prm.D * 10 + prm.group + 7 * case_i++);
+  for (DType stats : {DType::f32, DType::bf16, DType::f16, DType::e4m3}) {
+    const uint64_t seed = case_seed(4, prm.P * 1000 + prm.D * 10 + prm.group + 7 * case_i++ + 100000 * prm.Hk);
     const CaseSpec spec = spec_for(prm, stats);
     CacheCase c = make_case(spec, seed);
     const PagedKV hkv = c.kv();
@@ -195,7 +199,8 @@ TEST_P(GpuSweep, ScoresSelectionDecodeMatchReference) {
 }
 
 std::string param_name(const ::testing::TestParamInfo<SweepParam>& i) {
-  return detail::concat("P", i.param.P, "_D", i.param.D, "_g", i.param.group, "_", to_string(i.param.dtype));
+  return detail::concat("P", i.param.P, "_D", i.param.D, "_g", i.param.group, "_", to_string(i.param.dtype),
+                        i.param.Hk == 2 ? std::string() : detail::concat("_H", i.param.Hk));
 }
 INSTANTIATE_TEST_SUITE_P(Sweep, GpuSweep, ::testing::ValuesIn(sweep()), param_name);
 
@@ -208,9 +213,13 @@ INSTANTIATE_TEST_SUITE_P(Sweep, GpuSweep, ::testing::ValuesIn(sweep()), param_na
 // non-finite range: the bitwise fallback; NaN ranks as -inf).
 TEST(GpuSelect, LongSequencesAndExactTiesMatchReference) {
   SKIP_WITHOUT_GPU();
+  // One KV head, then 8 (the benchmark's head count: blocks per head, shorter sequences).
+  for (int H : {1, 8}) {
+  SCOPED_TRACE(detail::concat("num_kv_heads=", H));
   CaseSpec spec;
-  spec.lens = {int64_t(16) * 20000 + 7, 16 * 2500, 300, int64_t(16) * 9000 + 3};
-  spec.num_kv_heads = 1;
+  spec.lens = H == 1 ? std::vector<int64_t>{int64_t(16) * 20000 + 7, 16 * 2500, 300, int64_t(16) * 9000 + 3}
+                     : std::vector<int64_t>{int64_t(16) * 5000 + 7, 300};
+  spec.num_kv_heads = H;
   spec.page_size = 16;
   spec.head_dim = 64;
   spec.dtype = DType::bf16;
@@ -245,7 +254,7 @@ TEST(GpuSelect, LongSequencesAndExactTiesMatchReference) {
       set_row(hkv.mean, pb, NAN);      // score NaN
     }
     DevKV dkv(hkv);
-    const int B = c.batch(), H = 1, D = 64, group = 4, Hq = group;
+    const int B = c.batch(), D = 64, group = 4, Hq = H * group;
     Buf q = make_queries(c, group, DType::f32, 5, 0.3f);
     Dev dq(q.data(), q.bytes.size());
     for (int budget : {16 * 64, 16 * 3000, 16 * 12000}) {
@@ -277,6 +286,7 @@ TEST(GpuSelect, LongSequencesAndExactTiesMatchReference) {
   }
   std::memcpy(hkv.mean, mean0.data(), bytes);
   std::memcpy(hkv.std, std0.data(), bytes);
+  }
 }
 
 // The decode kernel resolves the page table a window of 128 list entries at a time; the
