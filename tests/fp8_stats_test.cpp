@@ -354,8 +354,12 @@ TEST(Fp8Stats, AppendKvOnCallerCacheEqualsRecompute) {
     for (int j = 0; j < indptr[1]; ++j)
       for (int h = 0; h < H; ++h) {
         const int64_t o = kv.scale_offset(pages[j], h);
-        if (keep == 2) EXPECT_EQ(scale[o], -1.0f);
-        if (keep == 1) EXPECT_EQ(scale[o + 1], -1.0f);
+        if (keep == 2) {
+          EXPECT_EQ(scale[o], -1.0f);
+        }
+        if (keep == 1) {
+          EXPECT_EQ(scale[o + 1], -1.0f);
+        }
       }
     // Pages outside the table: untouched.
     for (int p : {1, 2, 23}) EXPECT_EQ(st[0][size_t(p) * H * D], 0xee);
@@ -457,8 +461,9 @@ TEST(Fp8Stats, NeedleSelectedAndSelectionCloseToBf16) {
         for (int h = 0; h < H; ++h) {
           const std::vector<int> a = s8.chosen(b, h), w = s16.chosen(b, h);
           const int needle = c.needles[b * H + h];
-          if (needle >= 0)
+          if (needle >= 0) {
             EXPECT_NE(std::find(a.begin(), a.end(), needle), a.end()) << to_string(e) << " b" << b << " h" << h;
+          }
           for (int j : a) same += std::find(w.begin(), w.end(), j) != w.end();
           total += static_cast<int>(a.size());
         }

@@ -26,6 +26,7 @@
 #include "unique/error.h"
 #include "unique/eval/haystack.h"
 #include "unique/eval/tasks.h"
+#include "unique/metrics.h"
 #include "unique/page_stats.h"
 #include "unique/selection.h"
 #include "unique/synthetic.h"
@@ -63,31 +64,6 @@ double topk_overlap(const int32_t* a, int na, const int32_t* b, int nb, int sink
   return topk ? double(common) / topk : 1.0;
 }
 
-// Softmax mass of every logical page of sequence 0 for query head hq (double).
-std::vector<double> page_mass(const TensorView& q, const PagedKV& kv, int hq, int group, int b = 0) {
-  const int D = kv.head_dim, h = hq / group, n = seq_pages(kv, b);
-  const double scale = 1.0 / std::sqrt(double(D));
-  std::vector<double> qd(D), logits;
-  std::vector<int> page_of;
-  for (int d = 0; d < D; ++d)
-    qd[d] = load_as_float(q.data, q.dtype, b * q.stride[0] + hq * q.stride[1] + d * q.stride[2]);
-  for (int j = 0; j < n; ++j) {
-    const int page = kv.page_indices[kv.page_indptr[b] + j];
-    const int tokens = j == n - 1 ? kv.last_page_len[b] : kv.page_size;
-    for (int t = 0; t < tokens; ++t) {
-      double s = 0;
-      for (int d = 0; d < D; ++d) s += qd[d] * load_as_float(kv.k, kv.dtype, kv.kv_offset(page, h) + int64_t(t) * D + d);
-      logits.push_back(s * scale);
-      page_of.push_back(j);
-    }
-  }
-  const double m = *std::max_element(logits.begin(), logits.end());
-  double sum = 0;
-  for (double& l : logits) sum += (l = std::exp(l - m));
-  std::vector<double> mass(n, 0.0);
-  for (size_t i = 0; i < logits.size(); ++i) mass[page_of[i]] += logits[i] / sum;
-  return mass;
-}
 
 // Statistics storage of one dtype beside the engine's cache, rebuilt from its keys.
 struct SideStats {
@@ -118,7 +94,7 @@ void compare(const Options& o, const std::vector<Estimator>& ests, const TensorV
   const PagedKV k16 = s16.view(kv, DType::bf16), k8 = s8.view(kv, DType::e4m3), k32 = s32.view(kv, DType::f32);
   for (int b = 0; b < kv.batch; ++b) {
     std::vector<std::vector<double>> mass(Hq);
-    for (int h = 0; h < Hq; ++h) mass[h] = page_mass(q, kv, h, group, b);
+    for (int h = 0; h < Hq; ++h) mass[h] = page_attention_mass(q, kv, b, h, 1.0 / std::sqrt(double(kv.head_dim)));
     const int n = seq_pages(kv, b);
     for (size_t ei = 0; ei < ests.size(); ++ei)
       for (int budget : o.budgets) {

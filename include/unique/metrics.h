@@ -9,6 +9,11 @@
 
 namespace unique {
 
+// Softmax attention mass of every logical page of sequence b for query head hq (logits
+// q.k * scale in double; sums to 1). Host views, not validated (the callers validate): the
+// oracle estimator's score, the recall metrics. q is [batch, num_qo_heads, head_dim].
+std::vector<double> page_attention_mass(const TensorView& q, const PagedKV& kv, int b, int hq, double scale);
+
 // Mean over (sequence, query head) of the fraction of true softmax attention mass that
 // falls on the selected pages. 1 for a dense selection.
 double attention_recall(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,

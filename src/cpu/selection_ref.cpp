@@ -9,6 +9,7 @@
 #include "cpu/cpu_kernels.h"
 #include "unique/detail/hash.h"
 #include "unique/error.h"
+#include "unique/metrics.h"
 #include "unique/selection.h"
 
 namespace unique::ref {
@@ -56,32 +57,6 @@ double raw_score(const AttentionConfig& cfg, const TensorView& q, const PagedKV&
   return s;
 }
 
-// Softmax attention mass of every page of sequence b for query head hq.
-std::vector<double> page_mass(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
-                              int b, int hq, int h) {
-  const int n = seq_pages(kv, b), D = kv.head_dim;
-  const double scale = cfg.scale_for(D);
-  std::vector<double> logits;
-  std::vector<int> page_of;
-  for (int j = 0; j < n; ++j) {
-    const int page = kv.page_indices[kv.page_indptr[b] + j];
-    const int tokens = j == n - 1 ? kv.last_page_len[b] : kv.page_size;
-    for (int t = 0; t < tokens; ++t) {
-      double s = 0;
-      for (int d = 0; d < D; ++d)
-        s += q_at(q, b, hq, d) *
-             load_as_float(kv.k, kv.dtype, kv.kv_offset(page, h) + int64_t(t) * D + d);
-      logits.push_back(s * scale);
-      page_of.push_back(j);
-    }
-  }
-  const double m = *std::max_element(logits.begin(), logits.end());
-  double sum = 0;
-  for (double& l : logits) sum += (l = std::exp(l - m));
-  std::vector<double> mass(n, 0.0);
-  for (size_t i = 0; i < logits.size(); ++i) mass[page_of[i]] += logits[i] / sum;
-  return mass;
-}
 
 }  // namespace
 
@@ -103,7 +78,7 @@ void score_pages(const AttentionConfig& cfg, const TensorView& q, const PagedKV&
         const int hq = h * group + i;
         std::vector<double> s(n);
         if (cfg.estimator == Estimator::oracle) {
-          s = page_mass(cfg, q, kv, b, hq, h);
+          s = page_attention_mass(q, kv, b, hq, cfg.scale_for(kv.head_dim));
         } else {
           for (int j = 0; j < n; ++j) {
             if (cfg.estimator == Estimator::random)

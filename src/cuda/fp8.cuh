@@ -16,20 +16,6 @@ __device__ __forceinline__ float2 e4m3x2_to_float2(uint16_t w) {
   return __half22float2(*reinterpret_cast<const __half2*>(&h));
 }
 
-// 16 codes (a 16-byte load, element i in byte i) -> x[0..16).
-__device__ __forceinline__ void unpack16_e4m3(const uint4 u, float* x) {
-  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 lo = e4m3x2_to_float2(static_cast<uint16_t>(w[i] & 0xffffu));
-    const float2 hi = e4m3x2_to_float2(static_cast<uint16_t>(w[i] >> 16));
-    x[4 * i] = lo.x;
-    x[4 * i + 1] = lo.y;
-    x[4 * i + 2] = hi.x;
-    x[4 * i + 3] = hi.y;
-  }
-}
-
 // 8 codes (an 8-byte load) -> x[0..8).
 __device__ __forceinline__ void unpack8_e4m3(const uint2 u, float* x) {
   const uint32_t w[2] = {u.x, u.y};
@@ -42,6 +28,12 @@ __device__ __forceinline__ void unpack8_e4m3(const uint2 u, float* x) {
     x[4 * i + 2] = hi.x;
     x[4 * i + 3] = hi.y;
   }
+}
+
+// 16 codes (a 16-byte load, element i in byte i) -> x[0..16).
+__device__ __forceinline__ void unpack16_e4m3(const uint4 u, float* x) {
+  unpack8_e4m3(make_uint2(u.x, u.y), x);
+  unpack8_e4m3(make_uint2(u.z, u.w), x + 8);
 }
 
 }  // namespace unique::cuda

@@ -491,14 +491,8 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
     const int j = begin + warp * PPW + u * NW * PPW + lane / LPP;
     id_next[u] = j < end ? p.indices[seq0 + j] : -1;
   }
-  for (int i = threadIdx.x; i < kHeads * D; i += kThreads) {
-    const int g = i / D, d = i % D;
-    q_s[g][d] = g < ng ? load_any(p.q, p.q_dtype, b * p.qs0 + (h0 + g) * p.qs1 + d * p.qs2) : 0.0f;
-  }
-  // The first iteration's rows into L2 while the queries arrive: a block's prologue was
-  // three dependent DRAM round trips (queries, then ids, then rows) before any row came;
-  // now the rows' trip overlaps the queries'.
-  if (p.prefetch >= 2) {
+  // This lane's pieces of the rows of pages id_next[] into L2 (no registers held).
+  auto prefetch_next = [&] {
 #pragma unroll
     for (int u = 0; u < U; ++u)
       if (id_next[u] >= 0) {
@@ -509,7 +503,15 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
           if constexpr (F != Form::mean) asm volatile("prefetch.global.L2 [%0];" ::"l"(B + e));
         }
       }
+  };
+  for (int i = threadIdx.x; i < kHeads * D; i += kThreads) {
+    const int g = i / D, d = i % D;
+    q_s[g][d] = g < ng ? load_any(p.q, p.q_dtype, b * p.qs0 + (h0 + g) * p.qs1 + d * p.qs2) : 0.0f;
   }
+  // The first iteration's rows into L2 while the queries arrive: a block's prologue was
+  // three dependent DRAM round trips (queries, then ids, then rows) before any row came;
+  // now the rows' trip overlaps the queries'.
+  if (p.prefetch >= 2) prefetch_next();
   __syncthreads();
   if constexpr (F == Form::norm) {
     if (warp < kHeads) {
@@ -553,18 +555,7 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
       if constexpr (kFp8) sc[u] = off[u] >= 0 ? __ldg(p.sscale + off[u] / D * 2 + p.sw) : 1.0f;
     }
     // The next iteration's rows into L2 (no registers held): twice the bytes in flight.
-    if (p.prefetch) {
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (id_next[u] >= 0) {
-#pragma unroll
-          for (int nv = 0; nv < NV; ++nv) {
-            const int64_t e = (int64_t(id_next[u]) * p.Hk + hk) * D + (nv * LPP + sub) * SV;
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(A + e));
-            if constexpr (F != Form::mean) asm volatile("prefetch.global.L2 [%0];" ::"l"(B + e));
-          }
-        }
-    }
+    if (p.prefetch) prefetch_next();
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (base + u * NW * PPW >= end) break;  // warp-uniform

@@ -8,39 +8,13 @@
 #include "eval/eval_internal.h"
 #include "unique/decode.h"
 #include "unique/error.h"
+#include "unique/metrics.h"
 #include "unique/selection.h"
 
 namespace unique::eval::detail {
 
 namespace {
 
-// Softmax mass of every logical page for query head hq (double precision).
-std::vector<double> page_mass(const TensorView& q, const PagedKV& kv, int hq, int group, float scale) {
-  const int D = kv.head_dim, h = hq / group;
-  const int n = seq_pages(kv, 0);
-  std::vector<double> logits;
-  std::vector<int> page_of;
-  std::vector<double> qd(static_cast<size_t>(D));
-  for (int d = 0; d < D; ++d) qd[size_t(d)] = load_as_float(q.data, q.dtype, hq * q.stride[1] + d * q.stride[2]);
-  for (int j = 0; j < n; ++j) {
-    const int page = kv.page_indices[kv.page_indptr[0] + j];
-    const int tokens = j == n - 1 ? kv.last_page_len[0] : kv.page_size;
-    for (int t = 0; t < tokens; ++t) {
-      const int64_t off = kv.kv_offset(page, h) + int64_t(t) * D;
-      double s = 0;
-      for (int d = 0; d < D; ++d) s += qd[size_t(d)] * load_as_float(kv.k, kv.dtype, off + d);
-      logits.push_back(s * scale);
-      page_of.push_back(j);
-    }
-  }
-  double m = -INFINITY;
-  for (double l : logits) m = std::max(m, l);
-  double sum = 0;
-  for (double& l : logits) sum += (l = std::exp(l - m));
-  std::vector<double> mass(static_cast<size_t>(n), 0.0);
-  for (size_t i = 0; i < logits.size(); ++i) mass[size_t(page_of[i])] += logits[i] / sum;
-  return mass;
-}
 
 struct Acc {
   double recall = 0, err = 0;
@@ -81,7 +55,7 @@ void run_recall(Run& r, const Sample& s, const SampleSpec& spec, int page) {
   eng->set_decode_observer([&](int layer, const TensorView& q, const PagedKV& kv, const TensorView& out) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     std::vector<std::vector<double>> mass(static_cast<size_t>(Hq));
-    for (int h = 0; h < Hq; ++h) mass[size_t(h)] = page_mass(q, kv, h, group, scale);
+    for (int h = 0; h < Hq; ++h) mass[size_t(h)] = page_attention_mass(q, kv, 0, h, scale);
     for (size_t i = 0; i < todo.size(); ++i) {
       auto [e, b] = todo[i];
       if (e == Estimator::dense) {
