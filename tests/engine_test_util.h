@@ -3,11 +3,13 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -18,10 +20,12 @@
 
 namespace enginetest {
 
+// A fresh, empty directory per call (mkdtemp): a name built from the pid alone was reused
+// by a later process (pids wrap on a busy CI machine) and then held an earlier test's files.
 inline std::string temp_dir(const std::string& name) {
   const char* base = std::getenv("TMPDIR");
-  std::string d = std::string(base ? base : "/tmp") + "/unique_engine_test_" + name + "_" + std::to_string(::getpid());
-  ::mkdir(d.c_str(), 0755);
+  std::string d = std::string(base ? base : "/tmp") + "/unique_engine_test_" + name + "_XXXXXX";
+  if (!::mkdtemp(d.data())) throw std::runtime_error("temp_dir: mkdtemp failed for " + d);
   return d;
 }
 

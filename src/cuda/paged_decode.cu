@@ -380,7 +380,7 @@ void launch_typed(const DecodeParams& p, dim3 grid, int group, cudaStream_t stre
 namespace {
 // Resident blocks per SM of the decode kernel a launch will use (cached per instantiation).
 int blocks_per_sm(DType dtype, int D, int group) {
-  static int cache[3][3][4] = {};
+  static int cache[4][3][4] = {};  // [KV dtype][head dim][heads per block]
   const int hpb = heads_per_block(group);
   int& c = cache[int(dtype)][D == 64 ? 0 : D == 128 ? 1 : 2][hpb == 1 ? 0 : hpb == 2 ? 1 : hpb == 4 ? 2 : 3];
   if (c) return c;
