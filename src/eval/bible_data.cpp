@@ -135,7 +135,9 @@ std::string decode_bible_data(const std::vector<uint8_t>& b, const std::string& 
   const bool block = (b[table_end + 2] & 0x80) != 0;
   UNIQUE_CHECK_ARG(maxbits >= 9 && maxbits <= 16, path + " code bits", "9..16", maxbits);
   std::string out;
-  out.reserve(size_t(wsize) * wnum);
+  // A hint only: the header's sizes are not trusted for an allocation (a fuzzed header asked
+  // for 4 GB); compress(1) text rarely expands more than 8x.
+  out.reserve(std::min<size_t>(size_t(wsize) * wnum, b.size() * 8));
   for (uint32_t w = 0; w < wnum; ++w) {
     const std::string where = concat(path, " window ", w);
     UNIQUE_CHECK_ARG(off[w] >= table_end + 3 && off[w] <= off[w + 1] && off[w + 1] <= b.size(), where + " offsets",
