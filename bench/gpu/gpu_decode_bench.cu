@@ -8,6 +8,8 @@
 //                    [--select-only]
 // --select-only: the UNIQUE estimator at budget 2048 alone, selection timed alone (no dense or
 // decode rows; the KV pool is not filled), for quick A/B runs of the selection kernels.
+// --unique-only: the UNIQUE estimator at budget 2048 alone (step, select, decode; no dense row),
+// for quick A/B runs and profiler captures of one sparse step's kernels.
 // --stats-dtype fp8: the page statistics as e4m3 codes with one fp32 scale per (page, KV
 // head, statistics pair) (default bf16); rows then carry "stats_dtype":"fp8" in the JSON.
 #include <cuda_runtime.h>
@@ -100,7 +102,7 @@ struct Timer {
 };
 
 int main(int argc, char** argv) {
-  bool quick = false, dense_only = false, select_only = false;
+  bool quick = false, dense_only = false, select_only = false, unique_only = false;
   std::string shape_list;
   int reps = 30;
   std::string json;
@@ -111,6 +113,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
     else if (!std::strcmp(argv[i], "--dense-only")) dense_only = true;
     else if (!std::strcmp(argv[i], "--select-only")) select_only = true;
+    else if (!std::strcmp(argv[i], "--unique-only")) unique_only = true;
     else if (!std::strcmp(argv[i], "--stats-dtype") && i + 1 < argc) sdt = parse_stats_dtype(argv[++i]);
     else if (!std::strcmp(argv[i], "--shapes") && i + 1 < argc) shape_list = argv[++i];  // "1x131072,8x32768"
   }
@@ -189,7 +192,8 @@ int main(int argc, char** argv) {
       // page table: physical pages shuffled with a fixed stride permutation
       std::vector<int32_t> indptr(sh.B + 1), indices(total_pages), last(sh.B, P);
       for (int b = 0; b <= sh.B; ++b) indptr[b] = b * pages;
-      for (size_t i = 0; i < total_pages; ++i) indices[i] = int32_t((i * 7919) % total_pages);
+      const bool contig = std::getenv("UNIQUE_BENCH_PAGES") && std::string(std::getenv("UNIQUE_BENCH_PAGES")) == "contig";
+      for (size_t i = 0; i < total_pages; ++i) indices[i] = contig ? int32_t(i) : int32_t((i * 7919) % total_pages);
       int32_t *d_indptr, *d_indices, *d_last;
       CK(cudaMalloc(&d_indptr, indptr.size() * 4));
       CK(cudaMalloc(&d_indices, indices.size() * 4));
@@ -236,7 +240,7 @@ int main(int argc, char** argv) {
                        sh.B, sh.ctx, P, budget, variant, us, bytes, sel_us, dec_us, ideal,
                        sdt == DType::e4m3 ? ",\"stats_dtype\":\"fp8\"" : "");
       };
-      if (!select_only) {
+      if (!select_only && !unique_only) {
         AttentionConfig cfg;
         cfg.page_size = P;
         cfg.estimator = Estimator::dense;
@@ -250,7 +254,7 @@ int main(int argc, char** argv) {
         if (P == 32 && budget != 2048) continue;
         for (Estimator e : {Estimator::unique, Estimator::quest, Estimator::mean, Estimator::random}) {
           if (budget != 2048 && e != Estimator::unique) continue;
-          if (select_only && (budget != 2048 || e != Estimator::unique)) continue;
+          if ((select_only || unique_only) && (budget != 2048 || e != Estimator::unique)) continue;
           AttentionConfig cfg;
           cfg.page_size = P;
           cfg.budget_tokens = budget;

@@ -31,6 +31,14 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_b
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                "r"(src_bytes));
 }
+// 4 or 8 bytes global -> shared (cp.async.ca: the sizes below 16 go through L1); src_bytes 0
+// zero-fills.
+template <int N>
+__device__ __forceinline__ void cp_async_small(void* dst, const void* src, int src_bytes) {
+  static_assert(N == 4 || N == 8);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(smem_addr(dst)), "l"(src), "n"(N),
+               "r"(src_bytes));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {

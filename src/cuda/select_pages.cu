@@ -2,19 +2,18 @@
 //
 // score_kernel: a block scores a chunk of a sequence's pages for the query heads of one KV
 // head (up to 8 at a time; the queries sit in shared memory, then each lane's channels in
-// registers: 4 heads' worth when the group has <= 4 query heads, which frees 32 registers).
-// The statistics rows are read once with 16-byte loads, D/VEC lanes per page, 4 page steps in
-// flight per warp. L2 prefetches hold no registers (prefetch.global.L2): the first
-// iteration's rows while the queries load (ids fetched before the queries), then each
-// iteration the next one's rows. The estimator is folded into one sum per head
-// (unique/channel: q.mu + alpha*|q|.sigma), so one shuffle reduction per head and page
-// remains; GQA max is taken in registers. The kernel triggers the select grid's launch at its
-// start (programmatic dependent launch).
+// registers: 16 channels of 4 heads when the group has <= 4 query heads, else 8 of 8). Each
+// lane streams its own 16-byte pieces of the statistics rows through a private cp.async ring
+// in shared memory, as decode_kernel does with K/V: the bytes in flight cost no registers
+// and no barrier is needed in the loop (the register-prefetching kernel this replaced held
+// its loads in registers and ran 6% (bf16) / 15% (fp8) slower at batch 8 / 128K on the
+// H100). The chunk's page ids are resolved into shared memory once. The estimator is folded
+// into one sum per head (unique/channel: q.mu + alpha*|q|.sigma), so one shuffle reduction
+// per head and page remains; GQA max is taken in registers. The kernel triggers the select
+// grid's launch at its start (programmatic dependent launch).
 // fp8 (e4m3) statistics: the codes are summed as above and each page's pair scale
-// (PagedKV::stats_scale, a power of two) multiplies the head's sum once, after the lane
-// reduction. 8 codes per 8-byte load (LB = 8): a lane then holds as many query channels in
-// registers as with bf16 statistics (16 codes per 16-byte load need twice as many: with 4
-// heads in registers that kernel spills; UNIQUE_SEL_FP8_LOAD=16 selects it, benchmark knob).
+// (PagedKV::stats_scale, a power of two, copied through the ring with the rows) multiplies
+// the head's sum once, after the lane reduction.
 // select_kernel: one 1024-thread block per (sequence, KV head), launched as a programmatic
 // dependent of the score kernel (its blocks start as the last score blocks leave, read the
 // page table, then wait for the score grid with griddepcontrol.wait): GQA aggregations that
@@ -36,6 +35,7 @@
 #include "cuda/common.cuh"
 #include "cuda/fp8.cuh"
 #include "cuda/kernels.h"
+#include "cuda/mma.cuh"
 #include "unique/detail/hash.h"
 
 namespace unique::cuda {
@@ -77,7 +77,6 @@ struct ScoreParams {
   int max_selected;
   int sink, recent, topk;
   int chunks, chunk_pages;
-  int prefetch;   // L2 prefetch of statistics rows: 1 the next iteration's, 2 also the first's
   int trigger;    // score_kernel lets the select grid launch at its start (PDL trigger)
   int hist_topk;  // histogram threshold search (0: the bitwise one alone; benchmark knob)
 };
@@ -454,21 +453,41 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
   if (tid == 0) p.sel_counts[b * p.Hk + hk] = count;
 }
 
-template <class S, int D, Form F, int G, int MINB, int LB>
-__global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams p) {
+// Tile of score_kernel (see the file comment).
+constexpr int kIdWindow = 2048;  // most pages per score block (its chunk's ids in shared memory)
+
+template <class S, int D, int G>
+struct ScoreTile {
+  static constexpr int CPL = G <= 4 ? 16 : 8;  // channels per lane (query registers: G * CPL)
+  static constexpr int SV = (16 / int(sizeof(S))) < CPL ? 16 / int(sizeof(S)) : CPL;  // per load
+  static constexpr int LB = SV * int(sizeof(S));     // bytes per load: 16, or 8 (fp8, CPL 8)
+  static constexpr int NV = CPL / SV;                // loads per lane per statistic
+  static constexpr int LPP = D / CPL;                // lanes per (page, KV head) row
+  static constexpr int PPW = 32 / LPP;               // rows per warp step
+  static constexpr int RPS = (kThreads / 32) * PPW;  // rows per block step
+  static constexpr int LANE_BYTES = 2 * NV * LB;     // one step of one lane: both statistics
+  static constexpr int ST0 = 65536 / (kThreads * LANE_BYTES);
+  static constexpr int ST = ST0 < 2 ? 2 : ST0 > 8 ? 8 : ST0;  // ring stages: ~64 KB per block
+  static constexpr int SMEM = ST * kThreads * (LANE_BYTES + 4);  // + an fp8 pair scale per lane
+  static_assert(LPP >= 1 && LPP <= 32 && NV >= 1);
+};
+
+template <class S, int D, Form F, int G>
+__global__ void __launch_bounds__(kThreads, 2) score_kernel(const ScoreParams p) {
+  using Tile = ScoreTile<S, D, G>;
   constexpr bool kFp8 = std::is_same_v<S, e4m3>;
-  constexpr int SV = LB / int(sizeof(S));  // statistics per lane load of LB bytes (16; fp8: 8)
-  static_assert(LB == 16 || (kFp8 && LB == 8));
+  constexpr int CPL = Tile::CPL, SV = Tile::SV, LB = Tile::LB, NV = Tile::NV, LPP = Tile::LPP;
+  constexpr int PPW = Tile::PPW, RPS = Tile::RPS, ST = Tile::ST;
   using LoadT = std::conditional_t<LB == 16, uint4, uint2>;
-  constexpr int LPP = (D / SV) < 32 ? (D / SV) : 32;  // lanes per page
-  constexpr int NV = D / (SV * LPP);
-  constexpr int PPW = 32 / LPP;  // pages per warp step
-  constexpr int U = 4;           // warp steps in flight (fp8: 8 measured no faster)
-  constexpr int NW = kThreads / 32;
+  extern __shared__ __align__(16) unsigned char ring_raw[];
+  LoadT* ring = reinterpret_cast<LoadT*>(ring_raw);  // [stage][statistic][nv][thread]
+  float* ring_sc = reinterpret_cast<float*>(ring_raw + size_t(ST) * 2 * NV * kThreads * LB);  // [stage][thread]
   __shared__ __align__(16) float q_s[kHeads][D];
   __shared__ float qn_s[kHeads];
+  __shared__ int32_t id_s[kIdWindow];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, sub = lane % LPP;
+  const int my = warp * PPW + lane / LPP;  // this lane's row within a block step
   const int b = blockIdx.z, hk = blockIdx.y / p.subgroups, sg = blockIdx.y % p.subgroups;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane % LPP;
   const int h0 = hk * p.group + sg * kHeads;
   const int ng = min(kHeads, p.group - sg * kHeads);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -481,38 +500,42 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
   const int n = p.indptr[b + 1] - seq0;
   const int begin = blockIdx.x * p.chunk_pages;
   const int end = min(n, begin + p.chunk_pages);
-  const S* A = static_cast<const S*>(p.sa);
-  const S* B = static_cast<const S*>(p.sb);
-  // Page ids one iteration ahead: their latency overlaps this iteration's statistics loads
-  // (the first iteration's, the query loads).
-  int32_t id_next[U];
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int j = begin + warp * PPW + u * NW * PPW + lane / LPP;
-    id_next[u] = j < end ? p.indices[seq0 + j] : -1;
-  }
-  // This lane's pieces of the rows of pages id_next[] into L2 (no registers held).
-  auto prefetch_next = [&] {
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (id_next[u] >= 0) {
-#pragma unroll
-        for (int nv = 0; nv < NV; ++nv) {
-          const int64_t e = (int64_t(id_next[u]) * p.Hk + hk) * D + (nv * LPP + sub) * SV;
-          asm volatile("prefetch.global.L2 [%0];" ::"l"(A + e));
-          if constexpr (F != Form::mean) asm volatile("prefetch.global.L2 [%0];" ::"l"(B + e));
-        }
-      }
-  };
-  for (int i = threadIdx.x; i < kHeads * D; i += kThreads) {
+  const int rows = max(0, end - begin);  // pages, <= kIdWindow (the launcher's chunking)
+  for (int t = tid; t < rows; t += kThreads) id_s[t] = p.indices[seq0 + begin + t];
+  for (int i = tid; i < kHeads * D; i += kThreads) {
     const int g = i / D, d = i % D;
     q_s[g][d] = g < ng ? load_any(p.q, p.q_dtype, b * p.qs0 + (h0 + g) * p.qs1 + d * p.qs2) : 0.0f;
   }
-  // The first iteration's rows into L2 while the queries arrive: a block's prologue was
-  // three dependent DRAM round trips (queries, then ids, then rows) before any row came;
-  // now the rows' trip overlaps the queries'.
-  if (p.prefetch >= 2) prefetch_next();
   __syncthreads();
+  const S* A = static_cast<const S*>(p.sa);
+  const S* B = static_cast<const S*>(p.sb);
+  const int steps = (rows + RPS - 1) / RPS;
+  auto issue = [&](int stage, int i) {
+    const int r = i * RPS + my;
+    const bool ok = r < rows;
+    const int64_t base = ok ? (int64_t(id_s[r]) * p.Hk + hk) * D : 0;
+#pragma unroll
+    for (int nv = 0; nv < NV; ++nv) {
+      const int64_t e = base + (nv * LPP + sub) * SV;
+      LoadT* da = ring + (size_t(stage * 2 + 0) * NV + nv) * kThreads + tid;
+      LoadT* db = ring + (size_t(stage * 2 + 1) * NV + nv) * kThreads + tid;
+      if constexpr (LB == 16) {
+        cp_async16(da, A + e, ok ? 16 : 0);
+        if constexpr (F != Form::mean) cp_async16(db, B + e, ok ? 16 : 0);
+      } else {
+        cp_async_small<LB>(da, A + e, ok ? LB : 0);
+        if constexpr (F != Form::mean) cp_async_small<LB>(db, B + e, ok ? LB : 0);
+      }
+    }
+    if constexpr (kFp8)
+      cp_async_small<4>(ring_sc + stage * kThreads + tid, p.sscale + (base / D) * 2 + p.sw, ok ? 4 : 0);
+  };
+  // Ring prologue first: the rows' DRAM trip overlaps the query set-up below.
+#pragma unroll
+  for (int s = 0; s < ST - 1; ++s) {
+    issue(s, s);
+    cp_async_commit();
+  }
   if constexpr (F == Form::norm) {
     if (warp < kHeads) {
       float ss = 0.0f;
@@ -522,90 +545,75 @@ __global__ void __launch_bounds__(kThreads, MINB) score_kernel(const ScoreParams
     }
     __syncthreads();
   }
-  // This lane's channels of every head, in registers (shared-memory reads per page would
-  // make the kernel bound by shared-memory bandwidth).
-  float qr[G][NV * SV];
+  // This lane's channels of every head, in registers (shared-memory reads per row would make
+  // the kernel bound by shared-memory bandwidth).
+  float qr[G][CPL];
 #pragma unroll
   for (int g = 0; g < G; ++g)
 #pragma unroll
     for (int nv = 0; nv < NV; ++nv)
 #pragma unroll
       for (int e = 0; e < SV; ++e) qr[g][nv * SV + e] = q_s[g][(nv * LPP + sub) * SV + e];
-  for (int base = begin + warp * PPW; base < end; base += NW * PPW * U) {
-    int jj[U];
-    int64_t off[U];
+  for (int i = 0; i < steps; ++i) {
+    const int stage = i % ST;
+    asm volatile("" ::: "memory");  // the previous step's reads of the refilled stage stay above
+    issue((i + ST - 1) % ST, i + ST - 1);
+    cp_async_commit();
+    cp_async_wait<ST - 1>();  // step i's group has landed (this lane's copies)
+    asm volatile("" ::: "memory");
+    const int j = begin + i * RPS + my;
+    const bool valid = j < end;
+    float a[CPL], bb[CPL];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      jj[u] = base + u * NW * PPW + lane / LPP;
-      off[u] = id_next[u] >= 0 ? (int64_t(id_next[u]) * p.Hk + hk) * D : -1;
-      const int jn = jj[u] + NW * PPW * U;
-      id_next[u] = jn < end ? p.indices[seq0 + jn] : -1;
+    for (int nv = 0; nv < NV; ++nv) {
+      const LoadT ra = ring[(size_t(stage * 2 + 0) * NV + nv) * kThreads + tid];
+      LoadT rb{};
+      if constexpr (F != Form::mean) rb = ring[(size_t(stage * 2 + 1) * NV + nv) * kThreads + tid];
+      if constexpr (kFp8 && SV == 16) {
+        unpack16_e4m3(ra, a + nv * SV);
+        if constexpr (F != Form::mean) unpack16_e4m3(rb, bb + nv * SV);
+      } else if constexpr (kFp8) {
+        unpack8_e4m3(ra, a + nv * SV);
+        if constexpr (F != Form::mean) unpack8_e4m3(rb, bb + nv * SV);
+      } else {
+        unpack16<S>(ra, a + nv * SV);
+        if constexpr (F != Form::mean) unpack16<S>(rb, bb + nv * SV);
+      }
     }
-    LoadT ra[U][NV], rb[U][NV];
-    float sc[U];  // fp8: the page's pair scale
+    float sc = 1.0f;
+    if constexpr (kFp8) sc = ring_sc[stage * kThreads + tid];
+    float bsq = 0.0f;
+    if constexpr (F == Form::norm) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+      for (int e = 0; e < CPL; ++e) bsq = fmaf(bb[e], bb[e], bsq);
 #pragma unroll
-      for (int nv = 0; nv < NV; ++nv) {
-        const int64_t e = off[u] + (nv * LPP + sub) * SV;
-        ra[u][nv] = off[u] >= 0 ? __ldg(reinterpret_cast<const LoadT*>(A + e)) : LoadT{};
-        if constexpr (F != Form::mean)
-          rb[u][nv] = off[u] >= 0 ? __ldg(reinterpret_cast<const LoadT*>(B + e)) : LoadT{};
-      }
-      if constexpr (kFp8) sc[u] = off[u] >= 0 ? __ldg(p.sscale + off[u] / D * 2 + p.sw) : 1.0f;
+      for (int o = LPP / 2; o > 0; o >>= 1) bsq += __shfl_xor_sync(0xffffffffu, bsq, o);
     }
-    // The next iteration's rows into L2 (no registers held): twice the bytes in flight.
-    if (p.prefetch) prefetch_next();
+    float best = -INFINITY;
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (base + u * NW * PPW >= end) break;  // warp-uniform
-      const bool valid = jj[u] < end;
-      float a[NV * SV], bb[NV * SV];
+    for (int g = 0; g < G; ++g) {
+      if (g >= ng) break;  // block-uniform
+      float s = 0.0f, s2 = 0.0f;
 #pragma unroll
-      for (int nv = 0; nv < NV; ++nv) {
-        if constexpr (kFp8 && SV == 16) {
-          unpack16_e4m3(ra[u][nv], a + nv * SV);
-          if constexpr (F != Form::mean) unpack16_e4m3(rb[u][nv], bb + nv * SV);
-        } else if constexpr (kFp8) {
-          unpack8_e4m3(ra[u][nv], a + nv * SV);
-          if constexpr (F != Form::mean) unpack8_e4m3(rb[u][nv], bb + nv * SV);
-        } else {
-          unpack16<S>(ra[u][nv], a + nv * SV);
-          if constexpr (F != Form::mean) unpack16<S>(rb[u][nv], bb + nv * SV);
-        }
+      for (int k = 0; k < CPL; ++k) {
+        const float qd = qr[g][k];
+        if constexpr (F == Form::quest) s += fmaxf(qd * a[k], qd * bb[k]);
+        else if constexpr (F == Form::channel) {
+          s = fmaf(qd, a[k], s);
+          s2 = fmaf(fabsf(qd), bb[k], s2);
+        } else s = fmaf(qd, a[k], s);
       }
-      float bsq = 0.0f;
-      if constexpr (F == Form::norm) {
+      if constexpr (F == Form::channel) s = fmaf(p.alpha, s2, s);
 #pragma unroll
-        for (int e = 0; e < NV * SV; ++e) bsq = fmaf(bb[e], bb[e], bsq);
-#pragma unroll
-        for (int o = LPP / 2; o > 0; o >>= 1) bsq += __shfl_xor_sync(0xffffffffu, bsq, o);
-      }
-      float best = -INFINITY;
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        if (g >= ng) break;  // block-uniform
-        float s = 0.0f, s2 = 0.0f;
-#pragma unroll
-        for (int k = 0; k < NV * SV; ++k) {
-          const float qd = qr[g][k];
-          if constexpr (F == Form::quest) s += fmaxf(qd * a[k], qd * bb[k]);
-          else if constexpr (F == Form::channel) {
-            s = fmaf(qd, a[k], s);
-            s2 = fmaf(fabsf(qd), bb[k], s2);
-          } else s = fmaf(qd, a[k], s);
-        }
-        if constexpr (F == Form::channel) s = fmaf(p.alpha, s2, s);
-#pragma unroll
-        for (int o = LPP / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if constexpr (F == Form::norm) s += p.alpha * qn_s[g] * sqrtf(bsq);
-        if constexpr (kFp8) s *= sc[u];  // a power of two > 0: exact, order-preserving in max
-        best = fmaxf(best, s);
-        if (p.raw_mode && valid && sub == 0) p.raw[(int64_t(b) * p.Hq + h0 + g) * p.max_pages + jj[u]] = s;
-      }
-      if (!p.raw_mode && valid && sub == 0) p.agg[(int64_t(b) * p.Hk + hk) * p.max_pages + jj[u]] = best;
+      for (int o = LPP / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+      if constexpr (F == Form::norm) s += p.alpha * qn_s[g] * sqrtf(bsq);
+      if constexpr (kFp8) s *= sc;  // a power of two > 0: exact, order-preserving in max
+      best = fmaxf(best, s);
+      if (p.raw_mode && valid && sub == 0) p.raw[(int64_t(b) * p.Hq + h0 + g) * p.max_pages + j] = s;
     }
+    if (!p.raw_mode && valid && sub == 0) p.agg[(int64_t(b) * p.Hk + hk) * p.max_pages + j] = best;
   }
+  cp_async_wait<0>();
 }
 
 // Oracle: per page and head, log2 of the page's softmax numerator sum (exact attention
@@ -662,6 +670,20 @@ __global__ void __launch_bounds__(kThreads) oracle_kernel(const ScoreParams p) {
     if (lane == 0)
       for (int g = 0; g < ng; ++g) p.raw[(int64_t(b) * p.Hq + h0 + g) * p.max_pages + j] = m[g] + log2f(z[g]);
   }
+}
+
+// Launches Kernel with Smem bytes of dynamic shared memory, raising the kernel's limit above
+// the default 48 KB once per device.
+template <auto Kernel, int Smem>
+void launch_big_smem(dim3 grid, cudaStream_t stream, const ScoreParams& p) {
+  static bool done[64] = {};
+  int dev = 0;
+  UNIQUE_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 64 && !done[dev]) {
+    UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Smem));
+    done[dev] = true;
+  }
+  Kernel<<<grid, kThreads, Smem, stream>>>(p);
 }
 
 // Benchmark-only knobs (UNIQUE_SEL_*), read once.
@@ -726,20 +748,23 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
   p.recent = cfg.recent_pages;
   p.topk = cfg.topk_pages();
   const int rows = kv.batch * Hk * (p.raw_mode ? p.subgroups : 1);
-  // Groups of <= 4 query heads keep only 4 heads' queries in registers (fewer registers).
+  // Groups of <= 4 query heads keep only 4 heads' queries in registers (16 channels per lane).
   const bool g4 = std::min(group, kHeads) <= 4;
-  static const int k_prefetch = env_knob("UNIQUE_SEL_PREFETCH", 2);  // benchmark knob
-  p.prefetch = k_prefetch;
   static const int k_trigger = env_knob("UNIQUE_SEL_TRIGGER", 1);  // benchmark knob
   p.trigger = k_trigger;
   static const int k_hist = env_knob("UNIQUE_SEL_HIST", 1);  // benchmark knob
   p.hist_topk = k_hist;
   int chunks = 1;
   if (per_page) {
-    // Up to 8 waves of blocks (two 256-thread blocks per SM), at least 256 pages each (a
-    // block's fixed costs, loading the queries, are worth it only over a few iterations).
-    const int want = std::max(1, (16 * num_sms() + rows - 1) / rows);
-    chunks = std::min(want, std::max(1, (max_pages + 255) / 256));
+    // At least one wave of blocks (two per SM) and at most ~256 pages per block (8 ring
+    // steps; measured on the H100: at batch 8 / 128K 482-page blocks beat 1639-page ones by
+    // 15% and 256-page ones beat 512 by 1-2%, while batch 1 wants its single wave of ~250-page
+    // blocks); at least 64 pages per block, at most kIdWindow.
+    static const int k_chunk = env_knob("UNIQUE_SEL_CHUNK_PAGES", 256);  // benchmark knob
+    const int wave = (2 * num_sms() + rows - 1) / rows;
+    chunks = std::max(wave, (max_pages + k_chunk - 1) / k_chunk);
+    chunks = std::min(chunks, std::max(1, (max_pages + 63) / 64));
+    chunks = std::max(chunks, (max_pages + kIdWindow - 1) / kIdWindow);
   }
   p.chunks = chunks;
   p.chunk_pages = (max_pages + chunks - 1) / chunks;
@@ -764,28 +789,18 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
       using S = decltype(t);
       auto go = [&](auto dtag) {
         constexpr int DD = decltype(dtag)::value;
-        auto launch = [&](auto gtag, auto mtag, auto ltag) {
-          constexpr int GG = decltype(gtag)::value, MB = decltype(mtag)::value, L = decltype(ltag)::value;
+        auto launch = [&](auto gtag) {
+          constexpr int GG = decltype(gtag)::value;
+          constexpr int smem = ScoreTile<S, DD, GG>::SMEM;
           switch (f) {
-            case Form::quest: score_kernel<S, DD, Form::quest, GG, MB, L><<<grid, kThreads, 0, stream>>>(p); break;
-            case Form::norm: score_kernel<S, DD, Form::norm, GG, MB, L><<<grid, kThreads, 0, stream>>>(p); break;
-            case Form::channel: score_kernel<S, DD, Form::channel, GG, MB, L><<<grid, kThreads, 0, stream>>>(p); break;
-            default: score_kernel<S, DD, Form::mean, GG, MB, L><<<grid, kThreads, 0, stream>>>(p); break;
+            case Form::quest: launch_big_smem<score_kernel<S, DD, Form::quest, GG>, smem>(grid, stream, p); break;
+            case Form::norm: launch_big_smem<score_kernel<S, DD, Form::norm, GG>, smem>(grid, stream, p); break;
+            case Form::channel: launch_big_smem<score_kernel<S, DD, Form::channel, GG>, smem>(grid, stream, p); break;
+            default: launch_big_smem<score_kernel<S, DD, Form::mean, GG>, smem>(grid, stream, p); break;
           }
         };
-        using I2 = std::integral_constant<int, 2>;
-        using I4 = std::integral_constant<int, 4>;
-        using I8 = std::integral_constant<int, 8>;
-        using I16 = std::integral_constant<int, 16>;
-        if constexpr (std::is_same_v<S, e4m3>) {
-          static const int k_fp8_load = env_knob("UNIQUE_SEL_FP8_LOAD", 8);  // benchmark knob
-          if (g4 && k_fp8_load == 16) launch(I4{}, I2{}, I16{});
-          else if (g4) launch(I4{}, I2{}, I8{});
-          else launch(I8{}, I2{}, I8{});
-        } else {
-          if (g4) launch(I4{}, I2{}, I16{});
-          else launch(I8{}, I2{}, I16{});
-        }
+        if (g4) launch(std::integral_constant<int, 4>{});
+        else launch(std::integral_constant<int, 8>{});
       };
       switch (D) {
         case 64: go(std::integral_constant<int, 64>{}); break;

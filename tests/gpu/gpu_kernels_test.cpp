@@ -77,6 +77,7 @@ std::vector<SweepParam> sweep() {
   v.push_back({16, 128, 4, DType::bf16, 8});  // the benchmark shape: 8 KV heads, group 4
   v.push_back({32, 64, 8, DType::f16, 4});    // 4 KV heads, group 8
   v.push_back({16, 128, 1, DType::bf16, 16}); // 16 KV heads, MHA
+  v.push_back({16, 128, 4, DType::bf16, 3});  // 3 KV heads: score blocks of one KV head (not interleaved)
   return v;
 }
 
