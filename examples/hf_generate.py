@@ -120,7 +120,10 @@ def main():
     print(f"budget {args.budget}: {agree:.0%} of greedy tokens equal to dense")
     print("dense :", dense[0, :16].tolist())
     print("sparse:", sparse[0, :16].tolist())
-    check_same_as_dense(full, full_logits, dense, dense_logits, 0.0 if dtype == torch.float32 else 2e-2)
+    # 16-bit tolerances: through 4 layers two kernels' roundings of bf16 (8-bit mantissa) moved
+    # logits by up to ~2% of the largest one on the H100; fp16 has 3 more mantissa bits.
+    rel_tol = {torch.float32: 0.0, torch.bfloat16: 5e-2, torch.float16: 1e-2}[dtype]
+    check_same_as_dense(full, full_logits, dense, dense_logits, rel_tol)
 
 
 if __name__ == "__main__":
