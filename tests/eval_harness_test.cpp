@@ -9,10 +9,12 @@
 #include <map>
 
 #include "engine_test_util.h"
+#include "test_util.h"
 #include "unique/engine/engine.h"
 #include "unique/engine/model.h"
 #include "unique/engine/retrieval_model.h"
 #include "unique/error.h"
+#include "unique/stream.h"
 #include "unique/eval/eval.h"
 #include "unique/eval/haystack.h"
 #include "unique/eval/results.h"
@@ -319,6 +321,40 @@ TEST_F(EvalHarness, UnisparsePrefillTopPOneWritesTheDenseRows) {
 
 // Rows written before the prefill field existed read as dense-prefill rows: same key.
 // A bad prefill field is refused naming it.
+TEST_F(EvalHarness, CudaDeviceOptionsAreCheckedAndKeyed) {
+  EvalOptions o = options("passkey", 1024);
+  o.device = Device::cuda;
+  o.tasks = {"passkey", "recall"};
+  EXPECT_ERROR_MSG(o.validate(), "no `recall` with --device cuda");
+  o.tasks = {"passkey"};
+  o.kv_dtype = "fp32";
+  EXPECT_ERROR_MSG(o.validate(), "--kv-dtype");
+  o.kv_dtype = "auto";
+  EXPECT_NO_THROW(o.validate());
+  // A CUDA row is keyed apart from the CPU row of the same sweep point; a bad device is refused.
+  Row cpu = {{"task", "passkey"}, {"variant", ""}, {"model", "m"}, {"context", 1024}, {"tokens", 1000},
+             {"depth", 50.0}, {"seed", 0}, {"estimator", "unique"}, {"budget", 256}, {"page_size", 16},
+             {"dense_layers", 0}, {"sink", 1}, {"recent", 1}, {"kv_dtype", "bf16"}, {"time_s", 0.5},
+             {"score", 1.0}, {"correct", true}, {"expected", "1"}, {"output", "1"}, {"copyable", true}};
+  Row cuda = cpu;
+  cuda["device"] = "cuda";
+  EXPECT_NE(row_key(cpu), row_key(cuda));
+  Row cpu2 = cpu;
+  cpu2["device"] = "cpu";
+  EXPECT_EQ(row_key(cpu), row_key(cpu2));
+  cuda["key"] = row_key(cuda);
+  EXPECT_NO_THROW(validate_row(cuda, "x"));
+  Row bad = cuda;
+  bad["device"] = "tpu";
+  EXPECT_ERROR_MSG(validate_row(bad, "x"), "device");
+  // Without a GPU the sweep stops at its first engine with the engine's message (with one,
+  // gpu-check's eval_cuda step runs the CUDA sweep against the CPU one).
+  if (!cuda_available()) {
+    ResultsFile out(results_path("cuda_no_gpu"));
+    EXPECT_ERROR_MSG(run_eval(o, out, nullptr), "--device cuda");
+  }
+}
+
 TEST(EvalResults, PrefillFieldIsOptionalAndChecked) {
   Row r = parse_row(R"({"budget":256,"context":4096,"copyable":true,"correct":true,"dense_layers":0,"depth":10.0,)"
                     R"("estimator":"unique","expected":"93326","key":"passkey||m|4096|10.0|0|unique|256|16|0|1|1|fp32|-|-",)"

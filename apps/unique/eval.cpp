@@ -25,7 +25,7 @@ struct Flags {
   std::string model, tasks = "passkey,needle,kv,vartrack,ppl,recall", estimators = "unique,quest,mean,random,oracle,dense",
               budgets = "256,512,1024,2048,4096,8192", page_sizes = "16,32,64", contexts = "4096", depths = "10,50,90",
               seeds = "0", kv_variants = "multikey,multivalue", out = "eval_results.jsonl", csv, plot, markdown,
-              haystack = "kjv", kv_dtype = "auto", python;
+              haystack = "kjv", kv_dtype = "auto", python, device = "cpu";
   int sink = 1, recent = 1, dense_layers = 0, vartrack_hops = 3, threads = 0;
   int64_t ppl_prefix = 256;
   bool quiet = false;
@@ -99,6 +99,8 @@ int run(const Flags& f) {
   o.ppl_prefix = f.ppl_prefix;
   o.vartrack_hops = f.vartrack_hops;
   o.kv_dtype = f.kv_dtype;
+  UNIQUE_CHECK_ARG(f.device == "cpu" || f.device == "cuda", "--device", "cpu or cuda", f.device);
+  o.device = f.device == "cuda" ? Device::cuda : Device::cpu;
   UNIQUE_CHECK_ARG(f.prefill == "dense" || f.prefill == "unisparse", "--prefill", "dense or unisparse", f.prefill);
   o.prefill = parse_prefill(f.prefill);
   o.prefill_top_p = f.prefill_top_p;
@@ -178,7 +180,11 @@ Runner add_eval(CLI::App& app) {
   app.add_option("--sink", f->sink, "First pages always attended")->capture_default_str();
   app.add_option("--recent", f->recent, "Last pages always attended")->capture_default_str();
   app.add_option("--dense-layers", f->dense_layers, "Keep the first N layers dense")->capture_default_str();
-  app.add_option("--kv-dtype", f->kv_dtype, "KV cache dtype: auto (fp32 for fp32 weights, else bf16) | fp32 | bf16 | fp16")
+  app.add_option("--kv-dtype", f->kv_dtype,
+                 "KV cache dtype: auto (fp32 for fp32 weights on the CPU, else bf16) | fp32 | bf16 | fp16")
+      ->capture_default_str();
+  app.add_option("--device", f->device,
+                 "cpu | cuda: the CUDA engine (bf16/fp16 KV; every task but recall) for long contexts")
       ->capture_default_str();
   add_prefill_flags(app, f->prefill, f->prefill_top_p, f->prefill_block, f->pool);
   app.add_option("--threads", f->threads, "OpenMP threads (0 = default; 1 is fastest for small models on a busy machine)");

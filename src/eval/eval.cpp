@@ -49,6 +49,13 @@ void EvalOptions::validate() const {
                    "a multiple of 16 in 16..256", prefill_block);
   UNIQUE_CHECK_ARG(pool >= 1 && prefill_block % pool == 0, "--pool",
                    concat("a divisor of --prefill-block (", prefill_block, ")"), pool);
+  if (device == Device::cuda) {
+    UNIQUE_CHECK_ARG(std::find(tasks.begin(), tasks.end(), "recall") == tasks.end(), "--tasks",
+                     "no `recall` with --device cuda (it reads queries and keys on the host: run it on the CPU)",
+                     "recall");
+    UNIQUE_CHECK_ARG(kv_dtype == "auto" || kv_dtype == "bf16" || kv_dtype == "fp16", "--kv-dtype",
+                     "auto, bf16 or fp16 with --device cuda", kv_dtype);
+  }
 }
 
 namespace detail {
@@ -98,6 +105,7 @@ Row base_row(const Run& r, const std::string& task, const std::string& variant, 
   row["sink"] = r.opt.sink_pages;
   row["recent"] = r.opt.recent_pages;
   row["kv_dtype"] = to_string(r.kv_dtype);
+  if (r.opt.device == Device::cuda) row["device"] = "cuda";  // CPU rows keep their old keys
   row["prefill"] = to_string(r.opt.prefill);
   if (r.opt.prefill == PrefillMode::unisparse) {
     // Rounded: a float's widening (0.9f = 0.899999976...) would leak into the row key.
@@ -114,6 +122,7 @@ std::unique_ptr<engine::Engine> make_engine(const Run& r, int page, int64_t max_
   eo.attention.budget_tokens = page;
   eo.attention.estimator = Estimator::dense;
   eo.keep_all_stats = true;  // one prefill serves every estimator
+  eo.device = r.opt.device;
   eo.kv_dtype = r.kv_dtype;
   eo.stats_dtype = r.kv_dtype;
   eo.max_batch = 2;  // the prefilled sequence and one fork
@@ -172,7 +181,7 @@ EvalSummary run_eval(const EvalOptions& opt, ResultsFile& out, std::FILE* progre
                             ")"),
                      c);
   const DType wdt = model->layers().empty() ? DType::f32 : model->layers()[0].q.dtype;
-  DType kvdt = wdt == DType::f32 ? DType::f32 : DType::bf16;
+  DType kvdt = wdt == DType::f32 && opt.device == Device::cpu ? DType::f32 : DType::bf16;
   if (opt.kv_dtype != "auto") kvdt = parse_dtype(opt.kv_dtype);
   std::string name = opt.model_dir;
   while (name.size() > 1 && name.back() == '/') name.pop_back();

@@ -41,6 +41,8 @@ std::string row_key(const Row& r) {
   // keep their keys, and a dense row of today resumes them.
   if (unisparse_prefill(r))
     for (const char* f : {"prefill", "prefill_top_p", "prefill_block", "pool"}) k += '|' + num(r, f);
+  // Likewise the device: CPU rows (no field) keep their keys; CUDA rows are other results.
+  if (r.contains("device") && r["device"] != "cpu") k += '|' + num(r, "device");
   return k;
 }
 
@@ -74,6 +76,8 @@ void validate_row(const Row& r, const std::string& where) {
   need("recent", is_int("recent") && r["recent"].get<int64_t>() >= 0, "an integer >= 0");
   need("kv_dtype", r.contains("kv_dtype") && r["kv_dtype"].is_string(), "a string (fp32, bf16, fp16)");
   need("time_s", is_num("time_s") && r["time_s"].get<double>() >= 0, "a number >= 0");
+  if (r.contains("device"))  // optional: absent = cpu
+    need("device", r["device"].is_string() && (r["device"] == "cpu" || r["device"] == "cuda"), "cpu or cuda");
   // Optional (absent in rows older than it: dense). unisparse carries its settings.
   if (r.contains("prefill")) {
     need("prefill", r["prefill"].is_string() && (r["prefill"] == "dense" || r["prefill"] == "unisparse"),

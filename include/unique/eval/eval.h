@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "unique/config.h"
+#include "unique/dtype.h"
 #include "unique/eval/results.h"
 
 namespace unique::eval {
@@ -40,7 +41,10 @@ struct EvalOptions {
   int sink_pages = 1, recent_pages = 1, dense_layers = 0;
   int64_t ppl_prefix = 256;
   int vartrack_hops = 3;
-  std::string kv_dtype = "auto";  // auto: fp32 for fp32 weights, else bf16
+  std::string kv_dtype = "auto";  // auto: fp32 for fp32 weights on the CPU, else bf16
+  // cuda: the CUDA engine (weights, KV cache and kernels on the GPU; bf16/fp16 KV). Every task
+  // but `recall`, which reads queries and keys on the host (a decode observer).
+  Device device = Device::cpu;
   PrefillMode prefill = PrefillMode::dense;  // prompt attention (--prefill)
   float prefill_top_p = 0.95f;               // unisparse: estimated mass kept per query block
   int prefill_block = 64, pool = 8;          // unisparse: block and composite pooling, in tokens
