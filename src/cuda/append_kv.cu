@@ -3,8 +3,8 @@
 // its page's new rows, then (after a barrier, the rows are visible to the whole block)
 // recomputes mean/std (two-pass, population) and min/max over the page's stored keys
 // exactly as the CPU path does, rounded once to the stats dtype.
-// fp8 (e4m3) statistics: every column is computed in double (as the CPU computes them for
-// fp8), rounded to fp32, kept in shared memory; one block-wide max per statistics pair
+// fp8 (e4m3) statistics: every column is computed in double (column_stats<double>, as the
+// CPU computes them for fp8), rounded to fp32, kept in shared memory; one block-wide max per statistics pair
 // gives the pair's power-of-two scale, and the codes are cvt.rn.satfinite.e4m3: the same
 // codes and scales as the CPU append and recompute_page_stats, bit for bit.
 #include <cuda_fp8.h>
@@ -41,8 +41,32 @@ struct AppendParams {
 constexpr int kAppendThreads = 128;
 constexpr int kMaxHeadDim = 512;
 
-// fp8 statistics of one page-head whose keys K (tokens rows) are written and visible to
-// the block. Double accumulation, explicit fma: the CPU's arithmetic (page_stats_cpu.cpp).
+// The statistics of column d over a page's `tokens` stored keys K (visible to the block):
+// v = {mean, population std (two-pass), min, max}, accumulated in Acc: float, or double for
+// fp8 statistics as the CPU computes them (page_stats_cpu.cpp; explicit fma in both).
+template <class Acc, class T>
+__device__ void column_stats(const T* K, int tokens, int D, int d, float (&v)[4]) {
+  Acc sum = 0, lo = INFINITY, hi = -INFINITY;
+  for (int t = 0; t < tokens; ++t) {
+    const Acc x = to_f<T>(K[t * D + d]);
+    sum += x;
+    lo = fmin(lo, x);
+    hi = fmax(hi, x);
+  }
+  const Acc mu = sum / tokens;
+  Acc ss = 0;
+  for (int t = 0; t < tokens; ++t) {
+    const Acc x = Acc(to_f<T>(K[t * D + d])) - mu;
+    ss = fma(x, x, ss);
+  }
+  v[0] = float(mu);
+  v[1] = float(sqrt(ss / tokens));
+  v[2] = float(lo);
+  v[3] = float(hi);
+}
+
+// fp8 statistics of one page-head: columns in double, one block-wide max per statistics
+// pair for its power-of-two scale, then the codes.
 template <class T>
 __device__ void fp8_page_stats(const AppendParams& p, const T* K, int tokens, int64_t so, int64_t sco) {
   __shared__ float rows[4][kMaxHeadDim];
@@ -50,20 +74,8 @@ __device__ void fp8_page_stats(const AppendParams& p, const T* K, int tokens, in
   const int D = p.D;
   float am[2] = {0.0f, 0.0f};
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    double sum = 0.0, lo = INFINITY, hi = -INFINITY;
-    for (int t = 0; t < tokens; ++t) {
-      const double x = to_f<T>(K[t * D + d]);
-      sum += x;
-      lo = fmin(lo, x);
-      hi = fmax(hi, x);
-    }
-    const double mu = sum / tokens;
-    double ss = 0.0;
-    for (int t = 0; t < tokens; ++t) {
-      const double x = double(to_f<T>(K[t * D + d])) - mu;
-      ss = fma(x, x, ss);
-    }
-    const float v[4] = {float(mu), float(sqrt(ss / tokens)), float(lo), float(hi)};
+    float v[4];
+    column_stats<double>(K, tokens, D, d, v);
 #pragma unroll
     for (int i = 0; i < 4; ++i) rows[i][d] = v[i];
     am[0] = fmaxf(am[0], fmaxf(fabsf(v[0]), fabsf(v[1])));
@@ -123,26 +135,15 @@ __global__ void __launch_bounds__(kAppendThreads) append_kernel(const AppendPara
     return;
   }
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float sum = 0.0f, lo = INFINITY, hi = -INFINITY;
-    for (int t = 0; t < tokens; ++t) {
-      const float x = to_f<T>(K[t * D + d]);
-      sum += x;
-      lo = fminf(lo, x);
-      hi = fmaxf(hi, x);
-    }
-    const float mu = sum / tokens;
-    float ss = 0.0f;
-    for (int t = 0; t < tokens; ++t) {
-      const float x = to_f<T>(K[t * D + d]) - mu;
-      ss = fmaf(x, x, ss);
-    }
+    float v[4];
+    column_stats<float>(K, tokens, D, d, v);
     if (p.mean) {
-      store_any(p.mean, p.stats_dtype, so + d, mu);
-      store_any(p.std, p.stats_dtype, so + d, sqrtf(ss / tokens));
+      store_any(p.mean, p.stats_dtype, so + d, v[0]);
+      store_any(p.std, p.stats_dtype, so + d, v[1]);
     }
     if (p.kmin) {
-      store_any(p.kmin, p.stats_dtype, so + d, lo);
-      store_any(p.kmax, p.stats_dtype, so + d, hi);
+      store_any(p.kmin, p.stats_dtype, so + d, v[2]);
+      store_any(p.kmax, p.stats_dtype, so + d, v[3]);
     }
   }
 }
