@@ -67,3 +67,13 @@ unique_add_error_test(cli_eval_bad_prefill "error: --prefill: expected dense or 
   $<TARGET_FILE:unique> eval --model ${_rm} --prefill sparse --out ${_ev}_unused.jsonl)
 unique_add_error_test(cli_eval_bad_prefill_top_p "error: --prefill-top-p: expected in \\(0, 1\\], got 0"
   $<TARGET_FILE:unique> eval --model ${_rm} --prefill unisparse --prefill-top-p 0 --out ${_ev}_unused.jsonl)
+# scripts/compare-eval-devices (gpu-check's CPU vs --device cuda check) on the H100 sweep of
+# docs/eval/cuda-2026-11-24, and on a copy whose unique perplexity is 5% off: it must say so.
+set(_evd ${CMAKE_SOURCE_DIR}/docs/eval/cuda-2026-11-24)
+add_test(NAME compare_eval_devices COMMAND python3 ${CMAKE_SOURCE_DIR}/scripts/compare-eval-devices
+         ${_evd}/eval_cpu.jsonl ${_evd}/eval_cuda.jsonl)
+set_tests_properties(compare_eval_devices PROPERTIES PASS_REGULAR_EXPRESSION "6 of 6 groups agree")
+add_test(NAME compare_eval_devices_detects COMMAND python3 ${CMAKE_SOURCE_DIR}/scripts/compare-eval-devices
+         ${_evd}/eval_cpu.jsonl ${CMAKE_CURRENT_SOURCE_DIR}/data/eval_cuda_ppl_off.jsonl)
+set_tests_properties(compare_eval_devices_detects PROPERTIES
+                     PASS_REGULAR_EXPRESSION "ppl +unique +256 +16 +2048 +2.3020 +2.41[0-9]+ +FAIL \\(ppl\\).*5 of 6 groups agree")
