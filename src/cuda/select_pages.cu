@@ -756,13 +756,19 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
   p.hist_topk = k_hist;
   int chunks = 1;
   if (per_page) {
-    // At least one wave of blocks (two per SM) and at most ~256 pages per block (8 ring
-    // steps; measured on the H100: at batch 8 / 128K 482-page blocks beat 1639-page ones by
-    // 15% and 256-page ones beat 512 by 1-2%, while batch 1 wants its single wave of ~250-page
-    // blocks); at least 64 pages per block, at most kIdWindow.
-    static const int k_chunk = env_knob("UNIQUE_SEL_CHUNK_PAGES", 256);  // benchmark knob
+    // At least one wave of blocks (two per SM). bf16/fp16/fp32 statistics: ~256 pages per
+    // block (H100, batch 8 / 128K: 256-page blocks beat 512 by 1-2% and 1639 by 15%). fp8
+    // statistics (an 8-stage ring): at most two full waves, at most one block per 256 pages
+    // (batch 8 / 128K: 89 / 59 us at P16 / P32 against 112 / 64 with 256-page blocks, 100 / 64
+    // with a third, partial wave). Batch 1 takes
+    // its single wave either way. At least 64 pages per block, at most kIdWindow.
+    static const int k_chunk = env_knob("UNIQUE_SEL_CHUNK_PAGES", 0);  // benchmark knob (0: the rule)
     const int wave = (2 * num_sms() + rows - 1) / rows;
-    chunks = std::max(wave, (max_pages + k_chunk - 1) / k_chunk);
+    const bool fp8 = kv.stats_dtype == DType::e4m3;
+    // (floor: a third, partial wave of blocks costs more than larger blocks)
+    int want = fp8 ? std::min(std::max(1, 4 * num_sms() / rows), (max_pages + 255) / 256) : (max_pages + 255) / 256;
+    if (k_chunk > 0) want = (max_pages + k_chunk - 1) / k_chunk;
+    chunks = std::max(wave, want);
     chunks = std::min(chunks, std::max(1, (max_pages + 63) / 64));
     chunks = std::max(chunks, (max_pages + kIdWindow - 1) / kIdWindow);
   }
