@@ -138,6 +138,9 @@ int main(int argc, char** argv) {
   std::printf("device: %s, %d SMs; copy peak %.0f GB/s (read+write)\n", prop.name, prop.multiProcessorCount, peak);
   std::printf("page statistics: %s\n", to_string(sdt));
   const double st_size = double(dtype_size(sdt));
+  // UNIQUE_BENCH_PAGES=contig: physical pages in sequence order instead of a stride permutation.
+  const char* pages_env = std::getenv("UNIQUE_BENCH_PAGES");
+  const bool contig = pages_env && std::string(pages_env) == "contig";
   std::printf("L2 flush before each rep: %s\n", timer.read_flush ? "read 256 MiB (clean L2)" : "memset 256 MiB (dirty L2)");
   if (js) std::fprintf(js, "{\"kind\":\"peak\",\"device\":\"%s\",\"copy_GBps\":%.1f}\n", prop.name, peak);
 
@@ -192,7 +195,7 @@ int main(int argc, char** argv) {
       // page table: physical pages shuffled with a fixed stride permutation
       std::vector<int32_t> indptr(sh.B + 1), indices(total_pages), last(sh.B, P);
       for (int b = 0; b <= sh.B; ++b) indptr[b] = b * pages;
-      const bool contig = std::getenv("UNIQUE_BENCH_PAGES") && std::string(std::getenv("UNIQUE_BENCH_PAGES")) == "contig";
+
       for (size_t i = 0; i < total_pages; ++i) indices[i] = contig ? int32_t(i) : int32_t((i * 7919) % total_pages);
       int32_t *d_indptr, *d_indices, *d_last;
       CK(cudaMalloc(&d_indptr, indptr.size() * 4));

@@ -32,9 +32,7 @@ namespace {
 
 struct Cached {
   std::mutex mu;
-  // zeroed: the select kernel expects zeroed counters (and leaves them zeroed)
-  GrowBuffer agg{.zeroed = true}, raw{.zeroed = true}, counters{.zeroed = true}, part_o{.zeroed = true},
-      part_lse{.zeroed = true};
+  GrowBuffer agg{.zeroed = true}, raw{.zeroed = true}, part_o{.zeroed = true}, part_lse{.zeroed = true};
 };
 Cached& cached() {
   static Cached* c = new Cached;  // never freed: outlives static destruction order
@@ -61,7 +59,6 @@ SelectWorkspace select_ws(int batch, int hq, int hk, int max_pages) {
   SelectWorkspace ws;
   ws.agg = static_cast<float*>(c.agg.get(s.agg_floats * sizeof(float)));
   ws.raw = static_cast<float*>(c.raw.get(s.raw_floats * sizeof(float)));
-  ws.counters = static_cast<uint32_t*>(c.counters.get(s.counters * sizeof(uint32_t)));
   return ws;
 }
 }  // namespace

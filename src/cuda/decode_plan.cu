@@ -68,7 +68,6 @@ void DecodePlan::plan(const AttentionConfig& cfg, const DecodeShape& s) {
     const bool raw = cfg.estimator == Estimator::oracle || cfg.gqa == GqaAggregation::softmax_sum ||
                      s.num_qo_heads / s.num_kv_heads > 8;
     impl->sws.raw = raw ? static_cast<float*>(impl->alloc(z.raw_floats * 4)) : nullptr;
-    impl->sws.counters = static_cast<uint32_t*>(impl->alloc(z.counters * 4));
     max_list = ms;
   }
   const int chunks = cuda::decode_chunks(s.batch, s.num_qo_heads, s.num_kv_heads, cfg.page_size, max_list,

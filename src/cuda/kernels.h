@@ -14,14 +14,13 @@
 
 namespace unique::cuda {
 
-// Scoring + selection scratch. counters must start zeroed (the kernel leaves them zeroed).
+// Scoring + selection scratch.
 struct SelectWorkspace {
-  float* agg = nullptr;        // [batch, num_kv_heads, max_pages]
-  float* raw = nullptr;        // [batch, num_qo_heads, max_pages] (softmax_sum, oracle, group > 8)
-  uint32_t* counters = nullptr;  // [batch, num_kv_heads]
+  float* agg = nullptr;  // [batch, num_kv_heads, max_pages]
+  float* raw = nullptr;  // [batch, num_qo_heads, max_pages] (softmax_sum, oracle, group > 8)
 };
 struct SelectSizes {
-  size_t agg_floats, raw_floats, counters;
+  size_t agg_floats, raw_floats;
 };
 SelectSizes select_sizes(int batch, int num_qo_heads, int num_kv_heads, int max_pages);
 

@@ -69,14 +69,13 @@ struct ScoreParams {
   bool raw_mode;
   float* agg;
   float* raw;
-  uint32_t* counters;
   float* scores_out;
   int scores_stride;
   int32_t* sel_pages;
   int32_t* sel_counts;
   int max_selected;
   int sink, recent, topk;
-  int chunks, chunk_pages;
+  int chunk_pages;
   int trigger;    // score_kernel lets the select grid launch at its start (PDL trigger)
   int hist_topk;  // histogram threshold search (0: the bitwise one alone; benchmark knob)
 };
@@ -510,6 +509,8 @@ __global__ void __launch_bounds__(kThreads, 2) score_kernel(const ScoreParams p)
   const S* A = static_cast<const S*>(p.sa);
   const S* B = static_cast<const S*>(p.sb);
   const int steps = (rows + RPS - 1) / RPS;
+  // This lane's ring slot of statistic st (0: sa, 1: sb), piece nv, in a stage.
+  auto slot = [&](int stage, int st, int nv) { return ring + (size_t(stage * 2 + st) * NV + nv) * kThreads + tid; };
   auto issue = [&](int stage, int i) {
     const int r = i * RPS + my;
     const bool ok = r < rows;
@@ -517,8 +518,8 @@ __global__ void __launch_bounds__(kThreads, 2) score_kernel(const ScoreParams p)
 #pragma unroll
     for (int nv = 0; nv < NV; ++nv) {
       const int64_t e = base + (nv * LPP + sub) * SV;
-      LoadT* da = ring + (size_t(stage * 2 + 0) * NV + nv) * kThreads + tid;
-      LoadT* db = ring + (size_t(stage * 2 + 1) * NV + nv) * kThreads + tid;
+      LoadT* da = slot(stage, 0, nv);
+      LoadT* db = slot(stage, 1, nv);
       if constexpr (LB == 16) {
         cp_async16(da, A + e, ok ? 16 : 0);
         if constexpr (F != Form::mean) cp_async16(db, B + e, ok ? 16 : 0);
@@ -566,9 +567,9 @@ __global__ void __launch_bounds__(kThreads, 2) score_kernel(const ScoreParams p)
     float a[CPL], bb[CPL];
 #pragma unroll
     for (int nv = 0; nv < NV; ++nv) {
-      const LoadT ra = ring[(size_t(stage * 2 + 0) * NV + nv) * kThreads + tid];
+      const LoadT ra = *slot(stage, 0, nv);
       LoadT rb{};
-      if constexpr (F != Form::mean) rb = ring[(size_t(stage * 2 + 1) * NV + nv) * kThreads + tid];
+      if constexpr (F != Form::mean) rb = *slot(stage, 1, nv);
       if constexpr (kFp8 && SV == 16) {
         unpack16_e4m3(ra, a + nv * SV);
         if constexpr (F != Form::mean) unpack16_e4m3(rb, bb + nv * SV);
@@ -695,8 +696,7 @@ int env_knob(const char* name, int dflt) {
 }  // namespace
 
 SelectSizes select_sizes(int batch, int num_qo_heads, int num_kv_heads, int max_pages) {
-  return {size_t(batch) * num_kv_heads * max_pages, size_t(batch) * num_qo_heads * max_pages,
-          size_t(batch) * num_kv_heads};
+  return {size_t(batch) * num_kv_heads * max_pages, size_t(batch) * num_qo_heads * max_pages};
 }
 
 void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
@@ -738,7 +738,6 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
                             group > kHeads);
   p.agg = ws.agg;
   p.raw = ws.raw;
-  p.counters = ws.counters;
   p.scores_out = scores_out;
   p.scores_stride = scores_stride;
   p.sel_pages = sel ? sel->pages : nullptr;
@@ -772,7 +771,6 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
     chunks = std::min(chunks, std::max(1, (max_pages + 63) / 64));
     chunks = std::max(chunks, (max_pages + kIdWindow - 1) / kIdWindow);
   }
-  p.chunks = chunks;
   p.chunk_pages = (max_pages + chunks - 1) / chunks;
   // Without raw mode a block scores all heads of the group (group <= 8): one subgroup.
   if (!p.raw_mode) p.subgroups = 1;
