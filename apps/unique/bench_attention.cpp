@@ -31,16 +31,15 @@ struct Options {
 };
 
 template <class F>
-double median_ms(int steps, F&& f) {
-  f();  // warm-up: first touch of scratch buffers, page-ins
-  std::vector<double> ms;
-  for (int i = 0; i < steps; ++i) {
-    auto t0 = std::chrono::steady_clock::now();
-    f();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
+double time_ms(F&& f) {
+  auto t0 = std::chrono::steady_clock::now();
+  f();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
 }
 
 void progress(double f) {
@@ -83,7 +82,7 @@ int run(Options o) {
   const PagedKV kv = w.kv();
   const TensorView q = w.q_view(s);
   const double copy_peak = measure_host_copy_gbps();
-  const double peak = measure_host_read_gbps();  // a decode step only reads
+  HostReadProbe probe;  // a decode step only reads: the read peak is its ceiling
 
   int64_t total_tokens = 0, total_pages = 0;
   for (int b = 0; b < kv.batch; ++b) {
@@ -97,38 +96,82 @@ int run(Options o) {
   const TensorView out_view = make_view(out.data(), DType::f32, {s.batch, s.num_qo_heads, s.head_dim});
   AttentionConfig dense_cfg = o.cfg;
   dense_cfg.estimator = Estimator::dense;
-  const double dense_ms = median_ms(o.steps, [&] { paged_decode(dense_cfg, q, kv, nullptr, dense_view, {}); });
+
+  struct Row {
+    AttentionConfig cfg;
+    int max_sel = 0;
+    std::vector<int32_t> pages, counts;
+    Selection sel;
+    std::vector<double> sel_ms, ms, speedup;
+  };
+  std::vector<Row> est_rows;
+  for (Estimator e : ests) {
+    if (e == Estimator::dense) continue;
+    Row r;
+    r.cfg = o.cfg;
+    r.cfg.estimator = e;
+    r.max_sel = r.cfg.max_selected(max_seq_pages(kv));
+    r.pages.resize(size_t(s.batch) * s.num_kv_heads * r.max_sel);
+    r.counts.resize(size_t(s.batch) * s.num_kv_heads);
+    r.sel = Selection{r.pages.data(), r.counts.data(), s.batch, s.num_kv_heads, r.max_sel, Device::cpu};
+    est_rows.push_back(std::move(r));
+  }
+  // Rounds, after one untimed warm-up (first touch of scratch buffers): a read-peak pass,
+  // the dense step, each estimator's selection and sparse step. Speeds are medians over
+  // rounds; speed-ups and % of peak are ratios within a round, then medians, so that a
+  // neighbour's load that comes and goes between rows does not become a ratio.
+  std::vector<double> peak_gbps, dense_ms_v, dense_pct;
+  for (int round = -1; round < o.steps; ++round) {
+    if (isatty(2) && round >= 0) std::fprintf(stderr, "\rtiming: round %d/%d", round + 1, o.steps);
+    const double pk = probe.pass_gbps();
+    const double dms = time_ms([&] { paged_decode(dense_cfg, q, kv, nullptr, dense_view, {}); });
+    std::vector<std::pair<double, double>> times;
+    for (Row& r : est_rows) {
+      const double sel_ms = time_ms([&] { select_pages(r.cfg, q, kv, r.sel); });
+      const double ms = time_ms([&] {
+        select_pages(r.cfg, q, kv, r.sel);
+        paged_decode(r.cfg, q, kv, &r.sel, out_view, {});
+      });
+      times.emplace_back(sel_ms, ms);
+    }
+    if (round < 0) continue;
+    peak_gbps.push_back(pk);
+    dense_ms_v.push_back(dms);
+    dense_pct.push_back(100 * dense_bytes / dms / 1e6 / pk);
+    for (size_t i = 0; i < est_rows.size(); ++i) {
+      est_rows[i].sel_ms.push_back(times[i].first);
+      est_rows[i].ms.push_back(times[i].second);
+      est_rows[i].speedup.push_back(dms / times[i].second);
+    }
+  }
+  if (isatty(2)) std::fprintf(stderr, "\n");
+  const double peak = median(peak_gbps);
+  const double dense_ms = median(dense_ms_v);
 
   nlohmann::json rows = nlohmann::json::array();
   rows.push_back({{"estimator", "dense"}, {"recall", 1.0}, {"rel_err", 0.0}, {"ms", dense_ms},
-                  {"select_ms", 0.0}, {"bytes", dense_bytes},
-                  {"gbps", dense_bytes / dense_ms / 1e6}, {"speedup", 1.0}, {"ideal_speedup", 1.0}});
-  for (Estimator e : ests) {
-    if (e == Estimator::dense) continue;
-    std::fprintf(stderr, "estimator %s...\n", to_string(e));
-    AttentionConfig cfg = o.cfg;
-    cfg.estimator = e;
-    const int max_sel = cfg.max_selected(max_seq_pages(kv));
-    std::vector<int32_t> pages(size_t(s.batch) * s.num_kv_heads * max_sel), counts(size_t(s.batch) * s.num_kv_heads);
-    Selection sel{pages.data(), counts.data(), s.batch, s.num_kv_heads, max_sel, Device::cpu};
-    const double sel_ms = median_ms(o.steps, [&] { select_pages(cfg, q, kv, sel); });
-    const double ms = median_ms(o.steps, [&] {
-      select_pages(cfg, q, kv, sel);
-      paged_decode(cfg, q, kv, &sel, out_view, {});
-    });
+                  {"select_ms", 0.0}, {"bytes", dense_bytes}, {"gbps", dense_bytes / dense_ms / 1e6},
+                  {"pct_of_read_peak", median(dense_pct)}, {"speedup", 1.0}, {"ideal_speedup", 1.0}});
+  for (Row& r : est_rows) {
+    const Estimator e = r.cfg.estimator;
+    // The selection and output of the last round: recall, error and bytes read.
     int64_t sel_tokens = 0;
     for (int b = 0; b < kv.batch; ++b)
       for (int h = 0; h < kv.num_kv_heads; ++h)
-        for (int i = 0; i < counts[b * kv.num_kv_heads + h]; ++i) {
-          const int j = pages[(size_t(b) * kv.num_kv_heads + h) * max_sel + i];
+        for (int i = 0; i < r.counts[b * kv.num_kv_heads + h]; ++i) {
+          const int j = r.pages[(size_t(b) * kv.num_kv_heads + h) * r.max_sel + i];
           sel_tokens += j == seq_pages(kv, b) - 1 ? kv.last_page_len[b] : kv.page_size;
         }
+    paged_decode(r.cfg, q, kv, &r.sel, out_view, {});
     const double bytes = stats_bytes(e, kv, total_pages) + 2.0 * kv.head_dim * dtype_size(kv.dtype) * sel_tokens;
-    const double recall = o.no_recall ? -1.0 : attention_recall(cfg, q, kv, sel);
+    const double recall = o.no_recall ? -1.0 : attention_recall(r.cfg, q, kv, r.sel);
+    std::vector<double> pct;
+    for (size_t i = 0; i < r.ms.size(); ++i) pct.push_back(100 * bytes / r.ms[i] / 1e6 / peak_gbps[i]);
+    const double ms = median(r.ms);
     rows.push_back({{"estimator", to_string(e)}, {"recall", recall},
-                    {"rel_err", relative_l2(out_view, dense_view)}, {"ms", ms}, {"select_ms", sel_ms},
-                    {"bytes", bytes}, {"gbps", bytes / ms / 1e6}, {"speedup", dense_ms / ms},
-                    {"ideal_speedup", dense_bytes / bytes}});
+                    {"rel_err", relative_l2(out_view, dense_view)}, {"ms", ms}, {"select_ms", median(r.sel_ms)},
+                    {"bytes", bytes}, {"gbps", bytes / ms / 1e6}, {"pct_of_read_peak", median(pct)},
+                    {"speedup", median(r.speedup)}, {"ideal_speedup", dense_bytes / bytes}});
   }
 
   if (o.json) {
@@ -144,9 +187,11 @@ int run(Options o) {
     std::printf("%s\n", doc.dump(1).c_str());
     return 0;
   }
-  std::printf("measured with %d threads: read peak %.1f GB/s, copy peak %.1f GB/s (read+write)\n",
-              omp_get_max_threads(), peak, copy_peak);
-  std::printf("%%peak = achieved GB/s over the read peak; ideal = dense bytes / bytes this row reads\n");
+  std::printf("measured with %d threads over %d rounds: read peak %.1f GB/s (median; %.1f-%.1f), copy peak %.1f GB/s (read+write)\n",
+              omp_get_max_threads(), o.steps, peak, *std::min_element(peak_gbps.begin(), peak_gbps.end()),
+              *std::max_element(peak_gbps.begin(), peak_gbps.end()), copy_peak);
+  std::printf("ms: median over rounds; %%peak and speedup: ratios within each round (to the round's read-peak\n"
+              "pass and dense step), median over rounds; ideal = dense bytes / bytes this row reads\n");
   std::printf("%-8s %8s %9s %10s %10s %9s %7s %8s %7s\n", "estim.", "recall", "out err", "ms/step",
               "select ms", "GB/s", "%peak", "speedup", "ideal");
   for (const auto& r : rows) {
@@ -155,7 +200,7 @@ int run(Options o) {
                 r["estimator"].get<std::string>().c_str(),
                 recall < 0 ? "-" : (std::to_string(recall).substr(0, 6)).c_str(), r["rel_err"].get<double>(),
                 r["ms"].get<double>(), r["select_ms"].get<double>(), r["gbps"].get<double>(),
-                100 * r["gbps"].get<double>() / peak, r["speedup"].get<double>(), r["ideal_speedup"].get<double>());
+                r["pct_of_read_peak"].get<double>(), r["speedup"].get<double>(), r["ideal_speedup"].get<double>());
   }
   return 0;
 }
@@ -186,7 +231,7 @@ Runner add_bench_attention(CLI::App& app) {
   app.add_option("--offset", o->offset, "UNIQUE offset form: channel (sum |q|*std) or norm (|q|*|std|)")->capture_default_str();
   app.add_option("--alpha", o->cfg.alpha, "Scale of the UNIQUE std offset")->capture_default_str();
   app.add_option("--needles", o->spec.needles, "Planted needle pages per sequence and KV head")->capture_default_str();
-  app.add_option("--steps", o->steps, "Timed decode steps per row (median reported)")->capture_default_str()
+  app.add_option("--steps", o->steps, "Timed rounds (each: a read-peak pass, the dense step, every estimator's step); medians reported")->capture_default_str()
       ->check(CLI::Range(1, 100000));
   app.add_option("--threads", o->threads, "OpenMP threads (0 = all cores)")->capture_default_str();
   app.add_option("--seed", o->spec.seed, "Workload seed")->capture_default_str();

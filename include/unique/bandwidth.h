@@ -2,8 +2,23 @@
 // buffers much larger than the last-level cache and all OpenMP threads.
 #pragma once
 #include <cstddef>
+#include <vector>
 
 namespace unique {
+// A buffer much larger than the last-level cache, streamed by one read pass per call with
+// all OpenMP threads. measure_host_read_gbps keeps its best pass; a benchmark keeps one
+// and times a pass next to each step it times, so every speed is set against the peak of
+// the same moment (other tenants of a virtual machine move it by tens of percent).
+class HostReadProbe {
+ public:
+  explicit HostReadProbe(std::size_t bytes = std::size_t(1) << 30);
+  double pass_gbps();  // bytes read per second by one pass (GB/s = 1e9 B/s)
+
+ private:
+  std::vector<float> a_;
+  double sink_ = 0;
+};
+
 // Copy: bytes read + bytes written per second (GB/s = 1e9 B/s), best of `reps`.
 double measure_host_copy_gbps(std::size_t bytes = std::size_t(1) << 29, int reps = 5);
 // Read-only stream (what a decode step does): bytes read per second, best of `reps`.

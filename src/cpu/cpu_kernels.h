@@ -36,6 +36,16 @@ inline bool ranks_before(float sa, int a, float sb, int b) {
   return sa > sb || (sa == sb && a < b);
 }
 
+// ranks_before as one unsigned comparison (larger key first), for sorting many pages: the
+// score's bits made monotonic (NaN as -inf, -0 as +0), then the inverted position.
+inline uint64_t rank_key(float s, int pos) {
+  s = s == s ? s + 0.0f : -__builtin_inff();
+  uint32_t u;
+  __builtin_memcpy(&u, &s, sizeof u);
+  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return (uint64_t(u) << 32) | uint32_t(~uint32_t(pos));
+}
+
 // Pages always kept for a sequence of n pages: [0, sink) and [n - max(recent,1), n).
 inline bool is_forced(const AttentionConfig& cfg, int page, int n) {
   int recent = cfg.recent_pages > 0 ? cfg.recent_pages : 1;

@@ -48,120 +48,225 @@ void oracle_mass(const AttentionConfig& cfg, const PagedKV& kv, int b, int h, in
   }
 }
 
-// Scores of pages[0..n) for G query heads from the page statistics (stats type S), into
-// s[i*n + j]. One pass over the stats rows: each chunk is widened once for all G heads.
-// aq = alpha*|q| (channel offset form), so q.mu + alpha*|q|.sigma is one sum per head:
-// half the horizontal reductions, which bound this loop once the rows stream from DRAM.
-template <class S, int G>
-void stats_scores(const AttentionConfig& cfg, const PagedKV& kv, const int32_t* pages, int n,
-                  int h, const float* q, const float* aq, const float* qnorm, float* s) {
+// Per-head scores of every (sequence, KV head): row (b, h, i) of `stride` floats holds
+// query head h*group + i's score of each page position of sequence b. Callers keep one per
+// thread (thread_local) across calls: a fresh buffer each decode step costs page faults
+// and zeroing on the order of the scoring itself.
+struct HeadScores {
+  int H = 0, group = 0, stride = 0;
+  std::vector<float> s;
+  float* row(int b, int h) { return s.data() + (int64_t(b) * H + h) * group * stride; }
+};
+
+// The query rows of every (sequence, query head) as fp32, alpha*|q| (channel offset form:
+// q.mu + alpha*|q|.sigma is then one sum per head) and |q| (norm offset form).
+struct Queries {
+  int D = 0;
+  std::vector<float> q, aq, qnorm;
+  Queries(const AttentionConfig& cfg, const TensorView& q_in, const PagedKV& kv) : D(kv.head_dim) {
+    const int HQ = static_cast<int>(q_in.shape[1]), group = HQ / kv.num_kv_heads;
+    q.resize(size_t(kv.batch) * HQ * D);
+    qnorm.resize(size_t(kv.batch) * HQ);
+    for (int b = 0; b < kv.batch; ++b)
+      for (int h = 0; h < kv.num_kv_heads; ++h)
+        load_query_group(q_in, b, h, group, D, &q[(size_t(b) * HQ + h * group) * D]);
+    aq.resize(q.size());
+    for (size_t i = 0; i < q.size(); ++i) aq[i] = cfg.alpha * std::fabs(q[i]);
+    for (size_t r = 0; r < qnorm.size(); ++r) qnorm[r] = std::sqrt(dot(&q[r * D], &q[r * D], D));
+  }
+};
+
+// What a statistics score reads and sums, fixed at compile time so the row loop has no
+// branches: unique (channel or norm offset form), quest, mean.
+enum class StatsKind { unique_channel, unique_norm, quest, mean };
+
+// Scores of R statistics rows (pages[0..R), KV head h) for G query heads, into
+// out[i*stride + r] for r < count (rows past count repeat page 0 and are dropped).
+// R*G = 16 accumulators: each q chunk is loaded once for R pages (loads, not FMAs, bound
+// the one-row form) and hsum16 reduces all 16 at once.
+template <class S, int G, StatsKind K>
+inline void score_rows(const AttentionConfig& cfg, const PagedKV& kv, const int32_t* pages,
+                       int count, int h, const float* q, const float* aq, const float* qnorm,
+                       float* out, int stride) {
+  constexpr int R = kW / G;
   const int D = kv.head_dim;
-  const S* mean = static_cast<const S*>(kv.mean);
-  const S* sdev = static_cast<const S*>(kv.std);
-  const S* lo = static_cast<const S*>(kv.kmin);
-  const S* hi = static_cast<const S*>(kv.kmax);
-  const Estimator e = cfg.estimator;
-  const bool channel = cfg.offset == OffsetForm::channel;
-  constexpr int kAhead = 8;  // pages: a row is ~30 ns of streaming, DRAM latency ~100+ ns
-  for (int j = 0; j < n; ++j) {
-    const int64_t so = kv.stats_offset(pages[j], h);
-    if (j + kAhead < n) {  // stats rows of one head are strided across pages: prefetch ahead
-      const int64_t ahead = kv.stats_offset(pages[j + kAhead], h);
-      const void* a = e == Estimator::quest ? static_cast<const void*>(lo + ahead) : mean + ahead;
-      const void* b = e == Estimator::quest ? static_cast<const void*>(hi + ahead) : sdev + ahead;
-      prefetch_bytes(a, D * sizeof(S));
-      if (e != Estimator::mean) prefetch_bytes(b, D * sizeof(S));
-    }
-    VecF dotv[G] = {}, sd2{};
-    for (int d0 = 0; d0 < D; d0 += kW) {
-      if (e == Estimator::quest) {
-        const VecF l = load_widen(lo + so + d0), u = load_widen(hi + so + d0);
-        for (int i = 0; i < G; ++i) {
-          const VecF qi = load(q + i * D + d0);
-          dotv[i] += vmax(qi * l, qi * u);
-        }
-        continue;
-      }
-      const VecF mu = load_widen(mean + so + d0);
-      for (int i = 0; i < G; ++i) dotv[i] += load(q + i * D + d0) * mu;
-      if (e != Estimator::unique) continue;
-      const VecF sd = load_widen(sdev + so + d0);
-      if (channel) {
-        for (int i = 0; i < G; ++i) dotv[i] += load(aq + i * D + d0) * sd;
+  const S* a[R];
+  const S* c[R];
+  for (int r = 0; r < R; ++r) {
+    const int64_t so = kv.stats_offset(pages[r < count ? r : 0], h);
+    a[r] = static_cast<const S*>(K == StatsKind::quest ? kv.kmin : kv.mean) + so;
+    c[r] = static_cast<const S*>(K == StatsKind::quest ? kv.kmax : kv.std) + so;
+  }
+  VecF acc[R * G] = {}, sd2[R] = {};
+  for (int d0 = 0; d0 < D; d0 += kW) {
+    VecF qv[G], av[G];
+    for (int i = 0; i < G; ++i) qv[i] = load(q + i * D + d0);
+    if constexpr (K == StatsKind::unique_channel)
+      for (int i = 0; i < G; ++i) av[i] = load(aq + i * D + d0);
+    for (int r = 0; r < R; ++r) {
+      const VecF x = load_widen(a[r] + d0);
+      if constexpr (K == StatsKind::quest) {
+        const VecF u = load_widen(c[r] + d0);
+        for (int i = 0; i < G; ++i) acc[r * G + i] += vmax(qv[i] * x, qv[i] * u);
       } else {
-        sd2 += sd * sd;
+        for (int i = 0; i < G; ++i) acc[r * G + i] += qv[i] * x;
+        if constexpr (K == StatsKind::unique_channel) {
+          const VecF sd = load_widen(c[r] + d0);
+          for (int i = 0; i < G; ++i) acc[r * G + i] += av[i] * sd;
+        } else if constexpr (K == StatsKind::unique_norm) {
+          const VecF sd = load_widen(c[r] + d0);
+          sd2[r] += sd * sd;
+        }
       }
     }
+  }
+  const VecF sum = hsum16(acc);
+  for (int r = 0; r < count && r < R; ++r) {
     // fp8: codes were summed unscaled; each pair's power-of-two scale applies once here.
     float sc = 1.0f;
     if constexpr (std::is_same_v<S, e4m3>)
-      sc = kv.stats_scale[kv.scale_offset(pages[j], h) + (e == Estimator::quest ? 1 : 0)];
-    const float sd_norm = e == Estimator::unique && !channel ? sc * std::sqrt(hsum(sd2)) : 0.0f;
-    for (int i = 0; i < G; ++i) {
-      float v = sc * hsum(dotv[i]);
-      if (e == Estimator::unique && !channel) v += cfg.alpha * qnorm[i] * sd_norm;
-      s[i * n + j] = v;
-    }
+      sc = kv.stats_scale[kv.scale_offset(pages[r], h) + (K == StatsKind::quest ? 1 : 0)];
+    float sd_norm = 0.0f;
+    if constexpr (K == StatsKind::unique_norm) sd_norm = cfg.alpha * sc * std::sqrt(hsum(sd2[r]));
+    for (int i = 0; i < G; ++i) out[i * stride + r] = sc * sum[r * G + i] + qnorm[i] * sd_norm;
   }
 }
 
-struct Scratch {
-  std::vector<float> q, aq, qnorm, per_head, agg, logits;
-  std::vector<int> rest, chosen;
-};
-
-// Aggregated scores of the n pages of (b, h) into sc.agg.
-void score_one(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, int b, int h,
-               Scratch& sc) {
-  const int D = kv.head_dim, group = static_cast<int>(q.shape[1]) / kv.num_kv_heads;
-  const int n = seq_pages(kv, b);
-  sc.q.resize(size_t(group) * D);
-  sc.qnorm.resize(group);
-  sc.per_head.assign(size_t(group) * n, 0.0f);
-  sc.agg.assign(n, 0.0f);
-  load_query_group(q, b, h, group, D, sc.q.data());
-  for (int i = 0; i < group; ++i) sc.qnorm[i] = std::sqrt(dot(&sc.q[i * D], &sc.q[i * D], D));
-  sc.aq.resize(sc.q.size());
-  for (size_t i = 0; i < sc.q.size(); ++i) sc.aq[i] = cfg.alpha * std::fabs(sc.q[i]);
+// Statistics scores of page positions [j0, j1) of sequence b for every KV head, kW/G
+// pages at a time, the pages' rows of all KV heads next to each other in the scan.
+template <class S, StatsKind K>
+void score_page_range(const AttentionConfig& cfg, const PagedKV& kv, const Queries& qs, int b,
+                      int j0, int j1, HeadScores& hs) {
+  const int H = kv.num_kv_heads, D = kv.head_dim, group = hs.group;
   const int32_t* pages = kv.page_indices + kv.page_indptr[b];
-  float* s = sc.per_head.data();
+  const int row_bytes = D * static_cast<int>(sizeof(S));
+  const S* a = static_cast<const S*>(K == StatsKind::quest ? kv.kmin : kv.mean);
+  const S* c = static_cast<const S*>(K == StatsKind::quest ? kv.kmax : kv.std);
+  for_head_blocks(group, [&](auto g, int i0) {
+    constexpr int G = g(), R = kW / G;
+    for (int j = j0; j < j1; j += R) {
+      for (int h = 0; h < H; ++h) {
+        // Pages are scattered: fetch head h's rows of the next R pages while these are
+        // scored, spread over the heads rather than in one burst the miss queue drops.
+        for (int p = j + R; p < std::min(j + 2 * R, j1); ++p) {
+          const int64_t ahead = kv.stats_offset(pages[p], h);
+          prefetch_bytes(a + ahead, row_bytes);
+          if constexpr (K != StatsKind::mean) prefetch_bytes(c + ahead, row_bytes);
+        }
+        const int64_t r = (int64_t(b) * H + h) * group + i0;  // first query head of the block
+        score_rows<S, G, K>(cfg, kv, pages + j, j1 - j, h, &qs.q[r * D], &qs.aq[r * D],
+                            &qs.qnorm[r], hs.row(b, h) + i0 * hs.stride + j, hs.stride);
+      }
+    }
+  });
+}
 
+template <class F>
+void dispatch_stats_kind(const AttentionConfig& cfg, F&& f) {
+  using C = std::integral_constant<StatsKind, StatsKind::quest>;
   switch (cfg.estimator) {
-    case Estimator::dense:  // all zeros (every page is selected anyway)
-      break;
-    case Estimator::random:
-      for (int i = 0; i < group; ++i)
-        for (int j = 0; j < n; ++j) s[i * n + j] = detail::random_page_score(cfg.seed, b, h, j);
-      break;
-    case Estimator::oracle:
-      dispatch_dtype(kv.dtype, [&](auto t) {
-        oracle_mass<decltype(t)>(cfg, kv, b, h, group, sc.q.data(), s, sc.logits);
-      });
-      break;
+    case Estimator::quest: return f(C{});
+    case Estimator::mean: return f(std::integral_constant<StatsKind, StatsKind::mean>{});
     default:
+      if (cfg.offset == OffsetForm::channel)
+        return f(std::integral_constant<StatsKind, StatsKind::unique_channel>{});
+      return f(std::integral_constant<StatsKind, StatsKind::unique_norm>{});
+  }
+}
+
+// Scores of the estimators that do not read statistics, for one (b, h).
+void score_other(const AttentionConfig& cfg, const PagedKV& kv, const Queries& qs, int b, int h,
+                 HeadScores& hs, std::vector<float>& logits) {
+  const int n = seq_pages(kv, b), group = hs.group;
+  float* s = hs.row(b, h);
+  if (cfg.estimator == Estimator::random) {
+    for (int i = 0; i < group; ++i)
+      for (int j = 0; j < n; ++j) s[i * hs.stride + j] = unique::detail::random_page_score(cfg.seed, b, h, j);
+  } else if (cfg.estimator == Estimator::oracle) {
+    std::vector<float> packed(size_t(group) * n);
+    dispatch_dtype(kv.dtype, [&](auto t) {
+      oracle_mass<decltype(t)>(cfg, kv, b, h, group, &qs.q[(int64_t(b) * kv.num_kv_heads + h) * group * qs.D],
+                               packed.data(), logits);
+    });
+    for (int i = 0; i < group; ++i) std::copy_n(&packed[size_t(i) * n], n, s + i * hs.stride);
+  } else {  // dense: all zeros (every page is selected anyway)
+    for (int i = 0; i < group; ++i) std::fill_n(s + i * hs.stride, n, 0.0f);
+  }
+}
+
+bool reads_statistics(Estimator e) {
+  return e == Estimator::unique || e == Estimator::quest || e == Estimator::mean;
+}
+
+// Per-head scores of every page of every sequence in which `wanted(b)`, into hs (all
+// threads).
+template <class Wanted>
+void score_all(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, Wanted wanted,
+               HeadScores& hs) {
+  const int H = kv.num_kv_heads;
+  hs.H = H;
+  hs.group = static_cast<int>(q.shape[1]) / H;
+  hs.stride = max_seq_pages(kv);
+  hs.s.resize(size_t(kv.batch) * H * hs.group * hs.stride);
+  const Queries qs(cfg, q, kv);
+  if (reads_statistics(cfg.estimator)) {
+    // Tasks of kChunk pages of one sequence: both cores busy even at batch 1.
+    constexpr int kChunk = 64;
+    std::vector<std::pair<int, int>> tasks;
+    for (int b = 0; b < kv.batch; ++b)
+      if (wanted(b))
+        for (int j = 0; j < seq_pages(kv, b); j += kChunk) tasks.emplace_back(b, j);
+#pragma omp parallel for schedule(dynamic)
+    for (size_t t = 0; t < tasks.size(); ++t) {
+      const auto [b, j0] = tasks[t];
+      const int j1 = std::min(j0 + kChunk, seq_pages(kv, b));
       dispatch_stats_dtype(kv.stats_dtype, [&](auto st) {
-        for_head_blocks(group, [&](auto g, int i0) {
-          stats_scores<decltype(st), g()>(cfg, kv, pages, n, h, &sc.q[i0 * D], &sc.aq[i0 * D],
-                                          sc.qnorm.data() + i0, s + i0 * n);
+        dispatch_stats_kind(cfg, [&](auto kind) {
+          score_page_range<decltype(st), kind()>(cfg, kv, qs, b, j0, j1, hs);
         });
       });
-  }
-  if (cfg.gqa == GqaAggregation::max) {
-    for (int j = 0; j < n; ++j) sc.agg[j] = -INFINITY;
-    for (int i = 0; i < group; ++i)
-      for (int j = 0; j < n; ++j) sc.agg[j] = std::max(sc.agg[j], s[i * n + j]);
+    }
     return;
   }
-  const float scale = cfg.scale_for(D);
-  for (int i = 0; i < group; ++i) {
-    float* si = s + i * n;
+#pragma omp parallel
+  {
+    std::vector<float> logits;
+#pragma omp for schedule(dynamic) collapse(2)
+    for (int b = 0; b < kv.batch; ++b)
+      for (int h = 0; h < H; ++h)
+        if (wanted(b)) score_other(cfg, kv, qs, b, h, hs, logits);
+  }
+}
+
+// The calling thread's buffer, named by a reference: inside an OpenMP region a
+// thread_local name would be each worker's own (empty) buffer.
+HeadScores& calling_thread_scores() {
+  thread_local HeadScores hs;
+  return hs;
+}
+
+// GQA aggregation of the per-head scores of (b, h) into agg[0..n).
+void aggregate(const AttentionConfig& cfg, const PagedKV& kv, HeadScores& hs, int b, int h,
+               std::vector<float>& agg) {
+  const int n = seq_pages(kv, b);
+  float* s = hs.row(b, h);
+  if (cfg.gqa == GqaAggregation::max) {
+    agg.assign(n, -INFINITY);
+    for (int i = 0; i < hs.group; ++i)
+      for (int j = 0; j < n; ++j) agg[j] = std::max(agg[j], s[i * hs.stride + j]);
+    return;
+  }
+  agg.assign(n, 0.0f);
+  const float scale = cfg.scale_for(kv.head_dim);
+  for (int i = 0; i < hs.group; ++i) {
+    float* si = s + i * hs.stride;
     if (cfg.estimator != Estimator::oracle) {
       const float m = *std::max_element(si, si + n);
       float sum = 0.0f;
       for (int j = 0; j < n; ++j) sum += (si[j] = std::exp((si[j] - m) * scale));
       for (int j = 0; j < n; ++j) si[j] /= sum;
     }
-    for (int j = 0; j < n; ++j) sc.agg[j] += si[j];
+    for (int j = 0; j < n; ++j) agg[j] += si[j];
   }
 }
 
@@ -170,16 +275,18 @@ void score_one(const AttentionConfig& cfg, const TensorView& q, const PagedKV& k
 void score_pages(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
                  const TensorView& scores) {
   const int H = kv.num_kv_heads, max_pages = static_cast<int>(scores.shape[2]);
+  HeadScores& hs = calling_thread_scores();
+  score_all(cfg, q, kv, [](int) { return true; }, hs);
 #pragma omp parallel
   {
-    Scratch sc;
+    std::vector<float> agg;
 #pragma omp for schedule(dynamic) collapse(2)
     for (int b = 0; b < kv.batch; ++b)
       for (int h = 0; h < H; ++h) {
-        score_one(cfg, q, kv, b, h, sc);
+        aggregate(cfg, kv, hs, b, h, agg);
         float* row = scores.ptr<float>() + (int64_t(b) * H + h) * max_pages;
-        std::copy(sc.agg.begin(), sc.agg.end(), row);
-        std::fill(row + sc.agg.size(), row + max_pages, -INFINITY);
+        std::copy(agg.begin(), agg.end(), row);
+        std::fill(row + agg.size(), row + max_pages, -INFINITY);
       }
   }
 }
@@ -187,29 +294,44 @@ void score_pages(const AttentionConfig& cfg, const TensorView& q, const PagedKV&
 void select_pages(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv,
                   const Selection& out) {
   const int H = kv.num_kv_heads;
+  // The forced pages are the positions outside [lo, hi): a prefix (sink) and a suffix
+  // (recent, the last page always); the scores are needed only when k < hi - lo.
+  const auto ranked = [&](int b) {
+    const int n = seq_pages(kv, b);
+    const int lo = std::min(cfg.sink_pages, n);
+    return std::pair{lo, std::max(lo, n - std::max(cfg.recent_pages, 1))};
+  };
+  const auto needs_scores = [&](int b) {
+    const auto [lo, hi] = ranked(b);
+    return cfg.estimator != Estimator::dense && cfg.topk_pages() < hi - lo;
+  };
+  HeadScores& hs = calling_thread_scores();
+  score_all(cfg, q, kv, needs_scores, hs);
 #pragma omp parallel
   {
-    Scratch sc;
+    std::vector<float> agg;
+    std::vector<uint64_t> keys;
 #pragma omp for schedule(dynamic) collapse(2)
     for (int b = 0; b < kv.batch; ++b)
       for (int h = 0; h < H; ++h) {
         const int n = seq_pages(kv, b);
-        const int k = cfg.estimator == Estimator::dense ? n : cfg.topk_pages();
-        sc.chosen.clear();
-        sc.rest.clear();
-        for (int j = 0; j < n; ++j) (is_forced(cfg, j, n) ? sc.chosen : sc.rest).push_back(j);
-        if (k < static_cast<int>(sc.rest.size())) {
-          score_one(cfg, q, kv, b, h, sc);
-          const float* s = sc.agg.data();
-          std::nth_element(sc.rest.begin(), sc.rest.begin() + k, sc.rest.end(),
-                           [&](int a, int c) { return ranks_before(s[a], a, s[c], c); });
-          sc.rest.resize(k);
-        }
-        sc.chosen.insert(sc.chosen.end(), sc.rest.begin(), sc.rest.end());
-        std::sort(sc.chosen.begin(), sc.chosen.end());
+        const auto [lo, hi] = ranked(b);
         int32_t* pages = out.pages + (int64_t(b) * H + h) * out.max_selected;
-        const int c = static_cast<int>(sc.chosen.size());
-        std::copy(sc.chosen.begin(), sc.chosen.end(), pages);
+        int c = 0;
+        for (int j = 0; j < lo; ++j) pages[c++] = j;
+        if (needs_scores(b)) {
+          const int k = cfg.topk_pages();
+          aggregate(cfg, kv, hs, b, h, agg);
+          keys.resize(hi - lo);
+          for (int j = lo; j < hi; ++j) keys[j - lo] = rank_key(agg[j], j);
+          std::nth_element(keys.begin(), keys.begin() + k, keys.end(), std::greater<>());
+          for (int i = 0; i < k; ++i) pages[c + i] = static_cast<int32_t>(~uint32_t(keys[i]));
+          std::sort(pages + c, pages + c + k);
+          c += k;
+        } else {
+          for (int j = lo; j < hi; ++j) pages[c++] = j;
+        }
+        for (int j = hi; j < n; ++j) pages[c++] = j;
         std::fill(pages + c, pages + out.max_selected, -1);
         out.counts[b * H + h] = c;
       }

@@ -7,10 +7,11 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "unique/dtype.h"
 
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -36,9 +37,15 @@ inline VecF load_widen(const T* src) {
   if constexpr (std::is_same_v<T, float>) {
     return load(src);
   } else if constexpr (std::is_same_v<T, bf16>) {
+#if defined(__AVX512F__)
+    // One zero-extending load + one shift; the generic form below splits into halves.
+    const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+    return reinterpret_cast<VecF>(_mm512_slli_epi32(u, 16));
+#else
     VecH h;
     std::memcpy(&h, src, sizeof h);
     return reinterpret_cast<VecF>(__builtin_convertvector(h, VecU) << 16);
+#endif
   } else if constexpr (std::is_same_v<T, e4m3>) {
     // fp8 e4m3 code -> fp32 bits: sign to bit 31, exponent and mantissa to bits 20..26;
     // times 2^120 rebiases (7 -> 127) and turns fp32 subnormals into the e4m3 subnormals.
@@ -50,6 +57,9 @@ inline VecF load_widen(const T* src) {
     const VecU bits = ((u & 0x7fu) << 20) | ((u & 0x80u) << 24);
     return reinterpret_cast<VecF>(bits) * 0x1p120f;
   } else {
+#if defined(__AVX512F__)
+    return reinterpret_cast<VecF>(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src))));
+#else
     alignas(64) float f[kW];
 #if defined(__F16C__)
     for (int i = 0; i < kW; i += 8)
@@ -58,6 +68,7 @@ inline VecF load_widen(const T* src) {
     for (int i = 0; i < kW; ++i) f[i] = to_float(src[i]);
 #endif
     return load(f);
+#endif
   }
 }
 
@@ -70,6 +81,28 @@ inline float hsum(VecF v) {
   const V4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
   const V4 c = b + __builtin_shufflevector(b, b, 2, 3, 0, 1);
   return c[0] + c[1];
+}
+
+namespace detail {
+// One halving step of hsum16: pairs (a, b) of vectors whose lanes come in blocks of H
+// partial sums; the result holds blocks of H/2 partial sums of both, each lane one add.
+template <int H, int... L>
+inline VecF fold(VecF a, VecF b, std::integer_sequence<int, L...>) {
+  return __builtin_shufflevector(a, b, ((L / H) % 2 == 0 ? L : kW + L - H)...) +
+         __builtin_shufflevector(a, b, ((L / H) % 2 == 0 ? L + H : kW + L)...);
+}
+}  // namespace detail
+
+// Lane m of the result = the sum of the lanes of v[m] (v is clobbered). 15 two-shuffle
+// folds instead of 16 horizontal sums: a scorer that keeps 16 accumulators (pages x
+// heads) reduces them all at once.
+inline VecF hsum16(VecF* v) {
+  static_assert(kW == 16);
+  constexpr auto lanes = std::make_integer_sequence<int, kW>{};
+  for (int k = 0; k < 8; ++k) v[k] = detail::fold<8>(v[k], v[k + 8], lanes);
+  for (int k = 0; k < 4; ++k) v[k] = detail::fold<4>(v[k], v[k + 4], lanes);
+  for (int k = 0; k < 2; ++k) v[k] = detail::fold<2>(v[k], v[k + 2], lanes);
+  return detail::fold<1>(v[0], v[1], lanes);
 }
 
 // Asks for the n bytes at p to be brought towards the core (L2), one line at a time.
