@@ -50,10 +50,15 @@ inline VecF load_widen(const T* src) {
     // fp8 e4m3 code -> fp32 bits: sign to bit 31, exponent and mantissa to bits 20..26;
     // times 2^120 rebiases (7 -> 127) and turns fp32 subnormals into the e4m3 subnormals.
     // Exact for every finite code (0x7f/0xff, NaN, read as +-480: statistics are finite).
+#if defined(__AVX512F__)
+    // One zero-extending load (the generic conversion below is assembled piecewise).
+    const VecU u = reinterpret_cast<VecU>(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
+#else
     typedef uint8_t VecB __attribute__((vector_size(kW)));
     VecB b;
     std::memcpy(&b, src, sizeof b);
     const VecU u = __builtin_convertvector(b, VecU);
+#endif
     const VecU bits = ((u & 0x7fu) << 20) | ((u & 0x80u) << 24);
     return reinterpret_cast<VecF>(bits) * 0x1p120f;
   } else {
