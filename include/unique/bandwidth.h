@@ -2,20 +2,26 @@
 // buffers much larger than the last-level cache and all OpenMP threads.
 #pragma once
 #include <cstddef>
-#include <vector>
+#include <memory>
 
 namespace unique {
+namespace detail {
+class HostBuffer;
+}
 // A buffer much larger than the last-level cache, streamed by one read pass per call with
-// all OpenMP threads. measure_host_read_gbps keeps its best pass; a benchmark keeps one
+// all OpenMP threads, allocated like the KV cache (2 MiB-aligned, transparent huge pages
+// asked for) so the ceiling and the decode read the same kind of memory. measure_host_read_gbps keeps its best pass; a benchmark keeps one
 // and times a pass next to each step it times, so every speed is set against the peak of
 // the same moment (other tenants of a virtual machine move it by tens of percent).
 class HostReadProbe {
  public:
   explicit HostReadProbe(std::size_t bytes = std::size_t(1) << 30);
+  ~HostReadProbe();
   double pass_gbps();  // bytes read per second by one pass (GB/s = 1e9 B/s)
 
  private:
-  std::vector<float> a_;
+  std::unique_ptr<detail::HostBuffer> buf_;
+  long n_ = 0;  // floats
   double sink_ = 0;
 };
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "attention/cuda_backend.h"
+#include "attention/host_buffer.h"
 #include "cpu/vec.h"
 
 namespace unique {
@@ -38,17 +39,21 @@ double measure_host_copy_gbps(std::size_t bytes, int reps) {
 
 HostReadProbe::HostReadProbe(std::size_t bytes) {
   using cpu::kW;
-  a_.resize(bytes / sizeof(float) / (16 * kW) * (16 * kW));
-  const long n = static_cast<long>(a_.size());
-#pragma omp parallel for schedule(static)  // first touch by the threads that will read
-  for (long i = 0; i < n; ++i) a_[i] = static_cast<float>(i & 7);
+  n_ = static_cast<long>(bytes / sizeof(float) / (16 * kW) * (16 * kW));
+  buf_ = std::make_unique<detail::HostBuffer>(n_ * sizeof(float));
+  float* a = buf_->data<float>();
+  const long n = n_;
+#pragma omp parallel for schedule(static)
+  for (long i = 0; i < n; ++i) a[i] = static_cast<float>(i & 7);
 }
+
+HostReadProbe::~HostReadProbe() = default;
 
 double HostReadProbe::pass_gbps() {
   using cpu::kW;
   using cpu::VecF;
-  const long n = static_cast<long>(a_.size());
-  const float* a = a_.data();
+  const long n = n_;
+  const float* a = buf_->data<float>();
   auto t0 = std::chrono::steady_clock::now();
   double total = 0;
 #pragma omp parallel for schedule(static) reduction(+ : total)
@@ -66,7 +71,7 @@ double HostReadProbe::pass_gbps() {
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   sink_ += total;
   if (sink_ < 0) std::abort();  // keeps the reads observable
-  return static_cast<double>(a_.size() * sizeof(float)) / s / 1e9;
+  return static_cast<double>(n_ * sizeof(float)) / s / 1e9;
 }
 
 double measure_host_read_gbps(std::size_t bytes, int reps) {
