@@ -82,8 +82,8 @@ enum class StatsKind { unique_channel, unique_norm, quest, mean };
 
 // Scores of R statistics rows (pages[0..R), KV head h) for G query heads, into
 // out[i*stride + r] for r < count (rows past count repeat page 0 and are dropped).
-// R*G = 16 accumulators: each q chunk is loaded once for R pages (loads, not FMAs, bound
-// the one-row form) and hsum16 reduces all 16 at once.
+// R*G = 16 accumulators: each q chunk is loaded once for R pages, and hsum16 reduces all
+// 16 at once (one horizontal sum per head and page was a fifth of the one-row form's work).
 template <class S, int G, StatsKind K>
 inline void score_rows(const AttentionConfig& cfg, const PagedKV& kv, const int32_t* pages,
                        int count, int h, const float* q, const float* aq, const float* qnorm,
@@ -161,16 +161,17 @@ void score_page_range(const AttentionConfig& cfg, const PagedKV& kv, const Queri
   });
 }
 
+template <StatsKind K>
+using KindC = std::integral_constant<StatsKind, K>;
+
 template <class F>
 void dispatch_stats_kind(const AttentionConfig& cfg, F&& f) {
-  using C = std::integral_constant<StatsKind, StatsKind::quest>;
   switch (cfg.estimator) {
-    case Estimator::quest: return f(C{});
-    case Estimator::mean: return f(std::integral_constant<StatsKind, StatsKind::mean>{});
+    case Estimator::quest: return f(KindC<StatsKind::quest>{});
+    case Estimator::mean: return f(KindC<StatsKind::mean>{});
     default:
-      if (cfg.offset == OffsetForm::channel)
-        return f(std::integral_constant<StatsKind, StatsKind::unique_channel>{});
-      return f(std::integral_constant<StatsKind, StatsKind::unique_norm>{});
+      if (cfg.offset == OffsetForm::channel) return f(KindC<StatsKind::unique_channel>{});
+      return f(KindC<StatsKind::unique_norm>{});
   }
 }
 

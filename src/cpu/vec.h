@@ -38,9 +38,11 @@ inline VecF load_widen(const T* src) {
     return load(src);
   } else if constexpr (std::is_same_v<T, bf16>) {
 #if defined(__AVX512F__)
-    // One zero-extending load + one shift; the generic form below splits into halves.
-    const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
-    return reinterpret_cast<VecF>(_mm512_slli_epi32(u, 16));
+    // One zero-extending load + one shift; the generic form below splits into halves. (The
+    // zero-masked intrinsics here and below: GCC 12 warns on the plain ones' undefined
+    // pass-through operand.)
+    const __m512i u = _mm512_maskz_cvtepu16_epi32(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+    return reinterpret_cast<VecF>(reinterpret_cast<VecU>(u) << 16);
 #else
     VecH h;
     std::memcpy(&h, src, sizeof h);
@@ -52,7 +54,8 @@ inline VecF load_widen(const T* src) {
     // Exact for every finite code (0x7f/0xff, NaN, read as +-480: statistics are finite).
 #if defined(__AVX512F__)
     // One zero-extending load (the generic conversion below is assembled piecewise).
-    const VecU u = reinterpret_cast<VecU>(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
+    const VecU u = reinterpret_cast<VecU>(
+        _mm512_maskz_cvtepu8_epi32(0xffff, _mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
 #else
     typedef uint8_t VecB __attribute__((vector_size(kW)));
     VecB b;
@@ -63,7 +66,8 @@ inline VecF load_widen(const T* src) {
     return reinterpret_cast<VecF>(bits) * 0x1p120f;
   } else {
 #if defined(__AVX512F__)
-    return reinterpret_cast<VecF>(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src))));
+    return reinterpret_cast<VecF>(
+        _mm512_maskz_cvtph_ps(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src))));
 #else
     alignas(64) float f[kW];
 #if defined(__F16C__)
