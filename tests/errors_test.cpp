@@ -307,7 +307,7 @@ TEST(Errors, AppendKv) {
 
 TEST(Errors, ParseNames) {
   for (Estimator e : {Estimator::unique, Estimator::quest, Estimator::mean, Estimator::oracle,
-                      Estimator::random, Estimator::dense})
+                      Estimator::random, Estimator::dense, Estimator::composite})
     EXPECT_EQ(parse_estimator(to_string(e)), e);
   EXPECT_ERROR_MSG(parse_estimator("nope"), "estimator", "nope", "unique");
   EXPECT_ERROR_MSG(parse_estimator(""), "estimator");

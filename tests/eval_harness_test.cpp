@@ -384,3 +384,24 @@ TEST(EvalResults, PrefillFieldIsOptionalAndChecked) {
   EXPECT_NO_THROW(validate_row(sp, "x"));
   EXPECT_NE(row_key(sp), row_key(r));
 }
+
+// Composite-estimator rows carry their block (--pool) and are keyed by it; one without it is
+// refused naming the field.
+TEST(EvalResults, CompositeRowsAreKeyedByPool) {
+  Row r = parse_row(R"({"budget":256,"context":4096,"copyable":true,"correct":true,"dense_layers":0,"depth":10.0,)"
+                    R"("estimator":"composite","expected":"93326","kv_dtype":"fp32","model":"m","output":" 93326",)"
+                    R"("page_size":16,"pool":8,"recent":1,"score":1.0,"seed":0,"sink":1,"task":"passkey",)"
+                    R"("time_s":0.07,"tokens":4096,"variant":""})",
+                    "composite");
+  EXPECT_NO_THROW(validate_row(r, "x"));
+  Row r4 = r;
+  r4["pool"] = 4;
+  EXPECT_NE(row_key(r4), row_key(r));
+  Row u = r;
+  u["estimator"] = "unique";
+  u.erase("pool");
+  EXPECT_NE(row_key(u), row_key(r));
+  Row bad = r;
+  bad.erase("pool");
+  EXPECT_ERROR_MSG(validate_row(bad, "x"), "pool");
+}

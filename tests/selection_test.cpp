@@ -4,6 +4,7 @@
 // planted needles.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <set>
 
 #include "test_util.h"
@@ -22,7 +23,7 @@ std::vector<EstCfg> all_estimator_configs() {
     v.push_back({Estimator::unique, g, OffsetForm::channel});
     v.push_back({Estimator::unique, g, OffsetForm::norm});
     for (Estimator e : {Estimator::quest, Estimator::mean, Estimator::oracle, Estimator::random,
-                        Estimator::dense})
+                        Estimator::dense, Estimator::composite})
       v.push_back({e, g, OffsetForm::channel});
   }
   return v;
@@ -183,7 +184,8 @@ void fast_matches_reference(const SweepParam& sp, bool fp8_stats) {
     cfg.offset = ec.o;
     cfg.alpha = ci % 2 ? 1.0f : 0.5f;
     cfg.seed = seed;
-    SCOPED_TRACE(cfg_name(cfg));
+    cfg.pool = std::array{4, 8, 64}[ci % 3];  // composite: blocks within a page, or the whole page
+    SCOPED_TRACE(cfg_name(cfg) + " pool=" + std::to_string(cfg.pool));
 
     Buf fs(DType::f32, size_t(B) * H * max_pages), rs(DType::f32, fs.size());
     fs.poison();
@@ -272,6 +274,61 @@ TEST(Selection, TiesGoToLowerPagePositions) {
 }
 
 // The random estimator is seeded: same seed same pages, another seed other pages.
+// The composite estimator at its two ends, against values computed here: one block per
+// page (pool >= page) is the page's mean key, so its scores are the `mean` estimator's
+// (fp32 statistics kept exactly by the cache); one token per block scores a page by its
+// largest q.k. Ragged lengths: partial last pages average only their tokens.
+TEST(Selection, CompositeEndsAreMeanAndMaxLogit) {
+  for (int P : {16, 32}) {
+    CaseSpec s;
+    s.page_size = P;
+    s.lens = {int64_t(5 * P + 3), int64_t(P), 1};
+    s.head_dim = 64;
+    const uint64_t seed = case_seed(31, P);
+    CacheCase c = make_case(s, seed);
+    const PagedKV kv = c.kv();
+    const int B = c.batch(), H = s.num_kv_heads, D = s.head_dim, group = 2, Hq = H * group;
+    Buf q = make_queries(c, group, DType::f32, seed);
+    const TensorView qv = q.view({B, Hq, D});
+    const int max_pages = max_seq_pages(kv);
+    auto scores = [&](Estimator e, int pool, bool fast) {
+      AttentionConfig cfg;
+      cfg.page_size = P;
+      cfg.estimator = e;
+      cfg.pool = pool;
+      Buf out(DType::f32, size_t(B) * H * max_pages);
+      out.poison();
+      if (fast) score_pages(cfg, qv, kv, out.view({B, H, max_pages}));
+      else ref::score_pages(cfg, qv, kv, out.view({B, H, max_pages}));
+      return out;
+    };
+    for (bool fast : {false, true}) {
+      SCOPED_TRACE(fast ? "fast" : "reference");
+      const Buf whole = scores(Estimator::composite, 64, fast), mean = scores(Estimator::mean, 8, false);
+      const Buf single = scores(Estimator::composite, 1, fast);
+      for (int b = 0; b < B; ++b)
+        for (int h = 0; h < H; ++h)
+          for (int j = 0; j < seq_pages(kv, b); ++j) {
+            const size_t at = (size_t(b) * H + h) * max_pages + j;
+            EXPECT_NEAR(whole.get(at), mean.get(at), 1e-4 * (1 + std::fabs(mean.get(at)))) << b << " " << h << " " << j;
+            // Largest q.k over the page's tokens, maximised over the group's heads (GQA max).
+            const int page = kv.page_indices[kv.page_indptr[b] + j];
+            const int tokens = j == seq_pages(kv, b) - 1 ? kv.last_page_len[b] : P;
+            double best = -INFINITY;
+            for (int i = 0; i < group; ++i)
+              for (int t = 0; t < tokens; ++t) {
+                double dot = 0;
+                for (int d = 0; d < D; ++d)
+                  dot += double(q.get((size_t(b) * Hq + h * group + i) * D + d)) *
+                         load_as_float(kv.k, kv.dtype, kv.kv_offset(page, h) + int64_t(t) * D + d);
+                best = std::max(best, dot);
+              }
+            EXPECT_NEAR(single.get(at), best, 1e-4 * (1 + std::fabs(best))) << b << " " << h << " " << j;
+          }
+    }
+  }
+}
+
 TEST(Selection, RandomEstimatorIsSeeded) {
   CaseSpec s;
   s.lens = {40 * 16};

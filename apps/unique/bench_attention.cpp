@@ -56,8 +56,9 @@ double stats_bytes(Estimator e, const PagedKV& kv, int64_t pages) {
     case Estimator::unique:
     case Estimator::quest: return (2 * row + scale) * pages;
     case Estimator::mean: return (row + scale) * pages;
-    case Estimator::oracle: return double(kv.num_kv_heads) * kv.head_dim * dtype_size(kv.dtype) *
-                                   pages * kv.page_size;  // reads every key
+    case Estimator::oracle:
+    case Estimator::composite: return double(kv.num_kv_heads) * kv.head_dim * dtype_size(kv.dtype) *
+                                      pages * kv.page_size;  // both read every key
     default: return 0;
   }
 }

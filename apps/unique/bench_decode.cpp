@@ -86,7 +86,8 @@ double attn_bytes(const engine::Engine& eng, const AttentionConfig& cfg, bool de
       case Estimator::unique:
       case Estimator::quest: b += 2 * row * pages; break;
       case Estimator::mean: b += row * pages; break;
-      case Estimator::oracle: b += tok * len; break;
+      case Estimator::oracle:
+      case Estimator::composite: b += tok * len; break;  // both read every key
       default: break;
     }
   }

@@ -153,7 +153,8 @@ Runner add_eval(CLI::App& app) {
                  "ppl (perplexity, every token through sparse decode), recall (per layer/head attention-mass\n"
                  "recall and output error of each selection vs dense)")
       ->capture_default_str();
-  app.add_option("--estimators", f->estimators, "Comma-separated: unique, quest, mean, random, oracle, dense")
+  app.add_option("--estimators", f->estimators, "Comma-separated: unique, quest, mean, random, oracle, dense, composite (pooled key blocks of "
+                 "--pool tokens, CPU only)")
       ->capture_default_str();
   app.add_option("--budgets", f->budgets, "Comma-separated top-k budgets in tokens (each >= the largest page size)")
       ->capture_default_str();

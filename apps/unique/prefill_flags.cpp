@@ -15,7 +15,9 @@ void add_prefill_flags(CLI::App& app, std::string& mode, float& top_p, int& bloc
       ->capture_default_str();
   app.add_option("--prefill-block", block, "unisparse: query/key block in tokens (a multiple of 16 in 16..256)")
       ->capture_default_str();
-  app.add_option("--pool", pool, "unisparse: consecutive tokens averaged into one composite token (divides --prefill-block)")
+  app.add_option("--pool", pool,
+                 "unisparse: consecutive tokens averaged into one composite token (divides --prefill-block); "
+                 "also the block of the composite decode estimator")
       ->capture_default_str();
 }
 

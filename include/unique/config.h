@@ -7,7 +7,11 @@
 
 namespace unique {
 
-enum class Estimator : uint8_t { unique, quest, mean, oracle, random, dense };
+// composite: UniSparse's composite tokens at decode time: a page's keys average-pooled in
+// blocks of `pool` tokens, the page scored by its best pooled key (max over blocks of
+// q.k_pooled). It reads the keys themselves (an accuracy study, CPU only): stored, the pooled
+// keys would cost page_size / pool key rows per page, as mean + std cost two at pool 8 / page 16.
+enum class Estimator : uint8_t { unique, quest, mean, oracle, random, dense, composite };
 // How the page scores of the query heads sharing one KV head become one score.
 //   max:         max over the group's heads of the raw score
 //   softmax_sum: sum over heads of softmax_over_pages(sm_scale * score)
@@ -34,7 +38,8 @@ struct AttentionConfig {
   // Sparse prefill (UniSparse, arXiv 2512.14082).
   PrefillMode prefill = PrefillMode::dense;
   int prefill_block = 64;     // query/key block of the block-sparse prefill, in tokens
-  int pool = 8;               // composite-token pooling factor (cq = ck), divides prefill_block
+  int pool = 8;               // composite-token pooling factor (cq = ck), divides prefill_block;
+                              // also the composite decode estimator's block (in tokens)
   float top_p = 0.95f;        // compressed attention mass kept per query block; >= 1 keeps all
   // Sparsity-aware training (include/unique/soft_mask.h): temperature T of the soft page
   // mask sigmoid((s - tau) / T); T -> 0 is hard top-k.

@@ -11,7 +11,7 @@ from . import _arrays as A
 from . import _core
 from .cache import PagedKVCache, as_cache
 
-ESTIMATORS = ("unique", "quest", "mean", "oracle", "random", "dense")
+ESTIMATORS = ("unique", "quest", "mean", "oracle", "random", "dense", "composite")
 
 
 def _config(page_size: int, budget: Optional[int], sink: int, recent: int, estimator: str,
@@ -87,8 +87,9 @@ class SparseDecodeWrapper:
         run does; give it before capturing run() in a CUDA graph).
         Config keywords map onto AttentionConfig: budget -> budget_tokens (k = budget //
         page_size pages), sink -> sink_pages, recent -> recent_pages, estimator (unique,
-        quest, mean, oracle, random, dense), gqa (max, softmax_sum), offset (channel,
-        norm), alpha, sm_scale (None = 1/sqrt(head_dim)), seed (random estimator).
+        quest, mean, oracle, random, dense; composite: pooled 8-token key blocks, CPU only),
+        gqa (max, softmax_sum), offset (channel, norm), alpha, sm_scale (None =
+        1/sqrt(head_dim)), seed (random estimator).
         """
         if device is not None:
             dev = str(A.torch_module().device(device)) if str(device) != "cpu" else "cpu"

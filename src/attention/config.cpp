@@ -46,6 +46,7 @@ const char* to_string(Estimator e) {
     case Estimator::mean: return "mean";
     case Estimator::oracle: return "oracle";
     case Estimator::random: return "random";
+    case Estimator::composite: return "composite";
     default: return "dense";
   }
 }
@@ -55,9 +56,9 @@ const char* to_string(PrefillMode m) { return m == PrefillMode::dense ? "dense" 
 
 Estimator parse_estimator(std::string_view s) {
   for (Estimator e : {Estimator::unique, Estimator::quest, Estimator::mean, Estimator::oracle,
-                      Estimator::random, Estimator::dense})
+                      Estimator::random, Estimator::dense, Estimator::composite})
     if (s == to_string(e)) return e;
-  throw_arg("estimator", "one of unique, quest, mean, oracle, random, dense", std::string(s));
+  throw_arg("estimator", "one of unique, quest, mean, oracle, random, dense, composite", std::string(s));
 }
 GqaAggregation parse_gqa(std::string_view s) {
   if (s == "max") return GqaAggregation::max;

@@ -175,6 +175,32 @@ void dispatch_stats_kind(const AttentionConfig& cfg, F&& f) {
   }
 }
 
+// Composite scores of (b, h) for the group's query heads, into s[i*stride + j]: each block
+// of pool tokens of a page is averaged once (fp32, one chunk at a time) and dotted with
+// every head of the group; a page keeps its best block.
+template <class T>
+void composite_scores(const AttentionConfig& cfg, const PagedKV& kv, const float* q, int b, int h,
+                      int group, float* s, int stride, std::vector<float>& pooled) {
+  const int n = seq_pages(kv, b), P = kv.page_size, D = kv.head_dim;
+  const T* K = static_cast<const T*>(kv.k);
+  pooled.resize(D);
+  for (int j = 0; j < n; ++j) {
+    const T* kp = K + kv.kv_offset(kv.page_indices[kv.page_indptr[b] + j], h);
+    const int tokens = j == n - 1 ? kv.last_page_len[b] : P;
+    for (int i = 0; i < group; ++i) s[i * stride + j] = -INFINITY;
+    for (int t0 = 0; t0 < tokens; t0 += cfg.pool) {
+      const int t1 = std::min(tokens, t0 + cfg.pool);
+      const float inv = 1.0f / float(t1 - t0);
+      for (int d0 = 0; d0 < D; d0 += kW) {
+        VecF sum{};
+        for (int t = t0; t < t1; ++t) sum += load_widen(kp + int64_t(t) * D + d0);
+        store(&pooled[d0], sum * inv);
+      }
+      for (int i = 0; i < group; ++i) s[i * stride + j] = std::max(s[i * stride + j], dot(q + i * D, pooled.data(), D));
+    }
+  }
+}
+
 // Scores of the estimators that do not read statistics, for one (b, h).
 void score_other(const AttentionConfig& cfg, const PagedKV& kv, const Queries& qs, int b, int h,
                  HeadScores& hs, std::vector<float>& logits) {
@@ -183,6 +209,12 @@ void score_other(const AttentionConfig& cfg, const PagedKV& kv, const Queries& q
   if (cfg.estimator == Estimator::random) {
     for (int i = 0; i < group; ++i)
       for (int j = 0; j < n; ++j) s[i * hs.stride + j] = unique::detail::random_page_score(cfg.seed, b, h, j);
+  } else if (cfg.estimator == Estimator::composite) {
+    std::vector<float> pooled;
+    dispatch_dtype(kv.dtype, [&](auto t) {
+      composite_scores<decltype(t)>(cfg, kv, &qs.q[(int64_t(b) * kv.num_kv_heads + h) * group * qs.D], b, h, group,
+                                    s, hs.stride, pooled);
+    });
   } else if (cfg.estimator == Estimator::oracle) {
     std::vector<float> packed(size_t(group) * n);
     dispatch_dtype(kv.dtype, [&](auto t) {

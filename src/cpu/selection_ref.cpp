@@ -20,6 +20,28 @@ double q_at(const TensorView& q, int b, int hq, int d) {
   return load_as_float(q.data, q.dtype, b * q.stride[0] + hq * q.stride[1] + d * q.stride[2]);
 }
 
+// Composite score of logical page j of sequence b for query head hq: the best q.k_pooled
+// over the page's blocks of cfg.pool tokens (the last block of a partial page or of a
+// pool that does not divide the page may be shorter).
+double composite_score(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, int b,
+                       int hq, int h, int j) {
+  const int n = seq_pages(kv, b), P = kv.page_size, D = kv.head_dim;
+  const int page = kv.page_indices[kv.page_indptr[b] + j];
+  const int tokens = j == n - 1 ? kv.last_page_len[b] : P;
+  double best = -INFINITY;
+  for (int t0 = 0; t0 < tokens; t0 += cfg.pool) {
+    const int t1 = std::min(tokens, t0 + cfg.pool);
+    double s = 0;
+    for (int d = 0; d < D; ++d) {
+      double k = 0;
+      for (int t = t0; t < t1; ++t) k += load_as_float(kv.k, kv.dtype, kv.kv_offset(page, h) + int64_t(t) * D + d);
+      s += q_at(q, b, hq, d) * (k / (t1 - t0));
+    }
+    best = std::max(best, s);
+  }
+  return best;
+}
+
 // Raw score of logical page j of sequence b for query head hq (not oracle/random).
 double raw_score(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, int b,
                  int hq, int h, int j) {
@@ -85,6 +107,8 @@ void score_pages(const AttentionConfig& cfg, const TensorView& q, const PagedKV&
               s[j] = detail::random_page_score(cfg.seed, b, h, j);
             else if (cfg.estimator == Estimator::dense)
               s[j] = 0;
+            else if (cfg.estimator == Estimator::composite)
+              s[j] = composite_score(cfg, q, kv, b, hq, h, j);
             else
               s[j] = raw_score(cfg, q, kv, b, hq, h, j);
           }

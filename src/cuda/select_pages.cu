@@ -707,6 +707,8 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
   if (D != 64 && D != 128 && D != 256) throw_arg("kv.head_dim", "64, 128 or 256 on CUDA", D);
   if (group > kMaxGroup) throw_arg("num_qo_heads / num_kv_heads", "<= 128 on CUDA", group);
   if (max_pages > 32 * kSelThreads) throw_arg("kv.max_pages_per_seq", "<= 32768 for CUDA selection", max_pages);
+  if (cfg.estimator == Estimator::composite)
+    throw_arg("estimator", "unique, quest, mean, oracle, random or dense on CUDA (composite is a CPU accuracy study)", to_string(cfg.estimator));
   ScoreParams p{};
   const bool unique_est = cfg.estimator == Estimator::unique;
   p.sa = cfg.estimator == Estimator::quest ? kv.kmin : kv.mean;

@@ -113,6 +113,7 @@ Row base_row(const Run& r, const std::string& task, const std::string& variant, 
     row["prefill_block"] = r.opt.prefill_block;
     row["pool"] = r.opt.pool;
   }
+  if (e == Estimator::composite) row["pool"] = r.opt.pool;  // its block: part of what was measured
   return row;
 }
 

@@ -17,7 +17,7 @@ using unique::detail::concat;
 namespace {
 
 const char* kTasks[] = {"passkey", "needle", "kv", "vartrack", "ppl", "recall"};
-const char* kEstimators[] = {"unique", "quest", "mean", "oracle", "random", "dense"};
+const char* kEstimators[] = {"unique", "quest", "mean", "oracle", "random", "dense", "composite"};
 
 std::string num(const Row& r, const char* f) {
   if (!r.contains(f) || r[f].is_null()) return "-";
@@ -41,6 +41,8 @@ std::string row_key(const Row& r) {
   // keep their keys, and a dense row of today resumes them.
   if (unisparse_prefill(r))
     for (const char* f : {"prefill", "prefill_top_p", "prefill_block", "pool"}) k += '|' + num(r, f);
+  else if (num(r, "estimator") == "composite")  // the composite estimator's block (the same --pool)
+    k += '|' + num(r, "pool");
   // Likewise the device: CPU rows (no field) keep their keys; CUDA rows are other results.
   if (r.contains("device") && r["device"] != "cpu") k += '|' + num(r, "device");
   return k;
@@ -60,7 +62,7 @@ void validate_row(const Row& r, const std::string& where) {
   need("estimator", r.contains("estimator") && r["estimator"].is_string() &&
                         std::find(std::begin(kEstimators), std::end(kEstimators),
                                   r["estimator"].get<std::string>()) != std::end(kEstimators),
-       "one of unique, quest, mean, oracle, random, dense");
+       "one of unique, quest, mean, oracle, random, dense, composite");
   need("model", r.contains("model") && r["model"].is_string(), "a string");
   need("variant", r.contains("variant") && r["variant"].is_string(), "a string");
   need("context", is_int("context") && r["context"].get<int64_t>() > 0, "an integer > 0");
@@ -90,6 +92,8 @@ void validate_row(const Row& r, const std::string& where) {
       need("pool", is_int("pool") && r["pool"].get<int64_t>() >= 1, "an integer >= 1");
     }
   }
+  if (r["estimator"] == "composite")
+    need("pool", is_int("pool") && r["pool"].get<int64_t>() >= 1, "an integer >= 1");
   const std::string task = r["task"];
   if (task == "ppl") {
     need("nll", is_num("nll") && std::isfinite(r["nll"].get<double>()), "a finite number");

@@ -536,6 +536,9 @@ TEST(GpuPlan, RunRejectsShapesOutsideThePlan) {
                    "kv.max_pages_per_seq");
   EXPECT_ERROR_MSG(plan.plan(cfg, DecodeShape{1, 3, 2, 64, 2}), "shape.num_qo_heads");
   EXPECT_ERROR_MSG(plan.plan(cfg, DecodeShape{1, 2, 2, 96, 2}), "shape.head_dim");
+  AttentionConfig composite = cfg;  // a CPU accuracy study: refused, not scored as another estimator
+  composite.estimator = Estimator::composite;
+  EXPECT_ERROR_MSG(plan.plan(composite, DecodeShape{1, 2, 2, 64, 2}), "estimator", "composite", "CUDA");
 }
 
 TEST(GpuErrors, BadInputIsRejectedBeforeLaunch) {
@@ -567,6 +570,14 @@ TEST(GpuErrors, BadInputIsRejectedBeforeLaunch) {
   EXPECT_ERROR_MSG(paged_decode(cfg, dview(dq2, DType::f32, {2, 2, 96}), d2.kv, nullptr,
                                 dview(do2, DType::f32, {2, 2, 96}), TensorView{}),
                    "kv.head_dim", "64, 128 or 256");
+  // the composite estimator (CPU only)
+  AttentionConfig composite = cfg;
+  composite.estimator = Estimator::composite;
+  const int max_pages = max_seq_pages(c.kv());
+  Dev ds(size_t(2) * 2 * max_pages * 4);
+  EXPECT_ERROR_MSG(score_pages(composite, dview(dq, DType::f32, {2, 2, 64}), dkv.kv,
+                               dview(ds, DType::f32, {2, 2, max_pages})),
+                   "estimator", "composite", "CUDA");
 }
 
 }  // namespace
