@@ -193,11 +193,11 @@ int run(Options o) {
               *std::max_element(peak_gbps.begin(), peak_gbps.end()), copy_peak);
   std::printf("ms: median over rounds; %%peak and speedup: ratios within each round (to the round's read-peak\n"
               "pass and dense step), median over rounds; ideal = dense bytes / bytes this row reads\n");
-  std::printf("%-8s %8s %9s %10s %10s %9s %7s %8s %7s\n", "estim.", "recall", "out err", "ms/step",
+  std::printf("%-9s %8s %9s %10s %10s %9s %7s %8s %7s\n", "estim.", "recall", "out err", "ms/step",
               "select ms", "GB/s", "%peak", "speedup", "ideal");
   for (const auto& r : rows) {
     const double recall = r["recall"];
-    std::printf("%-8s %8s %9.2e %10.3f %10.3f %9.1f %6.0f%% %7.2fx %6.1fx\n",
+    std::printf("%-9s %8s %9.2e %10.3f %10.3f %9.1f %6.0f%% %7.2fx %6.1fx\n",
                 r["estimator"].get<std::string>().c_str(),
                 recall < 0 ? "-" : (std::to_string(recall).substr(0, 6)).c_str(), r["rel_err"].get<double>(),
                 r["ms"].get<double>(), r["select_ms"].get<double>(), r["gbps"].get<double>(),
