@@ -195,7 +195,6 @@ int main(int argc, char** argv) {
       // page table: physical pages shuffled with a fixed stride permutation
       std::vector<int32_t> indptr(sh.B + 1), indices(total_pages), last(sh.B, P);
       for (int b = 0; b <= sh.B; ++b) indptr[b] = b * pages;
-
       for (size_t i = 0; i < total_pages; ++i) indices[i] = contig ? int32_t(i) : int32_t((i * 7919) % total_pages);
       int32_t *d_indptr, *d_indices, *d_last;
       CK(cudaMalloc(&d_indptr, indptr.size() * 4));

@@ -1,6 +1,7 @@
-// Fast CPU page scoring + selection: one task per (sequence, KV head), the page
-// statistics read once for all query heads of the GQA group, partial selection
-// (nth_element) instead of a full sort.
+// Fast CPU page scoring + selection. Statistics estimators score in page-major tasks (64
+// pages of one sequence, every KV head of a page together, each row read once for all
+// query heads of its GQA group); the others per (sequence, KV head). Then per (sequence,
+// KV head): GQA aggregation and a partial selection (nth_element on rank keys).
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
@@ -21,11 +22,10 @@ inline float dot(const float* a, const float* b, int n) {
   return s;
 }
 
-
-// Softmax attention mass per page for each query head (the oracle), into s[i*n + j].
+// Softmax attention mass per page for each query head (the oracle), into s[i*stride + j].
 template <class T>
 void oracle_mass(const AttentionConfig& cfg, const PagedKV& kv, int b, int h, int group,
-                 const float* qg, float* s, std::vector<float>& logits) {
+                 const float* qg, float* s, int stride, std::vector<float>& logits) {
   const int n = seq_pages(kv, b), D = kv.head_dim, P = kv.page_size;
   const int64_t len = seq_len(kv, b);
   const float scale = cfg.scale_for(D);
@@ -43,8 +43,8 @@ void oracle_mass(const AttentionConfig& cfg, const PagedKV& kv, int b, int h, in
     const float m = *std::max_element(l, l + len);
     double sum = 0;
     for (int64_t t = 0; t < len; ++t) sum += (l[t] = std::exp(l[t] - m));
-    for (int j = 0; j < n; ++j) s[i * n + j] = 0.0f;
-    for (int64_t t = 0; t < len; ++t) s[i * n + t / P] += static_cast<float>(l[t] / sum);
+    for (int j = 0; j < n; ++j) s[i * stride + j] = 0.0f;
+    for (int64_t t = 0; t < len; ++t) s[i * stride + t / P] += static_cast<float>(l[t] / sum);
   }
 }
 
@@ -180,10 +180,10 @@ void dispatch_stats_kind(const AttentionConfig& cfg, F&& f) {
 // every head of the group; a page keeps its best block.
 template <class T>
 void composite_scores(const AttentionConfig& cfg, const PagedKV& kv, const float* q, int b, int h,
-                      int group, float* s, int stride, std::vector<float>& pooled) {
+                      int group, float* s, int stride) {
   const int n = seq_pages(kv, b), P = kv.page_size, D = kv.head_dim;
   const T* K = static_cast<const T*>(kv.k);
-  pooled.resize(D);
+  std::vector<float> pooled(D);
   for (int j = 0; j < n; ++j) {
     const T* kp = K + kv.kv_offset(kv.page_indices[kv.page_indptr[b] + j], h);
     const int tokens = j == n - 1 ? kv.last_page_len[b] : P;
@@ -206,22 +206,14 @@ void score_other(const AttentionConfig& cfg, const PagedKV& kv, const Queries& q
                  HeadScores& hs, std::vector<float>& logits) {
   const int n = seq_pages(kv, b), group = hs.group;
   float* s = hs.row(b, h);
+  const float* qg = &qs.q[(int64_t(b) * kv.num_kv_heads + h) * group * qs.D];  // the group's heads
   if (cfg.estimator == Estimator::random) {
     for (int i = 0; i < group; ++i)
       for (int j = 0; j < n; ++j) s[i * hs.stride + j] = unique::detail::random_page_score(cfg.seed, b, h, j);
   } else if (cfg.estimator == Estimator::composite) {
-    std::vector<float> pooled;
-    dispatch_dtype(kv.dtype, [&](auto t) {
-      composite_scores<decltype(t)>(cfg, kv, &qs.q[(int64_t(b) * kv.num_kv_heads + h) * group * qs.D], b, h, group,
-                                    s, hs.stride, pooled);
-    });
+    dispatch_dtype(kv.dtype, [&](auto t) { composite_scores<decltype(t)>(cfg, kv, qg, b, h, group, s, hs.stride); });
   } else if (cfg.estimator == Estimator::oracle) {
-    std::vector<float> packed(size_t(group) * n);
-    dispatch_dtype(kv.dtype, [&](auto t) {
-      oracle_mass<decltype(t)>(cfg, kv, b, h, group, &qs.q[(int64_t(b) * kv.num_kv_heads + h) * group * qs.D],
-                               packed.data(), logits);
-    });
-    for (int i = 0; i < group; ++i) std::copy_n(&packed[size_t(i) * n], n, s + i * hs.stride);
+    dispatch_dtype(kv.dtype, [&](auto t) { oracle_mass<decltype(t)>(cfg, kv, b, h, group, qg, s, hs.stride, logits); });
   } else {  // dense: all zeros (every page is selected anyway)
     for (int i = 0; i < group; ++i) std::fill_n(s + i * hs.stride, n, 0.0f);
   }

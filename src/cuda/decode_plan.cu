@@ -50,8 +50,7 @@ void DecodePlan::plan(const AttentionConfig& cfg, const DecodeShape& s) {
   UNIQUE_CHECK_ARG(s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256, "shape.head_dim",
                    "64, 128 or 256", s.head_dim);
   UNIQUE_CHECK_ARG(s.max_pages_per_seq > 0, "shape.max_pages_per_seq", "> 0", s.max_pages_per_seq);
-  UNIQUE_CHECK_ARG(cfg.estimator != Estimator::composite, "estimator",
-                   "unique, quest, mean, oracle, random or dense on CUDA (composite is a CPU accuracy study)", to_string(cfg.estimator));
+  cuda::check_cuda_estimator(cfg);
   auto impl = std::make_unique<Impl>();
   impl->cfg = cfg;
   impl->shape = s;

@@ -14,6 +14,9 @@
 
 namespace unique::cuda {
 
+// Throws unique::Error for an estimator the CUDA path does not have (composite).
+void check_cuda_estimator(const AttentionConfig& cfg);
+
 // Scoring + selection scratch.
 struct SelectWorkspace {
   float* agg = nullptr;  // [batch, num_kv_heads, max_pages]

@@ -695,6 +695,12 @@ int env_knob(const char* name, int dflt) {
 
 }  // namespace
 
+void check_cuda_estimator(const AttentionConfig& cfg) {
+  UNIQUE_CHECK_ARG(cfg.estimator != Estimator::composite, "estimator",
+                   "unique, quest, mean, oracle, random or dense on CUDA (composite is a CPU accuracy study)",
+                   to_string(cfg.estimator));
+}
+
 SelectSizes select_sizes(int batch, int num_qo_heads, int num_kv_heads, int max_pages) {
   return {size_t(batch) * num_kv_heads * max_pages, size_t(batch) * num_qo_heads * max_pages};
 }
@@ -707,8 +713,7 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
   if (D != 64 && D != 128 && D != 256) throw_arg("kv.head_dim", "64, 128 or 256 on CUDA", D);
   if (group > kMaxGroup) throw_arg("num_qo_heads / num_kv_heads", "<= 128 on CUDA", group);
   if (max_pages > 32 * kSelThreads) throw_arg("kv.max_pages_per_seq", "<= 32768 for CUDA selection", max_pages);
-  if (cfg.estimator == Estimator::composite)
-    throw_arg("estimator", "unique, quest, mean, oracle, random or dense on CUDA (composite is a CPU accuracy study)", to_string(cfg.estimator));
+  check_cuda_estimator(cfg);
   ScoreParams p{};
   const bool unique_est = cfg.estimator == Estimator::unique;
   p.sa = cfg.estimator == Estimator::quest ? kv.kmin : kv.mean;
@@ -761,8 +766,8 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
     // block (H100, batch 8 / 128K: 256-page blocks beat 512 by 1-2% and 1639 by 15%). fp8
     // statistics (an 8-stage ring): at most two full waves, at most one block per 256 pages
     // (batch 8 / 128K: 89 / 59 us at P16 / P32 against 112 / 64 with 256-page blocks, 100 / 64
-    // with a third, partial wave). Batch 1 takes
-    // its single wave either way. At least 64 pages per block, at most kIdWindow.
+    // with a third, partial wave). Batch 1 takes its single wave either way. At least 64
+    // pages per block, at most kIdWindow.
     static const int k_chunk = env_knob("UNIQUE_SEL_CHUNK_PAGES", 0);  // benchmark knob (0: the rule)
     const int wave = (2 * num_sms() + rows - 1) / rows;
     const bool fp8 = kv.stats_dtype == DType::e4m3;
