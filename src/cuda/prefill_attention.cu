@@ -7,6 +7,8 @@
 // the diagonal (dense) or the tiles of the kept key blocks (sparse); only the diagonal tile
 // is masked. Query tiles are launched heaviest (last) first for load balance.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "cuda/common.cuh"
 #include "cuda/mma.cuh"
@@ -207,7 +209,41 @@ void launch_typed(const PrefillAttentionArgs& a, int num_q_tiles, int num_qo_hea
   UNIQUE_CUDA_LAUNCH("prefill_attention_kernel");
 }
 
+// UNIQUE_PREFILL_KERNEL: unset/"auto", "mma" or "wgmma".
+const char* requested_kernel() {
+  const char* e = std::getenv("UNIQUE_PREFILL_KERNEL");
+  if (!e || !*e || std::strcmp(e, "auto") == 0) return "auto";
+  UNIQUE_CHECK_ARG(std::strcmp(e, "mma") == 0 || std::strcmp(e, "wgmma") == 0, "UNIQUE_PREFILL_KERNEL",
+                   "auto, mma or wgmma", e);
+  return e;
+}
+
+// Why the wgmma kernel cannot run here, or nullptr when it can.
+const char* wgmma_unavailable(int head_dim, int64_t kv_len, bool sparse) {
+#ifndef UNIQUE_CUDA_SM90A
+  (void)head_dim, (void)kv_len, (void)sparse;
+  return "this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES without 90a)";
+#else
+  int dev = 0, major = 0, smem_max = 0;
+  UNIQUE_CUDA_CHECK(cudaGetDevice(&dev));
+  UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  if (major != 9) return "the device is not sm_90";
+  UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (prefill_attention_sm90_smem(head_dim, kv_len, sparse) > size_t(smem_max))
+    return "its tile list does not fit in shared memory at this kv_len";
+  return nullptr;
+#endif
+}
+
 }  // namespace
+
+const char* prefill_attention_kernel(int head_dim, int64_t kv_len, bool sparse) {
+  const char* want = requested_kernel();
+  if (std::strcmp(want, "mma") == 0) return "mma";
+  const char* why = wgmma_unavailable(head_dim, kv_len, sparse);
+  if (std::strcmp(want, "wgmma") == 0 && why) UNIQUE_CHECK_ARG(false, "UNIQUE_PREFILL_KERNEL", "a kernel that can run", std::string("wgmma: ") + why);
+  return why ? "mma" : "wgmma";
+}
 
 void launch_prefill_attention(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, int seq,
                               int64_t kv_len, const BlockSelection* sel, const TensorView& out,
@@ -241,6 +277,7 @@ void launch_prefill_attention(const AttentionConfig& cfg, const TensorView& q, c
   a.seq = seq;
   a.num_kv_heads = kv.num_kv_heads;
   a.page_size = kv.page_size;
+  a.page_shift = (kv.page_size & (kv.page_size - 1)) == 0 ? __builtin_ctz(unsigned(kv.page_size)) : -1;
   a.kv_len = kv_len;
   a.q0 = kv_len - q_len;
   a.group = hq / kv.num_kv_heads;
@@ -253,6 +290,10 @@ void launch_prefill_attention(const AttentionConfig& cfg, const TensorView& q, c
     a.sel_counts = sel->counts;
     a.sel_num_q_blocks = sel->num_q_blocks;
     a.sel_max_kv_blocks = sel->max_kv_blocks;
+  }
+  if (std::strcmp(prefill_attention_kernel(kv.head_dim, kv_len, sel != nullptr), "wgmma") == 0) {
+    launch_prefill_attention_sm90(a, kv.dtype, kv.head_dim, hq, stream);
+    return;
   }
   const int first_tile = static_cast<int>(a.q0 / kBQ);
   a.last_q_tile = static_cast<int>((kv_len - 1) / kBQ);

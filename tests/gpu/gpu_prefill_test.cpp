@@ -8,6 +8,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cuda/prefill_kernels.h"
 #include "gpu/gpu_test_util.h"
 #include "test_util.h"
 #include "unique/prefill.h"
@@ -204,11 +205,47 @@ void run_case(const Case& c, uint64_t seed) {
 
 class GpuPrefillSweep : public ::testing::TestWithParam<Case> {};
 
+// Sets UNIQUE_PREFILL_KERNEL for one scope (the launcher reads it on every call).
+struct KernelChoice {
+  explicit KernelChoice(const char* k) { setenv("UNIQUE_PREFILL_KERNEL", k, 1); }
+  ~KernelChoice() { unsetenv("UNIQUE_PREFILL_KERNEL"); }
+};
+
+// Every case through both attention kernels: the default (wgmma on sm_90) and mma.sync.
 TEST_P(GpuPrefillSweep, MatchesReference) {
   SKIP_WITHOUT_GPU();
   const Case c = GetParam();
-  run_case(c, case_seed(97, ((uint64_t(c.P) * 1000 + c.D) * 100 + c.group) * 1000 + c.block + int(c.dt) +
-                                uint64_t(c.L) * 7 + uint64_t(c.top_p * 100)));
+  for (const char* kernel : {"auto", "mma"}) {
+    SCOPED_TRACE(std::string("UNIQUE_PREFILL_KERNEL=") + kernel);
+    KernelChoice choice(kernel);
+    run_case(c, case_seed(97, ((uint64_t(c.P) * 1000 + c.D) * 100 + c.group) * 1000 + c.block + int(c.dt) +
+                                  uint64_t(c.L) * 7 + uint64_t(c.top_p * 100)));
+  }
+}
+
+// On an sm_90 device the default is the wgmma kernel (so the sweep above tests it), and a
+// request for it where it cannot run is an error naming the reason.
+TEST(GpuPrefill, KernelChoice) {
+  SKIP_WITHOUT_GPU();
+  int dev = 0, major = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), cudaSuccess);
+#ifdef UNIQUE_CUDA_SM90A
+  EXPECT_STREQ(cuda::prefill_attention_kernel(128, 131072, true), major == 9 ? "wgmma" : "mma");
+#endif
+  {
+    KernelChoice choice("mma");
+    EXPECT_STREQ(cuda::prefill_attention_kernel(128, 4096, false), "mma");
+  }
+  {
+    KernelChoice choice("fastest");
+    EXPECT_ERROR_MSG(cuda::prefill_attention_kernel(128, 4096, false), "UNIQUE_PREFILL_KERNEL", "auto, mma or wgmma",
+                     "fastest");
+  }
+  if (major != 9) {
+    KernelChoice choice("wgmma");
+    EXPECT_ERROR_MSG(cuda::prefill_attention_kernel(128, 4096, false), "UNIQUE_PREFILL_KERNEL", "wgmma:");
+  }
 }
 
 std::vector<Case> sweep() {
