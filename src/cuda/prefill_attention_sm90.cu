@@ -197,9 +197,9 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_sm90_kernel(con
     cp_async_wait<kStages - 3>();  // tile i has landed (this thread's part)
     fence_proxy_async();
     __syncthreads();  // everyone's part; every P V of tile i - 2 is done, so its stage is free
-    load_tile(i + kStages - 2);
     const int e = entry(i);
     if (!((e >> wg) & 1)) {
+      load_tile(i + kStages - 2);
       if (pending) {  // the stage of the pending tile is reloaded two tiles from now
         issue_pv();
         wgmma_wait<0>();
@@ -226,6 +226,9 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_sm90_kernel(con
         mma_ss<T, kBK>(&s[0][0], desc_advance(q_desc, koff), desc_advance(k_desc, stage_off + koff), j > 0);
       }
       wgmma_commit();
+      // The copies two tiles ahead go out while S runs: their page-table reads would
+      // otherwise delay the S issue after every barrier.
+      load_tile(i + kStages - 2);
       // S is waited for before the previous tile's P V is issued: ptxas waits for every
       // in-flight wgmma before a write to any accumulator register, so with S still in
       // flight the softmax (which overwrites S) could not overlap the P V.
@@ -247,11 +250,20 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_sm90_kernel(con
           for (int q = 0; q < 4; ++q)
             if (nt * 8 + 2 * t4 + (q & 1) > lim[q / 2]) s[nt][q] = -INFINITY;
       }
-      float mx[2] = {-INFINITY, -INFINITY};
+      // Row max and sum as pairwise trees / 4 partial sums: 16-long chains of dependent
+      // FMNMX / FADD were the largest stall reason (fixed-latency dependencies).
+      float mx[2];
 #pragma unroll
-      for (int nt = 0; nt < kBK / 8; ++nt)
+      for (int r = 0; r < 2; ++r) {
+        float t[kBK / 8];
 #pragma unroll
-        for (int q = 0; q < 4; ++q) mx[q / 2] = fmaxf(mx[q / 2], s[nt][q]);
+        for (int nt = 0; nt < kBK / 8; ++nt) t[nt] = fmaxf(s[nt][2 * r], s[nt][2 * r + 1]);
+#pragma unroll
+        for (int w = kBK / 16; w > 0; w /= 2)
+#pragma unroll
+          for (int j = 0; j < w; ++j) t[j] = fmaxf(t[j], t[j + w]);
+        mx[r] = t[0];
+      }
       float corr[2], neg_b[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
@@ -264,14 +276,16 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_sm90_kernel(con
         l[r] *= corr[r];
         neg_b[r] = -b;
       }
-      float p[kBK / 8][4];
+      float p[kBK / 8][4], part[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // (row, column parity) partial sums
 #pragma unroll
       for (int nt = 0; nt < kBK / 8; ++nt)
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
           p[nt][q] = fast_exp2(fmaf(s[nt][q], a.scale_log2, neg_b[q / 2]));
-          l[q / 2] += p[nt][q];
+          part[q] += p[nt][q];
         }
+      l[0] += part[0] + part[1];
+      l[1] += part[2] + part[3];
       fence_regs<kBK / 2>(&p[0][0]);  // computed before the wait, while that P V runs
       fence_regs<2>(l);
       wgmma_wait<0>();  // the previous P V lands before O is rescaled and pa is rewritten
