@@ -163,7 +163,6 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
   int64_t warp_hi = -1;  // the last composite key any row of this warp sees
   for (int r = warp * 16; r < warp * 16 + 16; ++r)
     if (row_valid(r)) warp_hi = max(warp_hi, row_group(r));
-  const int jA = rA / rpb, jB = rB / rpb;  // the same for every lane: rpb >= 8
 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, inv_l[2] = {0.0f, 0.0f};
   for (int pass = 0; pass < 2; ++pass) {
@@ -180,40 +179,69 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
         const T* k_s = sK + (t & 1) * kKeys * D;
         float s[kKeys / 8][4] = {};
         qk_tile<T, D, kKeys>(qf, k_s, lane, s);
+        if (pass == 0) {
+          // Row max and sum of the tile first, then one rescale: a per-element online update
+          // (two exp2 and a dependent chain per element) made pass 1's twin 3x slower.
+          float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-        for (int nt = 0; nt < kKeys / 8; ++nt) {
-          float v[2] = {0.0f, 0.0f};
+          for (int nt = 0; nt < kKeys / 8; ++nt)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = e / 2;
-            const int64_t key = int64_t(t) * kKeys + nt * 8 + 2 * t4 + (e & 1);
-            const bool on = valid[r] && key <= lim[r];
-            const float x = on ? s[nt][e] * a.scale_log2 : -INFINITY;
-            if (pass == 0) {
-              if (on) {
-                const float mx = fmaxf(m[r], x);
-                l[r] = l[r] * fast_exp2(m[r] - mx) + fast_exp2(x - mx);
-                m[r] = mx;
+            for (int e = 0; e < 4; ++e) {
+              const int r = e / 2;
+              const int64_t key = int64_t(t) * kKeys + nt * 8 + 2 * t4 + (e & 1);
+              s[nt][e] = valid[r] && key <= lim[r] ? s[nt][e] * a.scale_log2 : -INFINITY;
+              mx[r] = fmaxf(mx[r], s[nt][e]);
+            }
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            if (mx[r] == -INFINITY) continue;  // nothing visible in this tile for this lane's row
+            const float m_new = fmaxf(m[r], mx[r]);
+            float sum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < kKeys / 8; ++nt)
+              sum += fast_exp2(s[nt][2 * r] - m_new) + fast_exp2(s[nt][2 * r + 1] - m_new);
+            l[r] = l[r] * fast_exp2(m[r] - m_new) + sum;
+            m[r] = m_new;
+          }
+        } else {
+          // v[nt][r]: this lane's probability mass of row r (rA, rB) in the 8 keys of n8 tile nt.
+          float v[kKeys / 8 * 2];
+#pragma unroll
+          for (int nt = 0; nt < kKeys / 8; ++nt)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+              float acc = 0.0f;
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                const int64_t key = int64_t(t) * kKeys + nt * 8 + 2 * t4 + c;
+                if (valid[r] && key <= lim[r]) acc += fast_exp2(s[nt][2 * r + c] * a.scale_log2 - m[r]);
               }
-            } else if (on) {
-              v[r] += fast_exp2(x - m[r]) * inv_l[r];
+              v[nt * 2 + r] = acc * inv_l[r];
+            }
+          // Sum each of the 16 values over the warp's 32 lanes (8 rows of one query block x 4
+          // key columns) by a reduce-scatter butterfly: 16 shuffles, where a full reduction
+          // per value took 80. Afterwards lane L holds value idx(L) (bits 4..1 of L).
+#pragma unroll
+          for (int half = kKeys / 8, o = 16; half >= 1; half /= 2, o /= 2) {
+            const bool up = lane & o;
+#pragma unroll
+            for (int j = 0; j < half; ++j) {
+              const float send = up ? v[j] : v[j + half];
+              const float keep = up ? v[j + half] : v[j];
+              v[j] = keep + __shfl_xor_sync(0xffffffffu, send, o);
             }
           }
-          if (pass == 1) {
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) {
-              v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
-              v[1] += __shfl_xor_sync(0xffffffffu, v[1], o);
-            }
-            // Eight consecutive composite keys lie in one key block (rpb >= 8), and the
-            // block's rows belong to this warp alone: no atomics. Key tiles run past the
-            // last visible key (and past the last key block): those add nothing and must
-            // not touch the bins (the index would alias the next query block's row).
-            if (lane == 0 && int64_t(t) * kKeys + nt * 8 <= warp_hi) {
-              const int kb = static_cast<int>((int64_t(t) * kKeys + nt * 8) / rpb);
-              bins[jA * nkb_max + kb] += v[0] * inv_rows_s[rA];
-              bins[jB * nkb_max + kb] += v[1] * inv_rows_s[rB];
-            }
+          v[0] += __shfl_xor_sync(0xffffffffu, v[0], 1);
+          const int idx = (lane >> 1) & 15, nt = idx / 2, r = idx % 2;
+          // Eight consecutive composite keys lie in one key block (rpb >= 8), and the block's
+          // rows belong to this warp alone (at rpb 16 two n8 tiles share a bin: shared
+          // atomics). Key tiles run past the last visible key (and past the last key block):
+          // those add nothing and must not touch the bins (the index would alias the next
+          // query block's row).
+          if ((lane & 1) == 0 && int64_t(t) * kKeys + nt * 8 <= warp_hi) {
+            const int kb = static_cast<int>((int64_t(t) * kKeys + nt * 8) / rpb);
+            const int row = warp * 16 + r * 8;
+            atomicAdd(&bins[(row / rpb) * nkb_max + kb], v[0] * inv_rows_s[row]);
           }
         }
       }
