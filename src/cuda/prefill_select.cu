@@ -12,6 +12,7 @@
 //      bitonic sort, a block-wide exclusive scan of the sorted masses counts how many the
 //      top-p rule keeps, and the kept blocks are written ascending.
 #include <algorithm>
+#include <type_traits>
 
 #include "cuda/common.cuh"
 #include "cuda/mma.cuh"
@@ -179,71 +180,81 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
         const T* k_s = sK + (t & 1) * kKeys * D;
         float s[kKeys / 8][4] = {};
         qk_tile<T, D, kKeys>(qf, k_s, lane, s);
-        if (pass == 0) {
-          // Row max and sum of the tile first, then one rescale: a per-element online update
-          // (two exp2 and a dependent chain per element) made pass 1's twin 3x slower.
-          float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-          for (int nt = 0; nt < kKeys / 8; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = e / 2;
-              const int64_t key = int64_t(t) * kKeys + nt * 8 + 2 * t4 + (e & 1);
-              s[nt][e] = valid[r] && key <= lim[r] ? s[nt][e] * a.scale_log2 : -INFINITY;
-              mx[r] = fmaxf(mx[r], s[nt][e]);
-            }
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            if (mx[r] == -INFINITY) continue;  // nothing visible in this tile for this lane's row
-            const float m_new = fmaxf(m[r], mx[r]);
-            float sum = 0.0f;
+        // Tiles wholly below every row's limit (most of them) skip the per-element mask.
+        auto step = [&](auto masked) {
+          auto visible = [&](int r, int col) {
+            if constexpr (decltype(masked)::value) return valid[r] && int64_t(t) * kKeys + col <= lim[r];
+            return true;
+          };
+          if (pass == 0) {
+            // Row max and sum of the tile first, then one rescale: a per-element online update
+            // (two exp2 and a dependent chain per element) made pass 1's twin 3x slower.
+            float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
             for (int nt = 0; nt < kKeys / 8; ++nt)
-              sum += fast_exp2(s[nt][2 * r] - m_new) + fast_exp2(s[nt][2 * r + 1] - m_new);
-            l[r] = l[r] * fast_exp2(m[r] - m_new) + sum;
-            m[r] = m_new;
-          }
-        } else {
-          // v[nt][r]: this lane's probability mass of row r (rA, rB) in the 8 keys of n8 tile nt.
-          float v[kKeys / 8 * 2];
 #pragma unroll
-          for (int nt = 0; nt < kKeys / 8; ++nt)
+              for (int e = 0; e < 4; ++e) {
+                const int r = e / 2;
+                s[nt][e] = visible(r, nt * 8 + 2 * t4 + (e & 1)) ? s[nt][e] * a.scale_log2 : -INFINITY;
+                mx[r] = fmaxf(mx[r], s[nt][e]);
+              }
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
-              float acc = 0.0f;
+              if (mx[r] == -INFINITY) continue;  // nothing visible in this tile for this lane's row
+              const float m_new = fmaxf(m[r], mx[r]);
+              float sum = 0.0f;
 #pragma unroll
-              for (int c = 0; c < 2; ++c) {
-                const int64_t key = int64_t(t) * kKeys + nt * 8 + 2 * t4 + c;
-                if (valid[r] && key <= lim[r]) acc += fast_exp2(s[nt][2 * r + c] * a.scale_log2 - m[r]);
+              for (int nt = 0; nt < kKeys / 8; ++nt)
+                sum += fast_exp2(s[nt][2 * r] - m_new) + fast_exp2(s[nt][2 * r + 1] - m_new);
+              l[r] = l[r] * fast_exp2(m[r] - m_new) + sum;
+              m[r] = m_new;
+            }
+          } else {
+            // v[nt][r]: this lane's probability mass of row r (rA, rB) in the 8 keys of n8 tile nt.
+            float v[kKeys / 8 * 2];
+#pragma unroll
+            for (int nt = 0; nt < kKeys / 8; ++nt)
+#pragma unroll
+              for (int r = 0; r < 2; ++r) {
+                float acc = 0.0f;
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                  if (visible(r, nt * 8 + 2 * t4 + c)) acc += fast_exp2(s[nt][2 * r + c] * a.scale_log2 - m[r]);
+                }
+                v[nt * 2 + r] = acc * inv_l[r];
               }
-              v[nt * 2 + r] = acc * inv_l[r];
+            // Sum each of the 16 values over the warp's 32 lanes (8 rows of one query block x 4
+            // key columns) by a reduce-scatter butterfly: 16 shuffles, where a full reduction
+            // per value took 80. Afterwards lane L holds value idx(L) (bits 4..1 of L).
+#pragma unroll
+            for (int half = kKeys / 8, o = 16; half >= 1; half /= 2, o /= 2) {
+              const bool up = lane & o;
+#pragma unroll
+              for (int j = 0; j < half; ++j) {
+                const float send = up ? v[j] : v[j + half];
+                const float keep = up ? v[j + half] : v[j];
+                v[j] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+              }
             }
-          // Sum each of the 16 values over the warp's 32 lanes (8 rows of one query block x 4
-          // key columns) by a reduce-scatter butterfly: 16 shuffles, where a full reduction
-          // per value took 80. Afterwards lane L holds value idx(L) (bits 4..1 of L).
-#pragma unroll
-          for (int half = kKeys / 8, o = 16; half >= 1; half /= 2, o /= 2) {
-            const bool up = lane & o;
-#pragma unroll
-            for (int j = 0; j < half; ++j) {
-              const float send = up ? v[j] : v[j + half];
-              const float keep = up ? v[j + half] : v[j];
-              v[j] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+            v[0] += __shfl_xor_sync(0xffffffffu, v[0], 1);
+            const int idx = (lane >> 1) & 15, nt = idx / 2, r = idx % 2;
+            // Eight consecutive composite keys lie in one key block (rpb >= 8), and the block's
+            // rows belong to this warp alone (at rpb 16 two n8 tiles share a bin: shared
+            // atomics). Key tiles run past the last visible key (and past the last key block):
+            // those add nothing and must not touch the bins (the index would alias the next
+            // query block's row).
+            if ((lane & 1) == 0 && int64_t(t) * kKeys + nt * 8 <= warp_hi) {
+              const int kb = static_cast<int>((int64_t(t) * kKeys + nt * 8) / rpb);
+              const int row = warp * 16 + r * 8;
+              atomicAdd(&bins[(row / rpb) * nkb_max + kb], v[0] * inv_rows_s[row]);
             }
           }
-          v[0] += __shfl_xor_sync(0xffffffffu, v[0], 1);
-          const int idx = (lane >> 1) & 15, nt = idx / 2, r = idx % 2;
-          // Eight consecutive composite keys lie in one key block (rpb >= 8), and the block's
-          // rows belong to this warp alone (at rpb 16 two n8 tiles share a bin: shared
-          // atomics). Key tiles run past the last visible key (and past the last key block):
-          // those add nothing and must not touch the bins (the index would alias the next
-          // query block's row).
-          if ((lane & 1) == 0 && int64_t(t) * kKeys + nt * 8 <= warp_hi) {
-            const int kb = static_cast<int>((int64_t(t) * kKeys + nt * 8) / rpb);
-            const int row = warp * 16 + r * 8;
-            atomicAdd(&bins[(row / rpb) * nkb_max + kb], v[0] * inv_rows_s[row]);
-          }
-        }
+        };
+        // Warp-uniform choice: both paths shuffle across the whole warp.
+        if (__all_sync(0xffffffffu, valid[0] && valid[1] && int64_t(t) * kKeys + kKeys - 1 <= std::min(lim[0], lim[1])))
+          step(std::false_type{});
+        else
+          step(std::true_type{});
       }
       __syncthreads();  // the next prefetch overwrites this stage
     }
