@@ -12,11 +12,13 @@
 //      bitonic sort, a block-wide exclusive scan of the sorted masses counts how many the
 //      top-p rule keeps, and the kept blocks are written ascending.
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 #include "cuda/common.cuh"
 #include "cuda/mma.cuh"
 #include "cuda/prefill_kernels.h"
+#include "cuda/wgmma.cuh"
 
 namespace unique::cuda {
 
@@ -80,23 +82,26 @@ struct SelectLayout {
   __host__ __device__ SelectLayout(int D, int blocks_per_cta, int max_kv_blocks) {
     npow = 1;
     while (npow < (max_kv_blocks - 2 > 1 ? max_kv_blocks - 2 : 1)) npow <<= 1;
-    q = 0;
+    q = 0;  // from a 1024-byte aligned base (the wgmma variant's swizzled tiles need it)
     k = q + size_t(kRows) * D * 2;
     bins = k + size_t(2) * kKeys * D * 2;
     keys = bins + (size_t(blocks_per_cta) * max_kv_blocks * 4 + 15) / 16 * 16;
     scan = keys + size_t(npow) * 8;
     kept = scan + kThreads * 4;
-    total = kept + (size_t(max_kv_blocks) + 15) / 16 * 16;
+    total = kept + (size_t(max_kv_blocks) + 15) / 16 * 16 + 1024;  // + alignment slack
   }
 };
 
-template <class T, int D>
+// Wgmma: the compressed scores of a key tile by warpgroup MMA (sm_90a; Q and K tiles in the
+// 128B-swizzled layouts of wgmma.cuh), else by mma.sync. The accumulator layout per warp is
+// the same (16 rows, 8 n8 tiles), so everything after the scores is shared.
+template <class T, int D, bool Wgmma>
 __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
   constexpr int CH = D / 8;
-  extern __shared__ uint4 smem_raw[];
+  extern __shared__ uint8_t smem_raw[];
   const int rpb = a.rows_per_block, bpc = a.blocks_per_cta, nkb_max = a.max_kv_blocks;
   const SelectLayout lay(D, bpc, nkb_max);
-  char* base = reinterpret_cast<char*>(smem_raw);
+  uint8_t* base = smem_raw + ((1024u - (smem_addr(smem_raw) & 1023u)) & 1023u);
   T* sQ = reinterpret_cast<T*>(base + lay.q);
   T* sK = reinterpret_cast<T*>(base + lay.k);
   float* bins = reinterpret_cast<float*>(base + lay.bins);  // [bpc][nkb_max]
@@ -143,21 +148,25 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
     const int r = x / CH, c = x % CH;
     uint4 v = make_uint4(0, 0, 0, 0);
     if (row_valid(r)) v = *reinterpret_cast<const uint4*>(cq + ((row_group(r) - a.g0) * a.Hq + hq) * D + c * 8);
-    *reinterpret_cast<uint4*>(sQ + swz(r, c, CH) * 8) = v;
+    if constexpr (Wgmma) *reinterpret_cast<uint4*>(reinterpret_cast<uint8_t*>(sQ) + sm90::sw128_offset(r, c, kRows)) = v;
+    else *reinterpret_cast<uint4*>(sQ + swz(r, c, CH) * 8) = v;
   }
+  if constexpr (Wgmma) sm90::fence_proxy_async();
   auto load_tile = [&](int tile, int stage) {
     T* dk = sK + stage * kKeys * D;
     for (int x = tid; x < kKeys * CH; x += kThreads) {
       const int r = x / CH, c = x % CH;
       const int64_t key = int64_t(tile) * kKeys + r;
       const bool in = key < a.n_ck;
-      cp_async16(dk + swz(r, c, CH) * 8, in ? ck + (key * a.H + h) * D + c * 8 : ck, in ? 16 : 0);
+      const uint32_t o = Wgmma ? sm90::sw128_offset(r, c, kKeys) : uint32_t(swz(r, c, CH) * 16);
+      cp_async16(reinterpret_cast<uint8_t*>(dk) + o, in ? ck + (key * a.H + h) * D + c * 8 : ck, in ? 16 : 0);
     }
     cp_async_commit();
   };
   __syncthreads();
-  uint32_t qf[D / 16][4];
-  load_q_fragments<T, D>(sQ, warp * 16, lane, qf);
+  uint32_t qf[Wgmma ? 1 : D / 16][4];
+  if constexpr (!Wgmma) load_q_fragments<T, D>(sQ, warp * 16, lane, qf);
+  const sm90::Desc q_desc = sm90::sw128_desc(smem_addr(sQ), 16, 1024), k_desc = sm90::sw128_desc(smem_addr(sK), 16, 1024);
   const int rA = warp * 16 + g, rB = rA + 8;
   const bool valid[2] = {row_valid(rA), row_valid(rB)};
   const int64_t lim[2] = {row_group(rA), row_group(rB)};  // a row sees composite keys <= its group
@@ -175,11 +184,24 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
       } else {
         cp_async_wait<0>();
       }
+      if constexpr (Wgmma) sm90::fence_proxy_async();
       __syncthreads();
+      // The wgmma is issued by the whole warpgroup (= this block), before the per-warp test.
+      float s[kKeys / 8][4] = {};
+      if constexpr (Wgmma) {
+        sm90::wgmma_fence();
+#pragma unroll
+        for (int j = 0; j < D / 16; ++j) {
+          const uint32_t off = (j / 4) * kKeys * 128 + (j % 4) * 32;  // Q rows == K tile rows == 64
+          sm90::mma_ss<T, kKeys>(&s[0][0], sm90::desc_advance(q_desc, off),
+                                 sm90::desc_advance(k_desc, (t & 1) * kKeys * D * 2 + off), j > 0);
+        }
+        sm90::wgmma_commit();
+        sm90::wgmma_wait<0>();
+        sm90::fence_regs<kKeys / 2>(&s[0][0]);
+      }
       if (int64_t(t) * kKeys <= warp_hi) {
-        const T* k_s = sK + (t & 1) * kKeys * D;
-        float s[kKeys / 8][4] = {};
-        qk_tile<T, D, kKeys>(qf, k_s, lane, s);
+        if constexpr (!Wgmma) qk_tile<T, D, kKeys>(qf, sK + (t & 1) * kKeys * D, lane, s);
         // Tiles wholly below every row's limit (most of them) skip the per-element mask.
         auto step = [&](auto masked) {
           auto visible = [&](int r, int col) {
@@ -407,7 +429,10 @@ void launch_typed(const AttentionConfig& cfg, const TensorView& q, const PagedKV
                    detail::concat("a context whose ", pb.num_kv_blocks, " key blocks fit the CUDA selection's shared memory (",
                                   max_smem, " bytes; use a larger prefill_block)"),
                    kv_len);
-  auto kernel = select_kernel<T, D>;
+  // The wgmma variant wherever the wgmma attention kernel runs (same device/build test and
+  // the same UNIQUE_PREFILL_KERNEL override).
+  const bool wgmma = std::strcmp(prefill_attention_kernel(D, kv_len, false), "wgmma") == 0;
+  auto kernel = wgmma ? select_kernel<T, D, true> : select_kernel<T, D, false>;
   UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const int ctas = (pb.num_q_blocks + a.blocks_per_cta - 1) / a.blocks_per_cta;
   kernel<<<dim3(ctas, hq), kThreads, smem, stream>>>(a);
