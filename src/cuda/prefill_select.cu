@@ -1,6 +1,8 @@
 // UniSparse block selection on the GPU (include/unique/prefill.h): composite tokens pooled
-// by two small kernels, then one 128-thread block per (query head, 64 composite queries =
-// the 4 or 8 query blocks they form), laid out like the prefill attention kernel:
+// by two small kernels, then one 256-thread block per (query head, 64 composite queries =
+// the 4 or 8 query blocks they form), two warpgroups that split the key tiles between them
+// (even / odd: at long contexts the bins limit a block to one per SM, and 4 warps per SM
+// left the issue slots 78% idle), each laid out like the prefill attention kernel:
 //   1. the composite queries sit in registers (a warp's 16 rows: one or two query blocks);
 //      tiles of 64 composite keys stream through shared memory (cp.async, two stages) and
 //      the compressed scores come from tensor cores. Pass 1 finds each row's softmax max and
@@ -24,8 +26,9 @@ namespace unique::cuda {
 
 namespace {
 
-constexpr int kThreads = 128;
-constexpr int kRows = 64;  // composite query rows per thread block: 4 warps x 16
+constexpr int kSplit = 2;  // key split: warpgroup ks takes the key tiles t with t % 2 == ks
+constexpr int kThreads = 128 * kSplit;
+constexpr int kRows = 64;  // composite query rows per thread block: 4 warps x 16 (per key split)
 constexpr int kKeys = 64;  // composite keys per shared-memory tile
 
 struct SelectArgs {
@@ -84,9 +87,12 @@ struct SelectLayout {
     while (npow < (max_kv_blocks - 2 > 1 ? max_kv_blocks - 2 : 1)) npow <<= 1;
     q = 0;  // from a 1024-byte aligned base (the wgmma variant's swizzled tiles need it)
     k = q + size_t(kRows) * D * 2;
-    bins = k + size_t(2) * kKeys * D * 2;
-    keys = bins + (size_t(blocks_per_cta) * max_kv_blocks * 4 + 15) / 16 * 16;
-    scan = keys + size_t(npow) * 8;
+    const size_t k_bytes = size_t(2) * kSplit * kKeys * D * 2;  // 2 stages x kSplit tiles
+    bins = k + k_bytes;
+    const size_t bins_end = bins + (size_t(blocks_per_cta) * max_kv_blocks * 4 + 15) / 16 * 16;
+    // The sort keys live in the key tiles' space once the two passes are over.
+    keys = size_t(npow) * 8 <= k_bytes ? k : bins_end;
+    scan = keys == k ? bins_end : keys + size_t(npow) * 8;
     kept = scan + kThreads * 4;
     total = kept + (size_t(max_kv_blocks) + 15) / 16 * 16 + 1024;  // + alignment slack
   }
@@ -110,8 +116,10 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
   uint8_t* kept = reinterpret_cast<uint8_t*>(base + lay.kept);
   __shared__ int count_s;
   __shared__ float inv_rows_s[kRows];
+  __shared__ float ml_s[kSplit][kRows][2];  // per key split: each row's softmax max and sum
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
+  const int rw = warp % 4, ks = warp / 4;  // row warp, key split (= warpgroup)
   const int hq = blockIdx.y, h = hq / a.group;
   const int cta_first = static_cast<int>(blockIdx.x) * bpc;  // first query block, chunk-relative
   const int nblk = min(bpc, a.num_q_blocks - cta_first);
@@ -152,11 +160,12 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
     else *reinterpret_cast<uint4*>(sQ + swz(r, c, CH) * 8) = v;
   }
   if constexpr (Wgmma) sm90::fence_proxy_async();
-  auto load_tile = [&](int tile, int stage) {
-    T* dk = sK + stage * kKeys * D;
-    for (int x = tid; x < kKeys * CH; x += kThreads) {
-      const int r = x / CH, c = x % CH;
-      const int64_t key = int64_t(tile) * kKeys + r;
+  // Stage `stage` holds tiles kSplit * pair + 0 .. kSplit - 1, one per key split.
+  auto load_tiles = [&](int pair, int stage) {
+    for (int x = tid; x < kSplit * kKeys * CH; x += kThreads) {
+      const int slot = x / (kKeys * CH), r = x / CH % kKeys, c = x % CH;
+      T* dk = sK + (stage * kSplit + slot) * kKeys * D;
+      const int64_t key = (int64_t(pair) * kSplit + slot) * kKeys + r;
       const bool in = key < a.n_ck;
       const uint32_t o = Wgmma ? sm90::sw128_offset(r, c, kKeys) : uint32_t(swz(r, c, CH) * 16);
       cp_async16(reinterpret_cast<uint8_t*>(dk) + o, in ? ck + (key * a.H + h) * D + c * 8 : ck, in ? 16 : 0);
@@ -165,25 +174,28 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
   };
   __syncthreads();
   uint32_t qf[Wgmma ? 1 : D / 16][4];
-  if constexpr (!Wgmma) load_q_fragments<T, D>(sQ, warp * 16, lane, qf);
+  if constexpr (!Wgmma) load_q_fragments<T, D>(sQ, rw * 16, lane, qf);
   const sm90::Desc q_desc = sm90::sw128_desc(smem_addr(sQ), 16, 1024), k_desc = sm90::sw128_desc(smem_addr(sK), 16, 1024);
-  const int rA = warp * 16 + g, rB = rA + 8;
+  const int rA = rw * 16 + g, rB = rA + 8;
   const bool valid[2] = {row_valid(rA), row_valid(rB)};
   const int64_t lim[2] = {row_group(rA), row_group(rB)};  // a row sees composite keys <= its group
   int64_t warp_hi = -1;  // the last composite key any row of this warp sees
-  for (int r = warp * 16; r < warp * 16 + 16; ++r)
+  for (int r = rw * 16; r < rw * 16 + 16; ++r)
     if (row_valid(r)) warp_hi = max(warp_hi, row_group(r));
+  const int n_pairs = (n_tiles + kSplit - 1) / kSplit;
 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, inv_l[2] = {0.0f, 0.0f};
   for (int pass = 0; pass < 2; ++pass) {
-    load_tile(0, 0);
-    for (int t = 0; t < n_tiles; ++t) {
-      if (t + 1 < n_tiles) {
-        load_tile(t + 1, (t + 1) & 1);
+    load_tiles(0, 0);
+    for (int i = 0; i < n_pairs; ++i) {
+      if (i + 1 < n_pairs) {
+        load_tiles(i + 1, (i + 1) & 1);
         cp_async_wait<1>();
       } else {
         cp_async_wait<0>();
       }
+      const int t = i * kSplit + ks;  // this warpgroup's tile (past n_tiles: zeros, skipped below)
+      const int tile_slot = (i & 1) * kSplit + ks;
       if constexpr (Wgmma) sm90::fence_proxy_async();
       __syncthreads();
       // The wgmma is issued by the whole warpgroup (= this block), before the per-warp test.
@@ -194,14 +206,14 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
         for (int j = 0; j < D / 16; ++j) {
           const uint32_t off = (j / 4) * kKeys * 128 + (j % 4) * 32;  // Q rows == K tile rows == 64
           sm90::mma_ss<T, kKeys>(&s[0][0], sm90::desc_advance(q_desc, off),
-                                 sm90::desc_advance(k_desc, (t & 1) * kKeys * D * 2 + off), j > 0);
+                                 sm90::desc_advance(k_desc, tile_slot * kKeys * D * 2 + off), j > 0);
         }
         sm90::wgmma_commit();
         sm90::wgmma_wait<0>();
         sm90::fence_regs<kKeys / 2>(&s[0][0]);
       }
       if (int64_t(t) * kKeys <= warp_hi) {
-        if constexpr (!Wgmma) qk_tile<T, D, kKeys>(qf, sK + (t & 1) * kKeys * D, lane, s);
+        if constexpr (!Wgmma) qk_tile<T, D, kKeys>(qf, sK + tile_slot * kKeys * D, lane, s);
         // Tiles wholly below every row's limit (most of them) skip the per-element mask.
         auto step = [&](auto masked) {
           auto visible = [&](int r, int col) {
@@ -260,14 +272,14 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
             }
             v[0] += __shfl_xor_sync(0xffffffffu, v[0], 1);
             const int idx = (lane >> 1) & 15, nt = idx / 2, r = idx % 2;
-            // Eight consecutive composite keys lie in one key block (rpb >= 8), and the block's
-            // rows belong to this warp alone (at rpb 16 two n8 tiles share a bin: shared
-            // atomics). Key tiles run past the last visible key (and past the last key block):
-            // those add nothing and must not touch the bins (the index would alias the next
-            // query block's row).
+            // Eight consecutive composite keys lie in one key block (rpb >= 8); a block's rows
+            // belong to one row warp of each key split (and at rpb 16 two n8 tiles share a
+            // bin): shared atomics. Key tiles run past the last visible key (and past the last
+            // key block): those add nothing and must not touch the bins (the index would alias
+            // the next query block's row).
             if ((lane & 1) == 0 && int64_t(t) * kKeys + nt * 8 <= warp_hi) {
               const int kb = static_cast<int>((int64_t(t) * kKeys + nt * 8) / rpb);
-              const int row = warp * 16 + r * 8;
+              const int row = rw * 16 + r * 8;
               atomicAdd(&bins[(row / rpb) * nkb_max + kb], v[0] * inv_rows_s[row]);
             }
           }
@@ -286,6 +298,27 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
 #pragma unroll
         for (int o = 1; o <= 2; o <<= 1) {
           const float m2 = __shfl_xor_sync(0xffffffffu, m[r], o), l2 = __shfl_xor_sync(0xffffffffu, l[r], o);
+          const float mx = fmaxf(m[r], m2);
+          if (mx != -INFINITY) {
+            l[r] = l[r] * fast_exp2(m[r] - mx) + l2 * fast_exp2(m2 - mx);
+            m[r] = mx;
+          }
+        }
+      }
+      // ... and across the key splits.
+      if (t4 == 0) {
+        ml_s[ks][rA][0] = m[0];
+        ml_s[ks][rA][1] = l[0];
+        ml_s[ks][rB][0] = m[1];
+        ml_s[ks][rB][1] = l[1];
+      }
+      __syncthreads();
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = r ? rB : rA;
+        for (int o = 0; o < kSplit; ++o) {
+          if (o == ks) continue;
+          const float m2 = ml_s[o][row][0], l2 = ml_s[o][row][1];
           const float mx = fmaxf(m[r], m2);
           if (mx != -INFINITY) {
             l[r] = l[r] * fast_exp2(m[r] - mx) + l2 * fast_exp2(m2 - mx);
