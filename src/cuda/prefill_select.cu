@@ -26,8 +26,8 @@ namespace unique::cuda {
 
 namespace {
 
-constexpr int kSplit = 2;  // key split: warpgroup ks takes the key tiles t with t % 2 == ks
-constexpr int kThreads = 128 * kSplit;
+// KS (template): key split, warpgroup ks takes the key tiles t with t % KS == ks. Two where
+// shared memory allows (the key tiles double), else one.
 constexpr int kRows = 64;  // composite query rows per thread block: 4 warps x 16 (per key split)
 constexpr int kKeys = 64;  // composite keys per shared-memory tile
 
@@ -82,18 +82,18 @@ __device__ __forceinline__ uint32_t ordered(float x) {
 struct SelectLayout {
   size_t q, k, bins, keys, scan, kept, total;
   int npow;
-  __host__ __device__ SelectLayout(int D, int blocks_per_cta, int max_kv_blocks) {
+  __host__ __device__ SelectLayout(int D, int blocks_per_cta, int max_kv_blocks, int KS) {
     npow = 1;
     while (npow < (max_kv_blocks - 2 > 1 ? max_kv_blocks - 2 : 1)) npow <<= 1;
     q = 0;  // from a 1024-byte aligned base (the wgmma variant's swizzled tiles need it)
     k = q + size_t(kRows) * D * 2;
-    const size_t k_bytes = size_t(2) * kSplit * kKeys * D * 2;  // 2 stages x kSplit tiles
+    const size_t k_bytes = size_t(2) * KS * kKeys * D * 2;  // 2 stages x KS tiles
     bins = k + k_bytes;
     const size_t bins_end = bins + (size_t(blocks_per_cta) * max_kv_blocks * 4 + 15) / 16 * 16;
     // The sort keys live in the key tiles' space once the two passes are over.
     keys = size_t(npow) * 8 <= k_bytes ? k : bins_end;
     scan = keys == k ? bins_end : keys + size_t(npow) * 8;
-    kept = scan + kThreads * 4;
+    kept = scan + 128 * KS * 4;
     total = kept + (size_t(max_kv_blocks) + 15) / 16 * 16 + 1024;  // + alignment slack
   }
 };
@@ -101,12 +101,12 @@ struct SelectLayout {
 // Wgmma: the compressed scores of a key tile by warpgroup MMA (sm_90a; Q and K tiles in the
 // 128B-swizzled layouts of wgmma.cuh), else by mma.sync. The accumulator layout per warp is
 // the same (16 rows, 8 n8 tiles), so everything after the scores is shared.
-template <class T, int D, bool Wgmma>
-__global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs a) {
-  constexpr int CH = D / 8;
+template <class T, int D, bool Wgmma, int KS>
+__global__ void __launch_bounds__(128 * KS) select_kernel(const SelectArgs a) {
+  constexpr int CH = D / 8, kThreads = 128 * KS, kSplit = KS;
   extern __shared__ uint8_t smem_raw[];
   const int rpb = a.rows_per_block, bpc = a.blocks_per_cta, nkb_max = a.max_kv_blocks;
-  const SelectLayout lay(D, bpc, nkb_max);
+  const SelectLayout lay(D, bpc, nkb_max, KS);
   uint8_t* base = smem_raw + ((1024u - (smem_addr(smem_raw) & 1023u)) & 1023u);
   T* sQ = reinterpret_cast<T*>(base + lay.q);
   T* sK = reinterpret_cast<T*>(base + lay.k);
@@ -454,21 +454,24 @@ void launch_typed(const AttentionConfig& cfg, const TensorView& q, const PagedKV
   }
   a.rows_per_block = cfg.prefill_block / cfg.pool;
   a.blocks_per_cta = kRows / a.rows_per_block;
-  const size_t smem = SelectLayout(D, a.blocks_per_cta, pb.num_kv_blocks).total;
   int dev = 0, max_smem = 0;
   UNIQUE_CUDA_CHECK(cudaGetDevice(&dev));
   UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  // The wgmma variant wherever the wgmma attention kernel runs (same device/build test and
+  // the same UNIQUE_PREFILL_KERNEL override), with two key splits where their tiles fit next
+  // to the bins (else one: contexts above ~290K tokens at block 64). The mma.sync fallback
+  // keeps one (the configuration it was measured and tested in on every device).
+  const bool wgmma = std::strcmp(prefill_attention_kernel(D, kv_len, false), "wgmma") == 0;
+  const int ks = wgmma && SelectLayout(D, a.blocks_per_cta, pb.num_kv_blocks, 2).total <= size_t(max_smem) ? 2 : 1;
+  const size_t smem = SelectLayout(D, a.blocks_per_cta, pb.num_kv_blocks, ks).total;
   UNIQUE_CHECK_ARG(smem <= size_t(max_smem), "kv_len",
                    detail::concat("a context whose ", pb.num_kv_blocks, " key blocks fit the CUDA selection's shared memory (",
                                   max_smem, " bytes; use a larger prefill_block)"),
                    kv_len);
-  // The wgmma variant wherever the wgmma attention kernel runs (same device/build test and
-  // the same UNIQUE_PREFILL_KERNEL override).
-  const bool wgmma = std::strcmp(prefill_attention_kernel(D, kv_len, false), "wgmma") == 0;
-  auto kernel = wgmma ? select_kernel<T, D, true> : select_kernel<T, D, false>;
+  auto kernel = wgmma ? (ks == 2 ? select_kernel<T, D, true, 2> : select_kernel<T, D, true, 1>) : select_kernel<T, D, false, 1>;
   UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const int ctas = (pb.num_q_blocks + a.blocks_per_cta - 1) / a.blocks_per_cta;
-  kernel<<<dim3(ctas, hq), kThreads, smem, stream>>>(a);
+  kernel<<<dim3(ctas, hq), 128 * ks, smem, stream>>>(a);
   UNIQUE_CUDA_LAUNCH("prefill select_kernel");
 }
 
