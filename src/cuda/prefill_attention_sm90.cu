@@ -23,6 +23,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/mma.cuh"
+#include "cuda/prefill_epilogue.cuh"
 #include "cuda/prefill_kernels.h"
 #include "cuda/wgmma.cuh"
 
@@ -319,26 +320,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_sm90_kernel(con
   }
   cp_async_wait<0>();
 
-  // ---- epilogue ------------------------------------------------------------------------------
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-  }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t t = my_row[r];
-    if (t < a.q0 || t >= a.kv_len) continue;
-    const float inv = 1.0f / l[r];
-    const int64_t ob = (t - a.q0) * a.o_s0 + hq * a.o_s1;
-#pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) {
-      const int d = nt * 8 + 2 * t4;
-      store_any(a.out, a.o_dtype, ob + d * a.o_s2, o[nt][2 * r] * inv);
-      store_any(a.out, a.o_dtype, ob + (d + 1) * a.o_s2, o[nt][2 * r + 1] * inv);
-    }
-    if (a.lse && t4 == 0) a.lse[(t - a.q0) * a.l_s0 + hq * a.l_s1] = (m[r] + log2f(l[r])) * kLn2;
-  }
+  write_prefill_rows<D>(a, hq, t4, my_row, o, m, l);
 #endif
 }
 

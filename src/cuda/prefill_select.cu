@@ -14,6 +14,7 @@
 //      bitonic sort, a block-wide exclusive scan of the sorted masses counts how many the
 //      top-p rule keeps, and the kept blocks are written ascending.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -458,11 +459,25 @@ void launch_typed(const AttentionConfig& cfg, const TensorView& q, const PagedKV
   UNIQUE_CUDA_CHECK(cudaGetDevice(&dev));
   UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   // The wgmma variant wherever the wgmma attention kernel runs (same device/build test and
-  // the same UNIQUE_PREFILL_KERNEL override), with two key splits where their tiles fit next
-  // to the bins (else one: contexts above ~290K tokens at block 64). The mma.sync fallback
-  // keeps one (the configuration it was measured and tested in on every device).
+  // the same UNIQUE_PREFILL_KERNEL override), with two key splits where the bins leave room
+  // for one block per SM only (long contexts) and the second split's tiles still fit. The
+  // mma.sync fallback keeps one (the configuration it was measured and tested in).
   const bool wgmma = std::strcmp(prefill_attention_kernel(D, kv_len, false), "wgmma") == 0;
-  const int ks = wgmma && SelectLayout(D, a.blocks_per_cta, pb.num_kv_blocks, 2).total <= size_t(max_smem) ? 2 : 1;
+  const size_t smem1 = SelectLayout(D, a.blocks_per_cta, pb.num_kv_blocks, 1).total;
+  int ks = 1;
+  const char* force = std::getenv("UNIQUE_PREFILL_SELECT_SPLIT");  // tests: "2" at any length
+  if (wgmma && SelectLayout(D, a.blocks_per_cta, pb.num_kv_blocks, 2).total <= size_t(max_smem) && force &&
+      std::strcmp(force, "2") == 0) {
+    ks = 2;
+  } else if (wgmma && SelectLayout(D, a.blocks_per_cta, pb.num_kv_blocks, 2).total <= size_t(max_smem)) {
+    // Only where one split fits a single block per SM (4 warps): measured at 32K / 64K, where
+    // 2-3 blocks fit, the second split (more shared memory per block) was 7-20% slower.
+    int per_sm = 0;
+    auto k1 = select_kernel<T, D, true, 1>;
+    UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(k1, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1)));
+    UNIQUE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k1, 128, smem1));
+    if (per_sm <= 1) ks = 2;
+  }
   const size_t smem = SelectLayout(D, a.blocks_per_cta, pb.num_kv_blocks, ks).total;
   UNIQUE_CHECK_ARG(smem <= size_t(max_smem), "kv_len",
                    detail::concat("a context whose ", pb.num_kv_blocks, " key blocks fit the CUDA selection's shared memory (",

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "cuda/prefill_kernels.h"
@@ -205,19 +206,28 @@ void run_case(const Case& c, uint64_t seed) {
 
 class GpuPrefillSweep : public ::testing::TestWithParam<Case> {};
 
-// Sets UNIQUE_PREFILL_KERNEL for one scope (the launcher reads it on every call).
+// Sets UNIQUE_PREFILL_KERNEL (and UNIQUE_PREFILL_SELECT_SPLIT) for one scope (the launchers
+// read them on every call).
 struct KernelChoice {
-  explicit KernelChoice(const char* k) { setenv("UNIQUE_PREFILL_KERNEL", k, 1); }
-  ~KernelChoice() { unsetenv("UNIQUE_PREFILL_KERNEL"); }
+  explicit KernelChoice(const char* k, const char* split = nullptr) {
+    setenv("UNIQUE_PREFILL_KERNEL", k, 1);
+    if (split) setenv("UNIQUE_PREFILL_SELECT_SPLIT", split, 1);
+  }
+  ~KernelChoice() {
+    unsetenv("UNIQUE_PREFILL_KERNEL");
+    unsetenv("UNIQUE_PREFILL_SELECT_SPLIT");
+  }
 };
 
-// Every case through both attention kernels: the default (wgmma on sm_90) and mma.sync.
+// Every case through both attention kernels: the default (wgmma on sm_90; its selection with
+// one key split at these lengths, and forced to two, which it picks on its own only above
+// ~125K tokens) and mma.sync.
 TEST_P(GpuPrefillSweep, MatchesReference) {
   SKIP_WITHOUT_GPU();
   const Case c = GetParam();
-  for (const char* kernel : {"auto", "mma"}) {
-    SCOPED_TRACE(std::string("UNIQUE_PREFILL_KERNEL=") + kernel);
-    KernelChoice choice(kernel);
+  for (const auto& [kernel, split] : {std::pair<const char*, const char*>{"auto", nullptr}, {"auto", "2"}, {"mma", nullptr}}) {
+    SCOPED_TRACE(std::string("UNIQUE_PREFILL_KERNEL=") + kernel + (split ? " UNIQUE_PREFILL_SELECT_SPLIT=2" : ""));
+    KernelChoice choice(kernel, split);
     run_case(c, case_seed(97, ((uint64_t(c.P) * 1000 + c.D) * 100 + c.group) * 1000 + c.block + int(c.dt) +
                                   uint64_t(c.L) * 7 + uint64_t(c.top_p * 100)));
   }
