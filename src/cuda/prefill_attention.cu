@@ -7,6 +7,7 @@
 // the diagonal (dense) or the tiles of the kept key blocks (sparse); only the diagonal tile
 // is masked. Query tiles are launched heaviest (last) first for load balance.
 #include <algorithm>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 
@@ -210,6 +211,7 @@ const char* wgmma_unavailable(int head_dim, int64_t kv_len, bool sparse) {
   UNIQUE_CUDA_CHECK(cudaGetDevice(&dev));
   UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   if (major != 9) return "the device is not sm_90";
+  if (kv_len > int64_t(INT32_MAX) - 128) return "kv_len above 2^31 (its key indices are 32-bit)";
   UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   if (prefill_attention_sm90_smem(head_dim, kv_len, sparse) > size_t(smem_max))
     return "its tile list does not fit in shared memory at this kv_len";

@@ -14,8 +14,8 @@
 // blocks (sparse; the block's list is the union of both warpgroups' lists, one bit per
 // warpgroup). Within a warpgroup the tensor cores run tile i - 1's O += P V while the
 // warpgroup does tile i's softmax (after tile i's S = Q K^T): only the O rescale waits for
-// that P V (FA3's intra-warpgroup overlap, with S waited for first, see below). Online softmax in registers with exp2
-// (log2 e folded into the scale); only diagonal tiles mask.
+// that P V (FA3's intra-warpgroup overlap, with S waited for first, see below). Online
+// softmax in registers with exp2 (log2 e folded into the scale); only diagonal tiles mask.
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
@@ -181,8 +181,8 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_sm90_kernel(con
   const int64_t my_row[2] = {wg_row0 + warp * 16 + g, wg_row0 + warp * 16 + g + 8};
 
   // O += P V of the warpgroup's previous tile (V is the N-major B operand: keys x channels as
-  // stored; k-steps of 16 keys). Issued right after the next tile's S so the tensor cores
-  // run it while this warpgroup does that tile's softmax.
+  // stored; k-steps of 16 keys). Issued once the next tile's S has landed, so the tensor
+  // cores run it while this warpgroup does that tile's softmax.
   uint32_t pa[kBK / 16][4] = {};
   bool pending = false;
   uint32_t pending_off = 0;
