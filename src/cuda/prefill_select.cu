@@ -1,14 +1,15 @@
 // UniSparse block selection on the GPU (include/unique/prefill.h): composite tokens pooled
-// by two small kernels, then one 256-thread block per (query head, 64 composite queries =
-// the 4 or 8 query blocks they form), two warpgroups that split the key tiles between them
-// (even / odd: at long contexts the bins limit a block to one per SM, and 4 warps per SM
-// left the issue slots 78% idle), each laid out like the prefill attention kernel:
-//   1. the composite queries sit in registers (a warp's 16 rows: one or two query blocks);
-//      tiles of 64 composite keys stream through shared memory (cp.async, two stages) and
-//      the compressed scores come from tensor cores. Pass 1 finds each row's softmax max and
-//      sum; pass 2 adds the normalised probabilities, reduced across the warp, into
-//      per-(query block, key block) bins in shared memory. A block's rows belong to one warp,
-//      so the bins need no atomics, and no [heads, blocks, blocks] mass tensor exists in
+// by two small kernels, then one block per (query head, 64 composite queries = the 4 or 8
+// query blocks they form): one warpgroup, or two that split the key tiles between them
+// (even / odd) where the bins leave room for one block per SM only (long contexts: 4 warps
+// per SM left the issue slots 78% idle). A warp owns 16 rows (one or two query blocks):
+//   1. tiles of 64 composite keys stream through shared memory (cp.async, two stages); the
+//      compressed scores come from wgmma on sm_90 (Q and K tiles 128B-swizzled in shared
+//      memory) or mma.sync (Q fragments in registers), in the same per-warp layout. Pass 1
+//      finds each row's softmax max and sum (tile max, one rescale); pass 2 adds the
+//      normalised probabilities, summed over the warp by a reduce-scatter butterfly, into
+//      per-(query block, key block) bins in shared memory (shared atomics: a block's rows
+//      belong to one warp per key split); no [heads, blocks, blocks] mass tensor exists in
 //      device memory.
 //   2. per query block: the optional key blocks sorted by (mass desc, block asc) with a
 //      bitonic sort, a block-wide exclusive scan of the sorted masses counts how many the
@@ -27,8 +28,7 @@ namespace unique::cuda {
 
 namespace {
 
-// KS (template): key split, warpgroup ks takes the key tiles t with t % KS == ks. Two where
-// shared memory allows (the key tiles double), else one.
+// KS (template parameter): key splits; warpgroup ks takes the key tiles t with t % KS == ks.
 constexpr int kRows = 64;  // composite query rows per thread block: 4 warps x 16 (per key split)
 constexpr int kKeys = 64;  // composite keys per shared-memory tile
 
