@@ -86,6 +86,27 @@ __device__ __forceinline__ uint32_t pack2(float x, float y) {
   }
 }
 
+// Accumulator rows in the C layout above: a thread holds two rows (g, g + 8) of each n8
+// tile. Multiplies them by their own factors (the online-softmax rescale).
+template <int NT>
+__device__ __forceinline__ void scale_rows(float (&c)[NT][4], const float (&f)[2]) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    c[nt][0] *= f[0];
+    c[nt][1] *= f[0];
+    c[nt][2] *= f[1];
+    c[nt][3] *= f[1];
+  }
+}
+// Sums each of a thread's two row values over the 4 lanes (t = lane % 4) that share the row.
+__device__ __forceinline__ void quad_sum(float (&x)[2]) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    x[r] += __shfl_xor_sync(0xffffffffu, x[r], 1);
+    x[r] += __shfl_xor_sync(0xffffffffu, x[r], 2);
+  }
+}
+
 // A warp's A fragments of 16 query rows [row0, row0 + 16) of a swizzled [rows][D] tile.
 template <class T, int D>
 __device__ __forceinline__ void load_q_fragments(const T* q_s, int row0, int lane, uint32_t (&qf)[D / 16][4]) {

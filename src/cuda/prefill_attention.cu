@@ -145,13 +145,7 @@ prefill_attention_kernel(const PrefillAttentionArgs a) {
       m[r] = mx[r];
       l[r] *= corr[r];
     }
-#pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) {
-      o[nt][0] *= corr[0];
-      o[nt][1] *= corr[0];
-      o[nt][2] *= corr[1];
-      o[nt][3] *= corr[1];
-    }
+    scale_rows(o, corr);
 #pragma unroll
     for (int nt = 0; nt < kBK / 8; ++nt)
 #pragma unroll

@@ -291,15 +291,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_sm90_kernel(con
       fence_regs<2>(l);
       wgmma_wait<0>();  // the previous P V lands before O is rescaled and pa is rewritten
       fence_regs<D / 2>(&o[0][0]);
-      if (__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f)) {  // the max moved
-#pragma unroll
-        for (int nt = 0; nt < D / 8; ++nt) {
-          o[nt][0] *= corr[0];
-          o[nt][1] *= corr[0];
-          o[nt][2] *= corr[1];
-          o[nt][3] *= corr[1];
-        }
-      }
+      if (__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f)) scale_rows(o, corr);  // the max moved
 #pragma unroll
       for (int kk = 0; kk < kBK / 16; ++kk) {
         pa[kk][0] = pack2<T>(p[2 * kk][0], p[2 * kk][1]);

@@ -3,6 +3,7 @@
 // written with their log-sum-exp; rows outside the chunk [q0, kv_len) are not written.
 #pragma once
 #include "cuda/common.cuh"
+#include "cuda/mma.cuh"
 #include "cuda/prefill_kernels.h"
 
 namespace unique::cuda {
@@ -11,11 +12,7 @@ template <int D>
 __device__ __forceinline__ void write_prefill_rows(const PrefillAttentionArgs& a, int hq, int t4,
                                                    const int64_t (&row)[2], float (&o)[D / 8][4], const float (&m)[2],
                                                    float (&l)[2]) {
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-  }
+  quad_sum(l);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int64_t t = row[r];

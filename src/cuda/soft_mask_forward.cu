@@ -123,13 +123,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) forward_kernel(cons
       m[r] = mx[r];
       l[r] *= corr[r];
     }
-#pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) {
-      o[nt][0] *= corr[0];
-      o[nt][1] *= corr[0];
-      o[nt][2] *= corr[1];
-      o[nt][3] *= corr[1];
-    }
+    scale_rows(o, corr);
 #pragma unroll
     for (int nt = 0; nt < kTile / 8; ++nt)
 #pragma unroll
@@ -156,11 +150,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) forward_kernel(cons
     __syncthreads();  // the next iteration's prefetch, stats and bias overwrite shared memory
   }
 
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-  }
+  quad_sum(l);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int64_t t = my_row[r];
