@@ -8,10 +8,10 @@
 // is masked. Query tiles are launched heaviest (last) first for load balance.
 #include <algorithm>
 #include <climits>
-#include <cstdlib>
 #include <cstring>
 
 #include "cuda/common.cuh"
+#include "cuda/kernel_choice.h"
 #include "cuda/mma.cuh"
 #include "cuda/prefill_epilogue.cuh"
 #include "cuda/prefill_kernels.h"
@@ -186,41 +186,22 @@ void launch_typed(const PrefillAttentionArgs& a, int num_q_tiles, int num_qo_hea
   UNIQUE_CUDA_LAUNCH("prefill_attention_kernel");
 }
 
-// UNIQUE_PREFILL_KERNEL: unset/"auto", "mma" or "wgmma".
-const char* requested_kernel() {
-  const char* e = std::getenv("UNIQUE_PREFILL_KERNEL");
-  if (!e || !*e || std::strcmp(e, "auto") == 0) return "auto";
-  UNIQUE_CHECK_ARG(std::strcmp(e, "mma") == 0 || std::strcmp(e, "wgmma") == 0, "UNIQUE_PREFILL_KERNEL",
-                   "auto, mma or wgmma", e);
-  return e;
-}
-
-// Why the wgmma kernel cannot run here, or nullptr when it can.
+// Why the wgmma kernel cannot run this shape (beyond the device and build: kernel_choice.h),
+// or nullptr when it can.
 const char* wgmma_unavailable(int head_dim, int64_t kv_len, bool sparse) {
-#ifndef UNIQUE_CUDA_SM90A
-  (void)head_dim, (void)kv_len, (void)sparse;
-  return "this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES without 90a)";
-#else
-  int dev = 0, major = 0, smem_max = 0;
-  UNIQUE_CUDA_CHECK(cudaGetDevice(&dev));
-  UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  if (major != 9) return "the device is not sm_90";
   if (kv_len > int64_t(INT32_MAX) - 128) return "kv_len above 2^31 (its key indices are 32-bit)";
+  int dev = 0, smem_max = 0;
+  UNIQUE_CUDA_CHECK(cudaGetDevice(&dev));
   UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   if (prefill_attention_sm90_smem(head_dim, kv_len, sparse) > size_t(smem_max))
     return "its tile list does not fit in shared memory at this kv_len";
   return nullptr;
-#endif
 }
 
 }  // namespace
 
 const char* prefill_attention_kernel(int head_dim, int64_t kv_len, bool sparse) {
-  const char* want = requested_kernel();
-  if (std::strcmp(want, "mma") == 0) return "mma";
-  const char* why = wgmma_unavailable(head_dim, kv_len, sparse);
-  if (std::strcmp(want, "wgmma") == 0 && why) UNIQUE_CHECK_ARG(false, "UNIQUE_PREFILL_KERNEL", "a kernel that can run", std::string("wgmma: ") + why);
-  return why ? "mma" : "wgmma";
+  return choose_kernel("UNIQUE_PREFILL_KERNEL", wgmma_unavailable(head_dim, kv_len, sparse));
 }
 
 void launch_prefill_attention(const AttentionConfig& cfg, const TensorView& q, const PagedKV& kv, int seq,

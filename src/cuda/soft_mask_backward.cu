@@ -9,23 +9,15 @@
 // and dmu += dx c q, dsigma += dx c alpha |q| for the tile's pages (tensor cores).
 // The finalize kernel turns dmu/dsigma into dk.
 #include <algorithm>
+#include <cstring>
 
-#include "cuda/soft_mask_common.cuh"
+#include "cuda/kernel_choice.h"
+#include "cuda/soft_mask_backward_common.cuh"
 
 namespace unique::cuda {
 
 namespace soft_mask {
 namespace {
-
-// p[0] += x, p[1] += y (p 8-byte aligned): one vector atomic on sm_90.
-__device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  atomicAdd(reinterpret_cast<float2*>(p), make_float2(x, y));
-#else
-  atomicAdd(p, x);
-  atomicAdd(p + 1, y);
-#endif
-}
 
 constexpr int kBKeys = 2 * kTile;  // keys per block: two 64-key tiles (sub-tiles)
 constexpr int kBWarps = kBKeys / 16;
@@ -131,11 +123,9 @@ __global__ void __launch_bounds__(kBThreads) backward_kernel(const SoftMaskArgs 
     else cp_async_wait<0>();
     __syncthreads();
     // (b) log page weights of (row, page of the warp's sub-tile): rows [16 wl, 16 wl + 16).
-    {
-      uint32_t qf[D / 16][4];
-      load_q_fragments<T, D>(sQ, wl * 16, lane, qf);
-      warp_log_weights<T, D>(a, qf, hl_s + sub * PT * D / 2, tau_s, row0, wl * 16, kt_sub, lane, my_bias);
-    }
+    warp_log_weights<T, D>(
+        a, [&](int kk, uint32_t(&f)[4]) { ldmatrix_x4(f, sQ + swz(wl * 16 + lane % 16, kk * 2 + lane / 16, CH) * 8); },
+        hl_s + sub * PT * D / 2, tau_s, row0, wl * 16, kt_sub, lane, my_bias);
     __syncthreads();
 
     // (c) S^T and dP^T for the warp's 16 keys x 64 queries.
@@ -200,16 +190,7 @@ __global__ void __launch_bounds__(kBThreads) backward_kernel(const SoftMaskArgs 
       }
 
       // (e) dbias = column sums of dS^T over the page's keys.
-#pragma unroll
-      for (int nt = 0; nt < kTile / 8; ++nt)
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          float x = dpt[nt][c] + dpt[nt][2 + c];
-          x += __shfl_xor_sync(0xffffffffu, x, 4);
-          x += __shfl_xor_sync(0xffffffffu, x, 8);
-          x += __shfl_xor_sync(0xffffffffu, x, 16);
-          if (g == 0 && x != 0.0f) atomicAdd(&my_dbias[(nt * 8 + 2 * t4 + c) * PT + my_page], x);
-        }
+      add_dbias(dpt, g, t4, my_page, my_dbias);
     }
     // dS^T (zeros for inactive warps) to shared memory: the previous iteration's readers
     // of sdS finished before its closing barrier.
@@ -223,13 +204,7 @@ __global__ void __launch_bounds__(kBThreads) backward_kernel(const SoftMaskArgs 
       }
     __syncthreads();
     // (f) dx * c = dbias (1 - m) / T * c, in place (0 for non-candidates: m = 1).
-    for (int i = tid; i < 2 * kTile * npg; i += kBThreads) {
-      // i = (s2 npg + pi) kTile + r
-      const int r = i % kTile, sp = i / kTile, s2 = sp >= npg, pi = sp - s2 * npg;
-      const int o = (s2 * kTile + r) * PT + pi;
-      const float lw = bias_s[o];
-      dbias_s[o] = lw == 0.0f ? 0.0f : dbias_s[o] * (1.0f - __expf(lw)) * a.inv_T * a.scale;
-    }
+    for (int s2 = 0; s2 < 2; ++s2) dbias_to_dx(a, bias_s + s2 * kTile * PT, dbias_s + s2 * kTile * PT, tid, kBThreads);
     __syncthreads();
 
     // (g) dQ = c dS K + dx c (mu + alpha sign(q) sigma) for query rows [16 wl, 16 wl + 16),
@@ -237,27 +212,10 @@ __global__ void __launch_bounds__(kBThreads) backward_kernel(const SoftMaskArgs 
     // channels (few live registers next to dk/dv).
     {
       constexpr int DH = D / 2, DQ = 32;
-      // Page term on tensor cores, one n8 tile of channels at a time: DX [16 rows x pages]
-      // times mu / sigma [pages x 8], both split hi + lo, packed into one k16 step per
-      // sub-tile (<= 4 pages each): k 0-3 DXhi x mu_hi, 4-7 DXlo x mu_hi, 8-11 DXhi x mu_lo,
-      // 12-15 DXlo x mu_lo. Lane t4 holds A/B k rows 2 t4, 2 t4 + 1 (+ 8): pages p0, p0 + 1
-      // (B: their split mu/sigma of channel dn, the halves picked out of hl_s by byte_perm).
-      const int p0 = 2 * (t4 & 1);
-      uint32_t xa[2][2];  // A fragment registers {0, 2} and {1, 3} are equal
+      // Page term on tensor cores (soft_mask_backward_common.cuh), over both sub-tiles' pages.
+      uint32_t xa[2][2];
 #pragma unroll
-      for (int s2 = 0; s2 < 2; ++s2) {
-        const float* xs = dbias_s + s2 * kTile * PT;
-        const int r = wl * 16 + g;
-        const float y0 = p0 < npg ? xs[r * PT + p0] : 0.0f;
-        const float y1 = p0 + 1 < npg ? xs[r * PT + p0 + 1] : 0.0f;
-        const float y2 = p0 < npg ? xs[(r + 8) * PT + p0] : 0.0f;
-        const float y3 = p0 + 1 < npg ? xs[(r + 8) * PT + p0 + 1] : 0.0f;
-        uint32_t h01, l01, h23, l23;
-        split2<T>(y0, y1, h01, l01);
-        split2<T>(y2, y3, h23, l23);
-        xa[s2][0] = t4 < 2 ? h01 : l01;
-        xa[s2][1] = t4 < 2 ? h23 : l23;
-      }
+      for (int s2 = 0; s2 < 2; ++s2) dx_fragment<T>(dbias_s + s2 * kTile * PT, wl * 16, g, t4, npg, xa[s2]);
       const int64_t t_a = row0 + wl * 16 + g;
       float* const dst = a.dq_acc + ((int64_t(b) * a.L + (t_a < a.L ? t_a : 0)) * a.Hq + hq) * D;
       const int64_t row_stride = int64_t(8) * a.Hq * D;  // row t_a + 8
@@ -282,30 +240,14 @@ __global__ void __launch_bounds__(kBThreads) backward_kernel(const SoftMaskArgs 
           const int dn = d0 + nt * 8 + g;  // B column (channel)
           float pm[4] = {}, ps[4] = {};
 #pragma unroll
-          for (int s2 = 0; s2 < 2; ++s2) {
-            const uint4* hs = hl_s + s2 * PT * D / 2 + dn / 2;
-            const uint4 z = make_uint4(0, 0, 0, 0);
-            const uint4 w0 = p0 < npg ? hs[p0 * D / 2] : z, w1 = p0 + 1 < npg ? hs[(p0 + 1) * D / 2] : z;
-            const uint32_t sel = (dn & 1) ? 0x7632u : 0x5410u;
-            const uint32_t bm[2] = {__byte_perm(w0.x, w1.x, sel), __byte_perm(w0.y, w1.y, sel)};
-            const uint32_t bs[2] = {__byte_perm(w0.z, w1.z, sel), __byte_perm(w0.w, w1.w, sel)};
-            const uint32_t xf[4] = {xa[s2][0], xa[s2][1], xa[s2][0], xa[s2][1]};
-            mma16816<T>(pm, xf, bm);
-            mma16816<T>(ps, xf, bs);
-          }
-          // sign(q) of the lane's 2 x 2 outputs: q pairs (channels 2 t4, 2 t4 + 1) of rows g and
-          // g + 8 are one 32-bit word each (the swizzle of both rows is chunk ^ g).
+          for (int s2 = 0; s2 < 2; ++s2) page_products<T, D>(xa[s2], hl_s + s2 * PT * D / 2, dn, t4, npg, pm, ps);
+          // q pairs (channels 2 t4, 2 t4 + 1) of rows g and g + 8: one 32-bit word each (the
+          // swizzle of both rows is chunk ^ g).
           const uint32_t* q32 = reinterpret_cast<const uint32_t*>(sQ);
           const int qw = ((wl * 16 + g) * CH + ((d0 / 8 + nt) ^ g)) * 4 + t4;
           const uint32_t qq[2] = {q32[qw], q32[qw + 8 * CH * 4]};
           float x[4];
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const uint32_t bits = (e & 1) ? qq[e / 2] >> 16 : qq[e / 2] & 0xffffu;
-            // alpha sign(q) ps: ps with q's sign bit, 0 where q is +-0
-            const float sp = (bits & 0x7fffu) ? __uint_as_float(__float_as_uint(ps[e]) ^ ((bits & 0x8000u) << 16)) : 0.0f;
-            x[e] = dq[nt][e] * a.scale + pm[e] + a.alpha * sp;
-          }
+          dq_tile_values(a, dq[nt], pm, ps, qq, x);
           const int dc = d0 + nt * 8 + 2 * t4;
           if (in0) atomic_add2(dst + dc, x[0], x[1]);
           if (in1) atomic_add2(dst + row_stride + dc, x[2], x[3]);
@@ -315,59 +257,14 @@ __global__ void __launch_bounds__(kBThreads) backward_kernel(const SoftMaskArgs 
     // dmu += dx c q, dsigma += dx c alpha |q| over the tile's rows, per (page, channel) of
     // the warp's sub-tile. dmu^T += Q^T DX, dsigma^T += |Q|^T DX (alpha at the end): A = Q^T
     // by transposed ldmatrix of sQ, B = DX [rows x pages] split hi + lo.
-#pragma unroll
-    for (int kk = 0; kk < kTile / 16; ++kk) {
-      float x0 = 0.0f, x1 = 0.0f, x2 = 0.0f, x3 = 0.0f;
-      if (g < npg) {
-        const int r = kk * 16 + 2 * t4;
-        x0 = my_dbias[r * PT + g];
-        x1 = my_dbias[(r + 1) * PT + g];
-        x2 = my_dbias[(r + 8) * PT + g];
-        x3 = my_dbias[(r + 9) * PT + g];
-      }
-      uint32_t bh[2], bl[2];
-      split2<T>(x0, x1, bh[0], bl[0]);
-      split2<T>(x2, x3, bh[1], bl[1]);
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        uint32_t x[4];
-        ldmatrix_x4_trans(x, sQ + swz(kk * 16 + (m8 % 2) * 8 + lane % 8, (wl * MT + mt) * 2 + m8 / 2, CH) * 8);
-        const uint32_t qa[4] = {x[0], x[2], x[1], x[3]};
-        const uint32_t aa[4] = {x[0] & 0x7fff7fffu, x[2] & 0x7fff7fffu, x[1] & 0x7fff7fffu, x[3] & 0x7fff7fffu};
-        mma16816<T>(dmu_acc[mt], qa, bh);
-        mma16816<T>(dmu_acc[mt], qa, bl);
-        mma16816<T>(dsig_acc[mt], aa, bh);
-        mma16816<T>(dsig_acc[mt], aa, bl);
-      }
-    }
+    dmu_dsigma_step<T, MT>(
+        my_dbias, g, t4, npg,
+        [&](int kk, int mt) { return sQ + swz(kk * 16 + (m8 % 2) * 8 + lane % 8, (wl * MT + mt) * 2 + m8 / 2, CH) * 8; },
+        dmu_acc, dsig_acc);
     __syncthreads();  // the next iteration's prefetch overwrites this stage; sdS, dbias_s, row constants
   }
 
-  // Epilogue: dK (times c), dV, dmu, dsigma into the fp32 accumulators (query heads of a
-  // KV head add up there).
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t key = key0 + warp * 16 + g + 8 * r;
-    if (key >= a.L) continue;
-    const int64_t base = ((int64_t(b) * a.L + key) * a.Hkv + h) * D;
-#pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) {
-      const int d = nt * 8 + 2 * t4;
-      atomic_add2(a.dk_acc + base + d, dk[nt][2 * r] * a.scale, dk[nt][2 * r + 1] * a.scale);
-      atomic_add2(a.dv_acc + base + d, dv[nt][2 * r], dv[nt][2 * r + 1]);
-    }
-  }
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int pi = 2 * t4 + (e & 1), d = (wl * MT + mt) * 16 + g + 8 * (e / 2);
-      const int j = kt_sub * npg + pi;
-      if (pi >= npg || j >= a.NC) continue;
-      const int64_t o = ((int64_t(b) * a.Hkv + h) * a.NC + j) * D + d;
-      if (dmu_acc[mt][e] != 0.0f) atomicAdd(a.dmu + o, dmu_acc[mt][e]);
-      if (dsig_acc[mt][e] != 0.0f) atomicAdd(a.dsig + o, dsig_acc[mt][e] * a.alpha);
-    }
+  write_key_grads<D, MT>(a, b, h, key0 + warp * 16, kt_sub, wl, g, t4, dk, dv, dmu_acc, dsig_acc);
 }
 
 template <class T, int D>
@@ -385,8 +282,20 @@ void launch_typed(const SoftMaskArgs& a, cudaStream_t stream) {
 }  // namespace
 }  // namespace soft_mask
 
+const char* soft_mask_backward_kernel(int D) {
+  int dev = 0, smem_max = 0;
+  UNIQUE_CUDA_CHECK(cudaGetDevice(&dev));
+  UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  const bool fits = soft_mask_backward_sm90_smem(D) <= size_t(smem_max);
+  return choose_kernel("UNIQUE_SOFT_MASK_KERNEL", fits ? nullptr : "its shared memory does not fit this device");
+}
+
 void launch_soft_mask_backward(const SoftMaskArgs& a, int D, cudaStream_t stream) {
   using namespace soft_mask;
+  if (std::strcmp(soft_mask_backward_kernel(D), "wgmma") == 0) {
+    launch_soft_mask_backward_sm90(a, D, stream);
+    return;
+  }
   if (a.dtype == DType::bf16) {
     if (D == 64) launch_typed<bf16, 64>(a, stream);
     else launch_typed<bf16, 128>(a, stream);

@@ -44,6 +44,16 @@ __device__ __forceinline__ void load_tile_hl_async(const SoftMaskArgs& a, int b,
   }
 }
 
+// p[0] += x, p[1] += y (p 8-byte aligned): one vector atomic on sm_90.
+__device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(p), make_float2(x, y));
+#else
+  atomicAdd(p, x);
+  atomicAdd(p + 1, y);
+#endif
+}
+
 // x ~= hi + lo as two packed pairs of T (hi = round(x), lo = round(x - hi)): about twice
 // T's mantissa, so a tensor-core product with an exact T operand is good to ~1e-5.
 template <class T>
@@ -62,13 +72,13 @@ __device__ __forceinline__ void split2(float x, float y, uint32_t& hi, uint32_t&
 }
 
 // The page bias log m (0 for rows without a mask and pages that are not candidates) of one
-// warp's 16 query rows [r0, r0 + 16) of the block's tile (qf: their A fragments; rows
-// row0 + r0 + ...), on tensor cores: the scores of the tile's pages are [q, |q|] x
+// warp's 16 query rows [r0, r0 + 16) of the block's tile (qfrag(kk, f) gives their A
+// fragment of channels [16 kk, 16 kk + 16); rows row0 + r0 + ...), on tensor cores: the scores of the tile's pages are [q, |q|] x
 // [mu, sigma]^T (|q| by clearing the sign bits of the packed pairs; mu/sigma as their
 // hi + lo split from hl_s, [4 pages][D / 2] uint4; fp32 accumulation), 2 mma per 16
 // channels. The warp writes only bias_s rows [r0, r0 + 16).
-template <class T, int D>
-__device__ __forceinline__ void warp_log_weights(const SoftMaskArgs& a, const uint32_t (&qf)[D / 16][4],
+template <class T, int D, class QFrag>
+__device__ __forceinline__ void warp_log_weights(const SoftMaskArgs& a, QFrag&& qfrag,
                                                  const uint4* hl_s, const float* tau_s, int64_t row0, int r0,
                                                  int key_tile, int lane, float* bias_s) {
   // B columns 0..3: hi halves of pages 0..3, columns 4..7: lo halves of the same pages (a
@@ -86,9 +96,10 @@ __device__ __forceinline__ void warp_log_weights(const SoftMaskArgs& a, const ui
     }
     const uint32_t bm[2] = {lo ? w0.y : w0.x, lo ? w1.y : w1.x};
     const uint32_t bs[2] = {lo ? w0.w : w0.z, lo ? w1.w : w1.z};
-    const uint32_t qa[4] = {qf[kk][0] & 0x7fff7fffu, qf[kk][1] & 0x7fff7fffu, qf[kk][2] & 0x7fff7fffu,
-                            qf[kk][3] & 0x7fff7fffu};
-    mma16816<T>(dot, qf[kk], bm);
+    uint32_t qk[4];
+    qfrag(kk, qk);
+    const uint32_t qa[4] = {qk[0] & 0x7fff7fffu, qk[1] & 0x7fff7fffu, qk[2] & 0x7fff7fffu, qk[3] & 0x7fff7fffu};
+    mma16816<T>(dot, qk, bm);
     mma16816<T>(off, qa, bs);
   }
 #pragma unroll

@@ -86,8 +86,9 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) forward_kernel(cons
       cp_async_wait<0>();
     }
     __syncthreads();  // tile `tile` (K, V, mu, sigma) visible to all warps
-    warp_log_weights<T, D>(a, qf, hl_s + stage * kMaxPagesPerTile * D / 2, tau_s, row0, warp * 16, tile, lane,
-                           bias_s);
+    warp_log_weights<T, D>(
+        a, [&](int kk, uint32_t(&f)[4]) { f[0] = qf[kk][0], f[1] = qf[kk][1], f[2] = qf[kk][2], f[3] = qf[kk][3]; },
+        hl_s + stage * kMaxPagesPerTile * D / 2, tau_s, row0, warp * 16, tile, lane, bias_s);
     __syncwarp();  // each warp reads only its own 16 rows of bias_s
     const T* k_s = sK + stage * kTile * D;
     const T* v_s = sV + stage * kTile * D;

@@ -68,7 +68,15 @@ void launch_soft_mask_stats(const SoftMaskArgs& a, int D, cudaStream_t stream);
 void launch_soft_mask_threshold(const SoftMaskArgs& a, int D, cudaStream_t stream);
 void launch_soft_mask_forward(const SoftMaskArgs& a, int D, cudaStream_t stream);
 void launch_soft_mask_delta(const SoftMaskArgs& a, int D, cudaStream_t stream);
+// Runs the wgmma kernel (soft_mask_backward_sm90.cu) on sm_90 devices in builds with sm_90a
+// code, else the mma.sync kernel; UNIQUE_SOFT_MASK_KERNEL=mma|wgmma forces one (wgmma where
+// it cannot run is an error).
 void launch_soft_mask_backward(const SoftMaskArgs& a, int D, cudaStream_t stream);
+// The name of the kernel launch_soft_mask_backward runs ("wgmma" or "mma").
+const char* soft_mask_backward_kernel(int D);
+// The sm_90a kernel (internal to launch_soft_mask_backward).
+size_t soft_mask_backward_sm90_smem(int D);
+void launch_soft_mask_backward_sm90(const SoftMaskArgs& a, int D, cudaStream_t stream);
 void launch_soft_mask_finalize(const SoftMaskArgs& a, int D, cudaStream_t stream);
 
 }  // namespace unique::cuda

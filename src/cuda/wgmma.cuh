@@ -71,13 +71,14 @@ __device__ __forceinline__ void fence_regs(float* d) {
 }
 
 #ifdef UNIQUE_WGMMA
+template <int TransA, int TransB>
 __device__ __forceinline__ void wgmma_m64n64k16_ss_bf16(float* d, Desc a, Desc b, int scale_d) {
   asm volatile(
       "{\n.reg .pred p;\n.reg .b64 da, db;\nsetp.ne.b32 p, %36, 0;\n"
       "mov.b64 da, {%32, %33};\nmov.b64 db, {%34, %35};\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, da, db, p, 1, 1, 0, 0;\n}\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, da, db, p, 1, 1, %37, %38;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a.lo), "r"(a.hi), "r"(b.lo), "r"(b.hi), "r"(scale_d));
+      : "r"(a.lo), "r"(a.hi), "r"(b.lo), "r"(b.hi), "r"(scale_d), "n"(TransA), "n"(TransB));
 }
 
 template <int TransB>
@@ -89,13 +90,14 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs_bf16(float* d, const uint32_t
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b.lo), "r"(b.hi), "r"(scale_d), "n"(TransB));
 }
 
+template <int TransA, int TransB>
 __device__ __forceinline__ void wgmma_m64n64k16_ss_f16(float* d, Desc a, Desc b, int scale_d) {
   asm volatile(
       "{\n.reg .pred p;\n.reg .b64 da, db;\nsetp.ne.b32 p, %36, 0;\n"
       "mov.b64 da, {%32, %33};\nmov.b64 db, {%34, %35};\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, da, db, p, 1, 1, 0, 0;\n}\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, da, db, p, 1, 1, %37, %38;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a.lo), "r"(a.hi), "r"(b.lo), "r"(b.hi), "r"(scale_d));
+      : "r"(a.lo), "r"(a.hi), "r"(b.lo), "r"(b.hi), "r"(scale_d), "n"(TransA), "n"(TransB));
 }
 
 template <int TransB>
@@ -107,13 +109,14 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs_f16(float* d, const uint32_t*
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b.lo), "r"(b.hi), "r"(scale_d), "n"(TransB));
 }
 
+template <int TransA, int TransB>
 __device__ __forceinline__ void wgmma_m64n128k16_ss_bf16(float* d, Desc a, Desc b, int scale_d) {
   asm volatile(
       "{\n.reg .pred p;\n.reg .b64 da, db;\nsetp.ne.b32 p, %68, 0;\n"
       "mov.b64 da, {%64, %65};\nmov.b64 db, {%66, %67};\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, da, db, p, 1, 1, 0, 0;\n}\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, da, db, p, 1, 1, %69, %70;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "r"(a.lo), "r"(a.hi), "r"(b.lo), "r"(b.hi), "r"(scale_d));
+      : "r"(a.lo), "r"(a.hi), "r"(b.lo), "r"(b.hi), "r"(scale_d), "n"(TransA), "n"(TransB));
 }
 
 template <int TransB>
@@ -125,13 +128,14 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs_bf16(float* d, const uint32_
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b.lo), "r"(b.hi), "r"(scale_d), "n"(TransB));
 }
 
+template <int TransA, int TransB>
 __device__ __forceinline__ void wgmma_m64n128k16_ss_f16(float* d, Desc a, Desc b, int scale_d) {
   asm volatile(
       "{\n.reg .pred p;\n.reg .b64 da, db;\nsetp.ne.b32 p, %68, 0;\n"
       "mov.b64 da, {%64, %65};\nmov.b64 db, {%66, %67};\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, da, db, p, 1, 1, 0, 0;\n}\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, da, db, p, 1, 1, %69, %70;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "r"(a.lo), "r"(a.hi), "r"(b.lo), "r"(b.hi), "r"(scale_d));
+      : "r"(a.lo), "r"(a.hi), "r"(b.lo), "r"(b.hi), "r"(scale_d), "n"(TransA), "n"(TransB));
 }
 
 template <int TransB>
@@ -145,17 +149,18 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs_f16(float* d, const uint32_t
 
 #endif
 
-// d (64 x N) (+)= A (64 x 16, shared, K-major) * B (16 x N, shared, K-major).
-template <class T, int N>
+// d (64 x N) (+)= A (64 x 16, shared) * B (16 x N, shared); K-major operands by default,
+// TransA 1 = M-major A, TransB 1 = N-major B (both only for 16-bit types).
+template <class T, int N, int TransA = 0, int TransB = 0>
 __device__ __forceinline__ void mma_ss(float* d, Desc a, Desc b, int scale_d) {
 #ifdef UNIQUE_WGMMA
   static_assert(N == 64 || N == 128);
   if constexpr (std::is_same_v<T, bf16>) {
-    if constexpr (N == 64) wgmma_m64n64k16_ss_bf16(d, a, b, scale_d);
-    else wgmma_m64n128k16_ss_bf16(d, a, b, scale_d);
+    if constexpr (N == 64) wgmma_m64n64k16_ss_bf16<TransA, TransB>(d, a, b, scale_d);
+    else wgmma_m64n128k16_ss_bf16<TransA, TransB>(d, a, b, scale_d);
   } else {
-    if constexpr (N == 64) wgmma_m64n64k16_ss_f16(d, a, b, scale_d);
-    else wgmma_m64n128k16_ss_f16(d, a, b, scale_d);
+    if constexpr (N == 64) wgmma_m64n64k16_ss_f16<TransA, TransB>(d, a, b, scale_d);
+    else wgmma_m64n128k16_ss_f16<TransA, TransB>(d, a, b, scale_d);
   }
 #endif
 }

@@ -206,17 +206,10 @@ void run_case(const Case& c, uint64_t seed) {
 
 class GpuPrefillSweep : public ::testing::TestWithParam<Case> {};
 
-// Sets UNIQUE_PREFILL_KERNEL (and UNIQUE_PREFILL_SELECT_SPLIT) for one scope (the launchers
-// read them on every call).
-struct KernelChoice {
-  explicit KernelChoice(const char* k, const char* split = nullptr) {
-    setenv("UNIQUE_PREFILL_KERNEL", k, 1);
-    if (split) setenv("UNIQUE_PREFILL_SELECT_SPLIT", split, 1);
-  }
-  ~KernelChoice() {
-    unsetenv("UNIQUE_PREFILL_KERNEL");
-    unsetenv("UNIQUE_PREFILL_SELECT_SPLIT");
-  }
+// UNIQUE_PREFILL_KERNEL (and UNIQUE_PREFILL_SELECT_SPLIT) for one scope.
+struct KernelChoice : ScopedEnv {
+  explicit KernelChoice(const char* k, const char* split = nullptr)
+      : ScopedEnv({{"UNIQUE_PREFILL_KERNEL", k}, {"UNIQUE_PREFILL_SELECT_SPLIT", split}}) {}
 };
 
 // Every case through both attention kernels: the default (wgmma on sm_90; its selection with

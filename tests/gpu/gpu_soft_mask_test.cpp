@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/soft_mask_kernels.h"
 #include "gpu/gpu_test_util.h"
 #include "unique/soft_mask.h"
 
@@ -39,9 +40,43 @@ void expect_close(const Buf& got, const Buf& want, double tol, const std::string
 
 class GpuSoftMask : public ::testing::TestWithParam<SmCase> {};
 
+void run_case(const SmCase& c);
+
+// Every case through both backward kernels: the default (wgmma on sm_90) and mma.sync.
 TEST_P(GpuSoftMask, ForwardAndBackwardMatchReference) {
   SKIP_WITHOUT_GPU();
-  const SmCase c = GetParam();
+  for (const char* kernel : {"auto", "mma"}) {
+    SCOPED_TRACE(std::string("UNIQUE_SOFT_MASK_KERNEL=") + kernel);
+    ScopedEnv env({{"UNIQUE_SOFT_MASK_KERNEL", kernel}});
+    run_case(GetParam());
+  }
+}
+
+// On an sm_90 device the default backward is the wgmma kernel (so the sweep above tests it);
+// the override is checked by name.
+TEST(GpuSoftMask, KernelChoice) {
+  SKIP_WITHOUT_GPU();
+  int dev = 0, major = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), cudaSuccess);
+#ifdef UNIQUE_CUDA_SM90A
+  for (int d : {64, 128}) EXPECT_STREQ(cuda::soft_mask_backward_kernel(d), major == 9 ? "wgmma" : "mma");
+#endif
+  {
+    ScopedEnv env({{"UNIQUE_SOFT_MASK_KERNEL", "mma"}});
+    EXPECT_STREQ(cuda::soft_mask_backward_kernel(128), "mma");
+  }
+  {
+    ScopedEnv env({{"UNIQUE_SOFT_MASK_KERNEL", "fastest"}});
+    EXPECT_ERROR_MSG(cuda::soft_mask_backward_kernel(128), "UNIQUE_SOFT_MASK_KERNEL", "auto, mma or wgmma", "fastest");
+  }
+  if (major != 9) {
+    ScopedEnv env({{"UNIQUE_SOFT_MASK_KERNEL", "wgmma"}});
+    EXPECT_ERROR_MSG(cuda::soft_mask_backward_kernel(128), "UNIQUE_SOFT_MASK_KERNEL", "wgmma:");
+  }
+}
+
+void run_case(const SmCase& c) {
   AttentionConfig cfg;
   cfg.page_size = c.P;
   cfg.budget_tokens = c.budget;
@@ -168,7 +203,9 @@ INSTANTIATE_TEST_SUITE_P(
                       SmCase{1, 150, 4, 1, 64, 16, 4096, 1, 1, 0.1f, DType::bf16},    // budget >= context
                       SmCase{1, 600, 8, 2, 64, 16, 96, 0, 0, 1.0f, DType::f16},       // no sink, recent 0
                       SmCase{1, 77, 2, 2, 128, 16, 16, 1, 1, 0.2f, DType::bf16},      // short
-                      SmCase{1, 430, 4, 1, 64, 32, 64, 2, 1, 0.02f, DType::f16}),     // near-hard mask
+                      SmCase{1, 430, 4, 1, 64, 32, 64, 2, 1, 0.02f, DType::f16},      // near-hard mask
+                      SmCase{1, 1000, 4, 2, 128, 16, 256, 1, 1, 0.1f, DType::bf16},   // 8 key blocks
+                      SmCase{2, 700, 4, 4, 64, 64, 128, 1, 1, 0.1f, DType::f16}),     // D 64, P 64, batch 2
     [](const auto& info) { return "case" + std::to_string(info.index); });
 
 TEST(GpuSoftMaskErrors, UnsupportedShapesNameTheArgument) {

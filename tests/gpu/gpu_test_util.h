@@ -4,7 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
 #include "test_util.h"
 #include "unique/stream.h"
@@ -88,5 +91,22 @@ struct DevKV {
 inline TensorView dview(const Dev& d, DType t, std::initializer_list<int64_t> shape) {
   return make_view(d.p, t, shape, Device::cuda);
 }
+
+// Sets environment variables for one scope and unsets them after (the launchers read their
+// kernel overrides, e.g. UNIQUE_PREFILL_KERNEL, on every call); a null value sets nothing.
+struct ScopedEnv {
+  ScopedEnv(std::initializer_list<std::pair<const char*, const char*>> vars) : vars_(vars) {
+    for (const auto& [name, value] : vars_)
+      if (value) setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    for (const auto& v : vars_) unsetenv(v.first);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::vector<std::pair<const char*, const char*>> vars_;
+};
 
 }  // namespace unique::test
