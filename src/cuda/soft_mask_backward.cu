@@ -264,7 +264,13 @@ __global__ void __launch_bounds__(kBThreads) backward_kernel(const SoftMaskArgs 
     __syncthreads();  // the next iteration's prefetch overwrites this stage; sdS, dbias_s, row constants
   }
 
-  write_key_grads<D, MT>(a, b, h, key0 + warp * 16, kt_sub, wl, g, t4, dk, dv, dmu_acc, dsig_acc);
+  write_dk_dv<D>(a, b, h, key0 + warp * 16, g, t4, dk, dv);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      add_page_grads<D>(a, b, h, kt_sub, 2 * t4 + (e & 1), (wl * MT + mt) * 16 + g + 8 * (e / 2), dmu_acc[mt][e],
+                        dsig_acc[mt][e]);
 }
 
 template <class T, int D>

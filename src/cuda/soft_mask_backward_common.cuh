@@ -50,17 +50,19 @@ __device__ __forceinline__ void page_products(const uint32_t (&xa)[2], const uin
   mma16816<T>(ps, xf, bs);
 }
 
+// sign(q) x for element e of a lane's 2 x 2 outputs (qq: the q pairs of rows g and g + 8 as
+// 32-bit words): x with q's sign bit, 0 where q is +-0.
+__device__ __forceinline__ float times_sign_q(float x, const uint32_t (&qq)[2], int e) {
+  const uint32_t bits = (e & 1) ? qq[e / 2] >> 16 : qq[e / 2] & 0xffffu;
+  return (bits & 0x7fffu) ? __uint_as_float(__float_as_uint(x) ^ ((bits & 0x8000u) << 16)) : 0.0f;
+}
+
 // The dq of one n8 tile (the lane's 2 x 2 outputs): c dS K + pm + alpha sign(q) ps; qq = the
 // q pairs (channels 2 t4, 2 t4 + 1) of rows g and g + 8 as 32-bit words.
 __device__ __forceinline__ void dq_tile_values(const SoftMaskArgs& a, const float (&dq)[4], const float (&pm)[4],
                                                const float (&ps)[4], const uint32_t (&qq)[2], float (&x)[4]) {
 #pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    const uint32_t bits = (e & 1) ? qq[e / 2] >> 16 : qq[e / 2] & 0xffffu;
-    // alpha sign(q) ps: ps with q's sign bit, 0 where q is +-0
-    const float sp = (bits & 0x7fffu) ? __uint_as_float(__float_as_uint(ps[e]) ^ ((bits & 0x8000u) << 16)) : 0.0f;
-    x[e] = dq[e] * a.scale + pm[e] + a.alpha * sp;
-  }
+  for (int e = 0; e < 4; ++e) x[e] = dq[e] * a.scale + pm[e] + a.alpha * times_sign_q(ps[e], qq, e);
 }
 
 // dmu^T += Q^T DX, dsigma^T += |Q|^T DX (alpha at the end) for the warp's MT m16 tiles of
@@ -124,13 +126,11 @@ __device__ __forceinline__ void add_dbias(const float (&dst)[kTile / 8][4], int 
     }
 }
 
-// The block's results into the fp32 accumulators (query heads of a KV head add up there):
-// dK (times c), dV of the warp's 16 keys from key_w, dmu / dsigma of its channel tiles of
-// 64-key tile kt's pages.
-template <int D, int MT>
-__device__ __forceinline__ void write_key_grads(const SoftMaskArgs& a, int b, int h, int64_t key_w, int kt, int wl,
-                                                int g, int t4, const float (&dk)[D / 8][4], const float (&dv)[D / 8][4],
-                                                const float (&dmu)[MT][4], const float (&dsig)[MT][4]) {
+// dK (times c) and dV of a warp's 16 keys from key_w into the fp32 accumulators (the query
+// heads of a KV head add up there).
+template <int D>
+__device__ __forceinline__ void write_dk_dv(const SoftMaskArgs& a, int b, int h, int64_t key_w, int g, int t4,
+                                            const float (&dk)[D / 8][4], const float (&dv)[D / 8][4]) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int64_t key = key_w + g + 8 * r;
@@ -143,17 +143,18 @@ __device__ __forceinline__ void write_key_grads(const SoftMaskArgs& a, int b, in
       atomic_add2(a.dv_acc + base + d, dv[nt][2 * r], dv[nt][2 * r + 1]);
     }
   }
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int pi = 2 * t4 + (e & 1), d = (wl * MT + mt) * 16 + g + 8 * (e / 2);
-      const int j = kt * a.npg + pi;
-      if (pi >= a.npg || j >= a.NC) continue;
-      const int64_t o = ((int64_t(b) * a.Hkv + h) * a.NC + j) * D + d;
-      if (dmu[mt][e] != 0.0f) atomicAdd(a.dmu + o, dmu[mt][e]);
-      if (dsig[mt][e] != 0.0f) atomicAdd(a.dsig + o, dsig[mt][e] * a.alpha);
-    }
+}
+
+// dmu, dsigma (times alpha) of page pi of 64-key tile kt, channel d, into the accumulators
+// (nothing for pages past the tile's or the complete ones).
+template <int D>
+__device__ __forceinline__ void add_page_grads(const SoftMaskArgs& a, int b, int h, int kt, int pi, int d, float dmu,
+                                               float dsig) {
+  const int j = kt * a.npg + pi;
+  if (pi >= a.npg || j >= a.NC) return;
+  const int64_t o = ((int64_t(b) * a.Hkv + h) * a.NC + j) * D + d;
+  if (dmu != 0.0f) atomicAdd(a.dmu + o, dmu);
+  if (dsig != 0.0f) atomicAdd(a.dsig + o, dsig * a.alpha);
 }
 
 }  // namespace unique::cuda::soft_mask

@@ -45,8 +45,10 @@ constexpr size_t tile_bytes() {  // a [64 rows][D] 16-bit tile
 }
 template <int D>
 constexpr size_t smem_bytes() {
-  return 1024 /* alignment */ + 2 * kWG * tile_bytes<D>() /* K, V */ + 4 * tile_bytes<D>() /* Q, dO x 2 */ +
-         size_t(kKeys) * kTile * 2 /* dS^T */ + size_t(kWG) * kMaxPagesPerTile * D / 2 * sizeof(uint4) +
+  return 1024 /* alignment */ + 2 * kWG * tile_bytes<D>() /* K, V */ + 5 * tile_bytes<D>() /* Q, dO x 2, |Q| */ +
+         size_t(kKeys) * kTile * 2 /* dS^T */ + size_t(kWG) * 2 * D * 16 /* page-score B */ +
+         size_t(kWG) * 2 * D * 32 /* page-term B */ + size_t(kWG) * 1024 /* dx B */ +
+         size_t(kWG) * kMaxPagesPerTile * D / 2 * sizeof(uint4) +
          (size_t(2) * kWG * kTile * kMaxPagesPerTile + kWG * 4 * kTile + 3 * kTile) * sizeof(float);
 }
 
@@ -58,7 +60,7 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
 #ifdef UNIQUE_WGMMA
   constexpr int CH = D / 8;
   constexpr int PT = kMaxPagesPerTile;
-  constexpr int MT = D / 64;             // dmu / dsigma: m16 channel tiles per warp
+  constexpr int MT = D / 64;             // dmu / dsigma: m64 channel tiles
   constexpr bool kSplitChannels = D == 128;
   constexpr uint32_t TB = uint32_t(tile_bytes<D>());
   extern __shared__ uint8_t smem_raw[];
@@ -67,8 +69,20 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
   uint8_t* sV = sK + kWG * TB;
   uint8_t* sQ0 = sV + kWG * TB;          // [2 stages][D / 64][64 rows][128 B]
   uint8_t* sdO0 = sQ0 + 2 * TB;
-  uint8_t* sdS = sdO0 + 2 * TB;          // dS^T [128 keys][64 queries]
-  uint4* hl_s = reinterpret_cast<uint4*>(sdS + kKeys * kTile * 2);   // [warpgroup][4][D / 2]
+  uint8_t* sAbsQ = sdO0 + 2 * TB;        // |Q| of the current tile, as sQ
+  uint8_t* sdS = sAbsQ + TB;             // dS^T [128 keys][64 queries]
+  // The page-score B operands of each warpgroup's pages, K-major [8 columns][D]: columns 0-3
+  // the hi halves of pages 0-3, 4-7 their lo halves; mu then sigma ([warpgroup][2][D / 64
+  // slabs][8][128 B]).
+  uint8_t* sPB = sdS + kKeys * kTile * 2;
+  // The dq page-term B operands, N-major [16 k][D]: k rows 0-3 and 4-7 the hi halves of pages
+  // 0-3, 8-11 and 12-15 their lo halves (against dx_fragment's k layout); mu then sigma
+  // ([warpgroup][2][D / 64 slabs][16][128 B]).
+  uint8_t* sPT = sPB + kWG * 2 * D * 16;
+  // dx of each warpgroup's pages as the B operand of dmu / dsigma, K-major [8 columns][64
+  // rows]: columns 0-3 the hi halves of pages 0-3, 4-7 their lo halves.
+  uint8_t* sDX = sPT + kWG * 2 * D * 32;
+  uint4* hl_s = reinterpret_cast<uint4*>(sDX + kWG * 1024);         // [warpgroup][4][D / 2]
   float* bias_s = reinterpret_cast<float*>(hl_s + kWG * PT * D / 2);  // [warpgroup][64][4]
   float* dx_s = bias_s + kWG * kTile * PT;                            // [warpgroup][64][4]: dx * c
   float* part_s = dx_s + kWG * kTile * PT;                            // [8 warps][64]: dS over the warp's keys
@@ -121,11 +135,29 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
     cp_async_commit();
   };
   const int qt0 = 2 * kb;  // the first query tile that sees any of the block's keys
+  cp_async_wait<0>();
+  __syncthreads();
+  for (int idx = tid; idx < kWG * 8 * D / 2; idx += kWThreads) {
+    const int w = idx / (8 * D / 2), n = (idx / (D / 2)) % 8, c2 = idx % (D / 2), p = n % 4;
+    const uint4 u = p < npg ? hl_s[(w * PT + p) * (D / 2) + c2] : make_uint4(0, 0, 0, 0);
+    const uint32_t o = w * 2 * D * 16 + sw128_offset(n, c2 / 4, 8) + (c2 % 4) * 4;
+    *reinterpret_cast<uint32_t*>(sPB + o) = n < 4 ? u.x : u.y;
+    *reinterpret_cast<uint32_t*>(sPB + o + D * 16) = n < 4 ? u.z : u.w;
+  }
+  for (int idx = tid; idx < kWG * 16 * D / 2; idx += kWThreads) {
+    const int w = idx / (16 * D / 2), r = (idx / (D / 2)) % 16, c2 = idx % (D / 2), p = r % 4, c = 2 * c2;
+    const uint4 u = p < npg ? hl_s[(w * PT + p) * (D / 2) + c2] : make_uint4(0, 0, 0, 0);
+    const uint32_t o = w * 2 * D * 32 + (c / 64) * 2048 + r * 128 + ((((c % 64) / 8) ^ (r % 8)) << 4) + (c % 8) * 2;
+    *reinterpret_cast<uint32_t*>(sPT + o) = r < 8 ? u.x : u.y;
+    *reinterpret_cast<uint32_t*>(sPT + o + D * 32) = r < 8 ? u.z : u.w;
+  }
+  for (int i = tid; i < kWG * 1024 / 16; i += kWThreads) reinterpret_cast<uint4*>(sDX)[i] = make_uint4(0, 0, 0, 0);
   load_q_tile(qt0, 0);
 
   // K-major operands ([64 rows][D] as slabs): k-step j is 32 bytes along the rows, a new slab
   // every 4 steps. N/M-major ones: k-step = 16 rows = 2048 bytes; slabs are the 64-wide groups.
   auto koff = [](int j) { return uint32_t((j / 4) * kTile * 128 + (j % 4) * 32); };
+  const int c0 = kSplitChannels ? wg * 64 : 0;  // the warpgroup's dQ channels [c0, c0 + 64)
   const Desc k_a = sw128_desc(smem_addr(sK + wg * TB), 16, 1024);
   const Desc v_a = sw128_desc(smem_addr(sV + wg * TB), 16, 1024);
   const Desc q_b = sw128_desc(smem_addr(sQ0), 16, 1024);
@@ -134,13 +166,23 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
   const Desc do_bn = sw128_desc(smem_addr(sdO0), kTile * 128, 1024);
   const Desc ds_a = sw128_desc(smem_addr(sdS), kKeys * 128, 1024);
   const Desc k_bn = sw128_desc(smem_addr(sK), kTile * 128, 1024);
+  const Desc aq_a = sw128_desc(smem_addr(sAbsQ), 16, 1024);
+  const Desc mu_b = sw128_desc(smem_addr(sPB + wg * 2 * D * 16), 16, 1024);
+  const Desc sig_b = desc_advance(mu_b, D * 16);
+  auto koff8 = [](int j) { return uint32_t((j / 4) * 1024 + (j % 4) * 32); };  // [8 rows][D] operands
+  // Page-term B of sub-tile s, the warpgroup's dQ channel slab; dx B of the warpgroup.
+  auto pt_desc = [&](int s, int sig) {
+    return sw128_desc(smem_addr(sPT + s * 2 * D * 32 + sig * D * 32 + (c0 / 64) * 2048), 2048, 1024);
+  };
+  const Desc dx_b = sw128_desc(smem_addr(sDX + wg * 1024), 16, 1024);
+  const Desc qt_a = sw128_desc(smem_addr(sQ0), kTile * 128, 1024);    // Q^T, |Q|^T: M-major A
+  const Desc aqt_a = sw128_desc(smem_addr(sAbsQ), kTile * 128, 1024);
 
   float dk[D / 8][4] = {}, dv[D / 8][4] = {};
   float dmu_acc[MT][4] = {}, dsig_acc[MT][4] = {};
   const int my_page = (wl * 16) >> a.pshift;  // the page (within the 64-key tile) of the warp's keys
   float* my_bias = bias_s + wg * kTile * PT;
   float* my_dx = dx_s + wg * kTile * PT;
-  const int c0 = kSplitChannels ? wg * 64 : 0;  // the warpgroup's dQ channels [c0, c0 + 64)
 
   for (int qt = qt0; qt < num_tiles; ++qt) {
     const int64_t row0 = int64_t(qt) * kTile;
@@ -159,22 +201,36 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
     }
     if (qt + 1 < num_tiles) cp_async_wait<1>();
     else cp_async_wait<0>();
+    __syncthreads();
+    for (int i = tid; i < kTile * D / 8; i += kWThreads) {  // |Q|: the sign bits cleared
+      uint4 v = *reinterpret_cast<const uint4*>(sQ + i * 16);
+      v.x &= 0x7fff7fffu, v.y &= 0x7fff7fffu, v.z &= 0x7fff7fffu, v.w &= 0x7fff7fffu;
+      *reinterpret_cast<uint4*>(sAbsQ + i * 16) = v;
+    }
     fence_proxy_async();
     __syncthreads();
 
     uint32_t sa[kTile / 16][4] = {};  // dS^T as A fragments (zeros for an inactive warpgroup)
     if (active) {
-      float st[kTile / 8][4], dpt[kTile / 8][4];
+      float st[kTile / 8][4], dpt[kTile / 8][4], dot[4], off[4];
       wgmma_fence();
+      // The page scores [Q, |Q|] x [mu, sigma]^T (64 rows x 8 columns: hi / lo halves of the
+      // warpgroup's pages), then S^T and dP^T in a second group.
+#pragma unroll
+      for (int j = 0; j < D / 16; ++j) mma_ss<T, 8>(dot, desc_advance(q_b, so + koff(j)), desc_advance(mu_b, koff8(j)), j > 0);
+#pragma unroll
+      for (int j = 0; j < D / 16; ++j) mma_ss<T, 8>(off, desc_advance(aq_a, koff(j)), desc_advance(sig_b, koff8(j)), j > 0);
+      wgmma_commit();
 #pragma unroll
       for (int j = 0; j < D / 16; ++j) mma_ss<T, kTile>(&st[0][0], desc_advance(k_a, koff(j)), desc_advance(q_b, so + koff(j)), j > 0);
 #pragma unroll
       for (int j = 0; j < D / 16; ++j) mma_ss<T, kTile>(&dpt[0][0], desc_advance(v_a, koff(j)), desc_advance(do_b, so + koff(j)), j > 0);
       wgmma_commit();
       // The page bias of rows [16 wl, 16 wl + 16) while S^T and dP^T run.
-      warp_log_weights<T, D>(
-          a, [&](int kk, uint32_t(&f)[4]) { ldmatrix_x4(f, sQ + sw128_offset(wl * 16 + lane % 16, kk * 2 + lane / 16, kTile)); },
-          hl_s + wg * PT * D / 2, tau_s, row0, wl * 16, kt_sub, lane, my_bias);
+      wgmma_wait<1>();
+      fence_regs<4>(dot);
+      fence_regs<4>(off);
+      store_log_weights(a, dot, off, tau_s, row0, wl * 16, kt_sub, lane, my_bias);
       warpgroup_sync(wg);
       wgmma_wait<0>();
       fence_regs<kTile / 2>(&st[0][0]);
@@ -252,42 +308,81 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
           *reinterpret_cast<float2*>(part_s + (tid / 32) * kTile + nt * 8 + 2 * t4) = make_float2(cs[nt][0], cs[nt][1]);
     }
     warpgroup_sync(wg);  // the warpgroup's sums are complete
-    // dx * c = dbias (1 - m) / T * c (0 for non-candidates, m = 1, and an inactive warpgroup).
+    // dx = dbias (1 - m) / T (0 for non-candidates, m = 1, and an inactive warpgroup); c is
+    // applied to dq and dmu / dsigma at the end. Also as the split B operand of dmu / dsigma.
     for (int i = tid % 128; i < kTile * npg; i += 128) {
       const int r = i % kTile, pi = i / kTile, o = r * PT + pi, wpp = 4 / npg;  // warps per page
       float x = 0.0f;
       if (active) {
         for (int w = 0; w < wpp; ++w) x += part_s[(wg * 4 + pi * wpp + w) * kTile + r];
         const float lw = my_bias[o];
-        x = lw == 0.0f ? 0.0f : x * (1.0f - __expf(lw)) * a.inv_T * a.scale;
+        x = lw == 0.0f ? 0.0f : x * (1.0f - __expf(lw)) * a.inv_T;
       }
       my_dx[o] = x;
+      const T hi = from_f<T>(x), lo = from_f<T>(x - to_f(hi));
+      auto at = [&](int n) { return sDX + wg * 1024 + n * 128 + (((r / 8) ^ n) << 4) + (r % 8) * 2; };  // (column n, row r)
+      *reinterpret_cast<T*>(at(pi)) = hi;
+      *reinterpret_cast<T*>(at(4 + pi)) = lo;
     }
+    fence_proxy_async();
     __syncthreads();  // dS^T and dx of both warpgroups
 
-    // dQ = c dS K + dx c (mu + alpha sign(q) sigma) for query rows [16 wl, 16 wl + 16),
-    // channels [c0, c0 + 64).
+    // dQ = c (dS K + dx mu + alpha sign(q) dx sigma) for query rows [16 wl, 16 wl + 16),
+    // channels [c0, c0 + 64): the sigma term first (it needs sign(q) per element), then dS K
+    // and the mu term accumulate onto it. dmu^T += Q^T dx, dsigma^T += |Q|^T dx (the warpgroup's
+    // pages; A = Q^T: M-major) run behind the sigma term.
     if (kSplitChannels || active) {
+      constexpr int NS = kSplitChannels ? kWG : 1;  // sub-tiles whose keys this dQ covers
+      const int s_first = kSplitChannels ? 0 : wg;
+      uint32_t xa[NS][4];
+#pragma unroll
+      for (int s = 0; s < NS; ++s) {
+        uint32_t x2[2];
+        dx_fragment<T>(dx_s + (s_first + s) * kTile * PT, wl * 16, g, t4, npg, x2);
+        xa[s][0] = xa[s][2] = x2[0];
+        xa[s][1] = xa[s][3] = x2[1];
+      }
       float dq[8][4];
+      wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < NS; ++s) mma_rs<T, 64, 1>(&dq[0][0], xa[s], pt_desc(s_first + s, 1), s > 0);
+      wgmma_commit();
+      // (Unconditional: an inactive warpgroup's dx is 0, and a wgmma under a branch here would
+      // make ptxas serialise every wgmma of the kernel.)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int j = 0; j < kTile / 16; ++j) {
+          const uint32_t ao = so + mt * kTile * 128 + j * 2048;
+          mma_ss<T, 8, 1>(dmu_acc[mt], desc_advance(qt_a, ao), desc_advance(dx_b, j * 32), 1);
+          mma_ss<T, 8, 1>(dsig_acc[mt], desc_advance(aqt_a, ao - so), desc_advance(dx_b, j * 32), 1);
+        }
+      wgmma_commit();
+      wgmma_wait<1>();
+      fence_regs<32>(&dq[0][0]);
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        // q pairs (channels 2 t4, 2 t4 + 1) of rows g and g + 8 (same swizzle: g == g + 8 mod 8).
+        const uint8_t* qp = sQ + sw128_offset(wl * 16 + g, c0 / 8 + nt, kTile) + t4 * 4;
+        const uint32_t qq[2] = {*reinterpret_cast<const uint32_t*>(qp), *reinterpret_cast<const uint32_t*>(qp + 8 * 128)};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dq[nt][e] = a.alpha * times_sign_q(dq[nt][e], qq, e);
+      }
       wgmma_fence();
       if constexpr (kSplitChannels) {
 #pragma unroll
         for (int kk = 0; kk < kKeys / 16; ++kk)
           mma_ss<T, 64, 1, 1>(&dq[0][0], desc_advance(ds_a, kk * 2048),
-                              desc_advance(k_bn, (kk / 4) * TB + wg * kTile * 128 + (kk % 4) * 2048), kk > 0);
+                              desc_advance(k_bn, (kk / 4) * TB + wg * kTile * 128 + (kk % 4) * 2048), 1);
       } else {
 #pragma unroll
         for (int kk = 0; kk < kTile / 16; ++kk)
           mma_ss<T, 64, 1, 1>(&dq[0][0], desc_advance(ds_a, (wg * 4 + kk) * 2048), desc_advance(k_bn, wg * TB + kk * 2048),
-                              kk > 0);
+                              1);
       }
-      wgmma_commit();
-      // dx fragments of the pages whose keys this dQ covers: both warpgroups' (D 128) or its own.
-      constexpr int NS = kSplitChannels ? kWG : 1;
-      const int s_first = kSplitChannels ? 0 : wg;
-      uint32_t xa[NS][2];
 #pragma unroll
-      for (int s = 0; s < NS; ++s) dx_fragment<T>(dx_s + (s_first + s) * kTile * PT, wl * 16, g, t4, npg, xa[s]);
+      for (int s = 0; s < NS; ++s) mma_rs<T, 64, 1>(&dq[0][0], xa[s], pt_desc(s_first + s, 0), 1);
+      wgmma_commit();
       const int64_t t_a = row0 + wl * 16 + g;
       float* const dst = a.dq_acc + ((int64_t(b) * a.L + (t_a < a.L ? t_a : 0)) * a.Hq + hq) * D;
       const int64_t row_stride = int64_t(8) * a.Hq * D;  // row t_a + 8
@@ -296,33 +391,28 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
       fence_regs<32>(&dq[0][0]);
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
-        const int dn = c0 + nt * 8 + g;  // B column (channel) of the page term
-        float pm[4] = {}, ps[4] = {};
-#pragma unroll
-        for (int s = 0; s < NS; ++s) page_products<T, D>(xa[s], hl_s + (s_first + s) * PT * D / 2, dn, t4, npg, pm, ps);
-        // q pairs (channels 2 t4, 2 t4 + 1) of rows g and g + 8 (same swizzle: g == g + 8 mod 8).
-        const uint8_t* qp = sQ + sw128_offset(wl * 16 + g, c0 / 8 + nt, kTile) + t4 * 4;
-        const uint32_t qq[2] = {*reinterpret_cast<const uint32_t*>(qp), *reinterpret_cast<const uint32_t*>(qp + 8 * 128)};
-        float x[4];
-        dq_tile_values(a, dq[nt], pm, ps, qq, x);
         const int dc = c0 + nt * 8 + 2 * t4;
-        if (in0) atomic_add2(dst + dc, x[0], x[1]);
-        if (in1) atomic_add2(dst + row_stride + dc, x[2], x[3]);
+        if (in0) atomic_add2(dst + dc, dq[nt][0] * a.scale, dq[nt][1] * a.scale);
+        if (in1) atomic_add2(dst + row_stride + dc, dq[nt][2] * a.scale, dq[nt][3] * a.scale);
       }
     } else {
       wgmma_wait<0>();
     }
-    // dmu += dx c q, dsigma += dx c alpha |q| for the warpgroup's pages.
-    if (active)
-      dmu_dsigma_step<T, MT>(
-          my_dx, g, t4, npg,
-          [&](int kk, int mt) {
-            return sQ + sw128_offset(kk * 16 + (m8 % 2) * 8 + lane % 8, (wl * MT + mt) * 2 + m8 / 2, kTile);
-          },
-          dmu_acc, dsig_acc);
     __syncthreads();  // the next iteration's prefetch overwrites this stage; sdS, part_s, dx_s, row constants
   }
-  write_key_grads<D, MT>(a, b, h, wkey0 + wl * 16, kt_sub, wl, g, t4, dk, dv, dmu_acc, dsig_acc);
+  write_dk_dv<D>(a, b, h, wkey0 + wl * 16, g, t4, dk, dv);
+  // dmu / dsigma: m64n8 tile mt holds channels 64 mt + (rows), columns 2 t4, 2 t4 + 1 = the hi
+  // halves of pages 2 t4.. (t4 < 2) or the lo halves (t4 >= 2, lane t4 ^ 2's pages).
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float m = dmu_acc[mt][e] + __shfl_xor_sync(0xffffffffu, dmu_acc[mt][e], 2);
+      const float sg = dsig_acc[mt][e] + __shfl_xor_sync(0xffffffffu, dsig_acc[mt][e], 2);
+      if (t4 < 2)
+        add_page_grads<D>(a, b, h, kt_sub, 2 * t4 + (e & 1), mt * 64 + wl * 16 + g + 8 * (e / 2), m * a.scale,
+                          sg * a.scale);
+    }
 #endif
 }
 

@@ -71,37 +71,16 @@ __device__ __forceinline__ void split2(float x, float y, uint32_t& hi, uint32_t&
   lo = pack2<T>(x - hx, y - hy);
 }
 
-// The page bias log m (0 for rows without a mask and pages that are not candidates) of one
-// warp's 16 query rows [r0, r0 + 16) of the block's tile (qfrag(kk, f) gives their A
-// fragment of channels [16 kk, 16 kk + 16); rows row0 + r0 + ...), on tensor cores: the scores of the tile's pages are [q, |q|] x
-// [mu, sigma]^T (|q| by clearing the sign bits of the packed pairs; mu/sigma as their
-// hi + lo split from hl_s, [4 pages][D / 2] uint4; fp32 accumulation), 2 mma per 16
-// channels. The warp writes only bias_s rows [r0, r0 + 16).
-template <class T, int D, class QFrag>
-__device__ __forceinline__ void warp_log_weights(const SoftMaskArgs& a, QFrag&& qfrag,
-                                                 const uint4* hl_s, const float* tau_s, int64_t row0, int r0,
-                                                 int key_tile, int lane, float* bias_s) {
-  // B columns 0..3: hi halves of pages 0..3, columns 4..7: lo halves of the same pages (a
-  // tile has at most 4 pages), so one mma per 16 channels takes both; lanes t4 and t4 ^ 2
-  // then hold the hi and lo sums of the same pages.
-  const int g = lane / 4, t4 = lane % 4, npg = a.npg, pg = g & 3;
-  const bool has = pg < npg, lo = g >= 4;
-  float dot[4] = {}, off[4] = {};
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    uint4 w0 = make_uint4(0, 0, 0, 0), w1 = w0;
-    if (has) {
-      w0 = hl_s[pg * (D / 2) + kk * 8 + t4];
-      w1 = hl_s[pg * (D / 2) + kk * 8 + 4 + t4];
-    }
-    const uint32_t bm[2] = {lo ? w0.y : w0.x, lo ? w1.y : w1.x};
-    const uint32_t bs[2] = {lo ? w0.w : w0.z, lo ? w1.w : w1.z};
-    uint32_t qk[4];
-    qfrag(kk, qk);
-    const uint32_t qa[4] = {qk[0] & 0x7fff7fffu, qk[1] & 0x7fff7fffu, qk[2] & 0x7fff7fffu, qk[3] & 0x7fff7fffu};
-    mma16816<T>(dot, qk, bm);
-    mma16816<T>(off, qa, bs);
-  }
+// Stores the page bias log m of one warp's 16 query rows [r0, r0 + 16) of the block's tile
+// (rows row0 + r0 + ...) and the tile's pages into bias_s ([64 rows][4]), from the page
+// scores' two halves in the m16n8 C layout: columns 0-3 the products with the hi halves of
+// pages 0-3, 4-7 with their lo halves (dot = q . mu, off = |q| . sigma); 0 for rows without
+// a mask and pages that are not candidates. Lanes t4 and t4 ^ 2 hold the hi and lo sums of
+// the same pages. The warp writes only its own rows.
+__device__ __forceinline__ void store_log_weights(const SoftMaskArgs& a, float (&dot)[4], float (&off)[4],
+                                                  const float* tau_s, int64_t row0, int r0, int key_tile, int lane,
+                                                  float* bias_s) {
+  const int g = lane / 4, t4 = lane % 4, npg = a.npg;
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
     dot[e] += __shfl_xor_sync(0xffffffffu, dot[e], 2);
@@ -122,6 +101,37 @@ __device__ __forceinline__ void warp_log_weights(const SoftMaskArgs& a, QFrag&& 
     }
     bias_s[rl * kMaxPagesPerTile + pi] = lw;
   }
+}
+
+// The page bias of one warp's 16 query rows (store_log_weights) with the page scores
+// [q, |q|] x [mu, sigma]^T on mma.sync (qfrag(kk, f) gives the rows' A fragment of channels
+// [16 kk, 16 kk + 16); |q| by clearing the sign bits of the packed pairs; mu/sigma as their
+// hi + lo split from hl_s, [4 pages][D / 2] uint4; fp32 accumulation), 2 mma per 16 channels.
+template <class T, int D, class QFrag>
+__device__ __forceinline__ void warp_log_weights(const SoftMaskArgs& a, QFrag&& qfrag, const uint4* hl_s,
+                                                 const float* tau_s, int64_t row0, int r0, int key_tile, int lane,
+                                                 float* bias_s) {
+  // B columns 0..3: hi halves of pages 0..3, columns 4..7: lo halves of the same pages (a
+  // tile has at most 4 pages), so one mma per 16 channels takes both.
+  const int g = lane / 4, t4 = lane % 4, pg = g & 3;
+  const bool has = pg < a.npg, lo = g >= 4;
+  float dot[4] = {}, off[4] = {};
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint4 w0 = make_uint4(0, 0, 0, 0), w1 = w0;
+    if (has) {
+      w0 = hl_s[pg * (D / 2) + kk * 8 + t4];
+      w1 = hl_s[pg * (D / 2) + kk * 8 + 4 + t4];
+    }
+    const uint32_t bm[2] = {lo ? w0.y : w0.x, lo ? w1.y : w1.x};
+    const uint32_t bs[2] = {lo ? w0.w : w0.z, lo ? w1.w : w1.z};
+    uint32_t qk[4];
+    qfrag(kk, qk);
+    const uint32_t qa[4] = {qk[0] & 0x7fff7fffu, qk[1] & 0x7fff7fffu, qk[2] & 0x7fff7fffu, qk[3] & 0x7fff7fffu};
+    mma16816<T>(dot, qk, bm);
+    mma16816<T>(off, qa, bs);
+  }
+  store_log_weights(a, dot, off, tau_s, row0, r0, key_tile, lane, bias_s);
 }
 
 }  // namespace unique::cuda::soft_mask

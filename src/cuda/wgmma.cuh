@@ -90,6 +90,26 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs_bf16(float* d, const uint32_t
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b.lo), "r"(b.hi), "r"(scale_d), "n"(TransB));
 }
 
+// m64n8k16 from shared memory, B K-major (the soft-mask page terms: 8 columns).
+template <int TransA>
+__device__ __forceinline__ void wgmma_m64n8k16_ss_bf16(float* d, Desc a, Desc b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\n.reg .b64 da, db;\nsetp.ne.b32 p, %8, 0;\n"
+      "mov.b64 da, {%4, %5};\nmov.b64 db, {%6, %7};\n"
+      "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0,%1,%2,%3}, da, db, p, 1, 1, %9, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a.lo), "r"(a.hi), "r"(b.lo), "r"(b.hi), "r"(scale_d), "n"(TransA));
+}
+template <int TransA>
+__device__ __forceinline__ void wgmma_m64n8k16_ss_f16(float* d, Desc a, Desc b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\n.reg .b64 da, db;\nsetp.ne.b32 p, %8, 0;\n"
+      "mov.b64 da, {%4, %5};\nmov.b64 db, {%6, %7};\n"
+      "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0,%1,%2,%3}, da, db, p, 1, 1, %9, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a.lo), "r"(a.hi), "r"(b.lo), "r"(b.hi), "r"(scale_d), "n"(TransA));
+}
+
 template <int TransA, int TransB>
 __device__ __forceinline__ void wgmma_m64n64k16_ss_f16(float* d, Desc a, Desc b, int scale_d) {
   asm volatile(
@@ -154,8 +174,12 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs_f16(float* d, const uint32_t
 template <class T, int N, int TransA = 0, int TransB = 0>
 __device__ __forceinline__ void mma_ss(float* d, Desc a, Desc b, int scale_d) {
 #ifdef UNIQUE_WGMMA
-  static_assert(N == 64 || N == 128);
-  if constexpr (std::is_same_v<T, bf16>) {
+  static_assert(N == 8 || N == 64 || N == 128);
+  static_assert(N != 8 || TransB == 0);
+  if constexpr (N == 8) {
+    if constexpr (std::is_same_v<T, bf16>) wgmma_m64n8k16_ss_bf16<TransA>(d, a, b, scale_d);
+    else wgmma_m64n8k16_ss_f16<TransA>(d, a, b, scale_d);
+  } else if constexpr (std::is_same_v<T, bf16>) {
     if constexpr (N == 64) wgmma_m64n64k16_ss_bf16<TransA, TransB>(d, a, b, scale_d);
     else wgmma_m64n128k16_ss_bf16<TransA, TransB>(d, a, b, scale_d);
   } else {
