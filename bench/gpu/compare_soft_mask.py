@@ -63,7 +63,7 @@ def main():
         return (r.get("B", 1), r.get("Hq", 32), r.get("Hkv", 8), r.get("D", 128), r["L"])
 
     print(f"{'B':>2} {'Hq':>3} {'Hkv':>3} {'D':>3} {'L':>6} {'P':>3} {'sdpa fwd':>9} {'sdpa f+b':>9} {'ours fwd':>9} "
-          f"{'ours f+b':>9} {'f+b ratio':>9} {'ours bwd':>9} {'bwd mma':>9} {'bwd kernel':>10}")
+          f"{'ours f+b':>9} {'f+b ratio':>9} {'fwd mma':>9} {'ours bwd':>9} {'bwd mma':>9} {'kernel':>7}")
     for sh in sorted({shape(r) for r in rows}, key=lambda s: (s[3] != 128, s[4], s)):
         torch.cuda.empty_cache()
         B, Hq, Hk, D, L = sh
@@ -71,12 +71,13 @@ def main():
         for r in [x for x in rows if shape(x) == sh]:
             ratio = r["fwd_bwd_ms"] / fb
             print(f"{B:2d} {Hq:3d} {Hk:3d} {D:3d} {L:6d} {r['page_size']:3d} {f:9.2f} {fb:9.2f} {r['fwd_ms']:9.2f} "
-                  f"{r['fwd_bwd_ms']:9.2f} {ratio:8.2f}x {r['bwd_ms']:9.2f} {r.get('bwd_mma_ms', r['bwd_ms']):9.2f} "
-                  f"{r.get('bwd_kernel', 'mma'):>10}")
+                  f"{r['fwd_bwd_ms']:9.2f} {ratio:8.2f}x {r.get('fwd_mma_ms', r['fwd_ms']):9.2f} {r['bwd_ms']:9.2f} "
+                  f"{r.get('bwd_mma_ms', r['bwd_ms']):9.2f} {r.get('kernel', 'mma'):>7}")
             out.append(dict(B=B, Hq=Hq, Hkv=Hk, D=D, L=L, page_size=r["page_size"], sdpa_fwd_ms=f,
                             sdpa_fwd_bwd_ms=fb, ours_fwd_ms=r["fwd_ms"], ours_bwd_ms=r["bwd_ms"],
                             ours_fwd_bwd_ms=r["fwd_bwd_ms"], ratio=ratio,
-                            bwd_kernel=r.get("bwd_kernel", "mma"), ours_bwd_mma_ms=r.get("bwd_mma_ms")))
+                            kernel=r.get("kernel", "mma"), ours_fwd_mma_ms=r.get("fwd_mma_ms"),
+                            ours_bwd_mma_ms=r.get("bwd_mma_ms")))
     if args.json:
         json.dump(out, open(args.json, "w"), indent=1)
 

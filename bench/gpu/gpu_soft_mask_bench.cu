@@ -5,8 +5,8 @@
 // causal attention flops (fwd 2 matmuls, bwd 5 matmuls of L^2/2 x D per query head), for
 // L in {4096, 8192, 16384, 32768}, B 1, Hq 32 / Hkv 8, D 128, bf16, P 16 and 64, budget L/16,
 // then the training shape of scripts/train (B 4, 6 / 6 heads, D 64, L 8192).
-// bwd_kernel names the backward attention kernel (wgmma on sm_90: soft_mask_backward_sm90.cu);
-// bwd_mma_ms times the mma.sync backward in the same run (UNIQUE_SOFT_MASK_KERNEL=mma).
+// kernel names the attention kernels (wgmma on sm_90: soft_mask_{forward,backward}_sm90.cu);
+// fwd_mma_ms / bwd_mma_ms time the mma.sync ones in the same run (UNIQUE_SOFT_MASK_KERNEL=mma).
 // Each row also gets a per-kernel breakdown (stats / thresholds / attention / delta /
 // finalize, from a separate serialised run; src/cuda/soft_mask_profile.h).
 // One JSON line per row with --json (read by bench/gpu/compare_soft_mask.py).
@@ -105,10 +105,11 @@ int main(int argc, char** argv) {
       const double b_ms = median_event_ms(bwd, reps, 1, none);
       const double fb_ms = median_event_ms([&] { fwd(); bwd(); }, reps, 1, none);
       const double fb_nt_ms = median_event_ms([&] { fwd_nt(); bwd_nt(); }, reps, 1, none);
-      const char* bwd_kernel = cuda::soft_mask_backward_kernel(D);
-      double b_mma_ms = b_ms;
-      if (std::strcmp(bwd_kernel, "mma") != 0) {
+      const char* kernel = cuda::soft_mask_kernel(D);
+      double f_mma_ms = f_ms, b_mma_ms = b_ms;
+      if (std::strcmp(kernel, "mma") != 0) {
         setenv("UNIQUE_SOFT_MASK_KERNEL", "mma", 1);
+        f_mma_ms = median_event_ms(fwd, reps, 1, none);
         b_mma_ms = median_event_ms(bwd, reps, 1, none);
         unsetenv("UNIQUE_SOFT_MASK_KERNEL");
       }
@@ -134,13 +135,14 @@ int main(int argc, char** argv) {
         std::printf("{\"B\": %d, \"Hq\": %d, \"Hkv\": %d, \"D\": %d, \"L\": %ld, \"page_size\": %d, "
                     "\"budget\": %d, \"fwd_ms\": %.4f, \"bwd_ms\": %.4f, \"fwd_bwd_ms\": %.4f, "
                     "\"fwd_bwd_no_tau_ms\": %.4f, \"fwd_tflops\": %.2f, \"fwd_bwd_tflops\": %.2f, "
-                    "\"bwd_kernel\": \"%s\", \"bwd_mma_ms\": %.4f, %s}\n",
-                    B, Hq, Hkv, D, L, P, cfg.budget_tokens, f_ms, b_ms, fb_ms, fb_nt_ms, f_tf, fb_tf, bwd_kernel,
+                    "\"kernel\": \"%s\", \"fwd_mma_ms\": %.4f, \"bwd_mma_ms\": %.4f, %s}\n",
+                    B, Hq, Hkv, D, L, P, cfg.budget_tokens, f_ms, b_ms, fb_ms, fb_nt_ms, f_tf, fb_tf, kernel, f_mma_ms,
                     b_mma_ms, brk);
       else
-        std::printf("%2d %3d %3d %3d %7ld %3d %7d %9.3f %9.3f %9.3f %9.1f %9.1f\n    bwd kernel %s (mma.sync: %.3f ms); "
-                    "breakdown (ms): %s\n",
-                    B, Hq, Hkv, D, L, P, cfg.budget_tokens, f_ms, b_ms, fb_ms, f_tf, fb_tf, bwd_kernel, b_mma_ms, brk);
+        std::printf("%2d %3d %3d %3d %7ld %3d %7d %9.3f %9.3f %9.3f %9.1f %9.1f\n    kernels %s (mma.sync: fwd %.3f, bwd "
+                    "%.3f ms); breakdown (ms): %s\n",
+                    B, Hq, Hkv, D, L, P, cfg.budget_tokens, f_ms, b_ms, fb_ms, f_tf, fb_tf, kernel, f_mma_ms, b_mma_ms,
+                    brk);
       std::fflush(stdout);
     }
     for (void* p : {q, k, v, o, go, dq, dk, dv, static_cast<void*>(lse), static_cast<void*>(tau)}) CK(cudaFree(p));

@@ -8,6 +8,7 @@
 #include "attention/cuda_backend.h"
 #include "cuda/common.cuh"
 #include "cuda/grow_buffer.h"
+#include "cuda/kernel_choice.h"
 #include "cuda/soft_mask_kernels.h"
 #include "cuda/soft_mask_profile.h"
 
@@ -27,6 +28,14 @@ void expect_rows_16b(const TensorView& t, const char* arg) {
                    detail::concat("strides [", t.stride[0], ", ", t.stride[1], ", ", t.stride[2], "]"));
 }
 }  // namespace
+
+const char* soft_mask_kernel(int D) {
+  int dev = 0, smem_max = 0;
+  UNIQUE_CUDA_CHECK(cudaGetDevice(&dev));
+  UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  const bool fits = std::max(soft_mask_forward_sm90_smem(D), soft_mask_backward_sm90_smem(D)) <= size_t(smem_max);
+  return choose_kernel("UNIQUE_SOFT_MASK_KERNEL", fits ? nullptr : "its shared memory does not fit this device");
+}
 
 SoftMaskArgs make_soft_mask_args(const AttentionConfig& cfg, const TensorView& q, const TensorView& k,
                                  const TensorView& v, const TensorView& out, const TensorView& lse) {
@@ -55,6 +64,7 @@ SoftMaskArgs make_soft_mask_args(const AttentionConfig& cfg, const TensorView& q
   a.pshift = 0;
   while ((1 << a.pshift) < a.P) ++a.pshift;  // P is 16, 32 or 64 (validated)
   a.npg = 64 / a.P;
+  a.NT = (a.L + 63) / 64;
   a.sink = cfg.sink_pages;
   a.recent = cfg.recent_pages;
   a.kpages = cfg.topk_pages();
@@ -138,6 +148,7 @@ size_t carve(cuda::SoftMaskArgs& a, int D, bool backward, void* base) {
   a.mu = c.take(stats);
   a.sig = c.take(stats);
   a.hl = reinterpret_cast<uint4*>(c.take(2 * stats));
+  a.pb = reinterpret_cast<uint8_t*>(c.take(size_t(a.B) * a.Hkv * a.NT * 2 * D * 16 / sizeof(float)));
   a.tau = c.take(rows);
   if (backward) {
     a.delta = c.take(rows);

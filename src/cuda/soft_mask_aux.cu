@@ -37,6 +37,16 @@ __global__ void stats_kernel(const SoftMaskArgs a, int D) {
     split2<T>(m, m1, w.x, w.y);
     split2<T>(sg, s1, w.z, w.w);
     a.hl[o / 2] = w;
+    // The page-score B image of the page's 64-key tile: row pi (hi) and 4 + pi (lo) of the
+    // tile's pages, channel pair (d, d + 1) of chunk d / 8 (swizzled: wgmma.cuh).
+    const int kt = j / a.npg, pi = j % a.npg;
+    uint8_t* img = a.pb + (int64_t(b) * a.Hkv + h) * a.NT * (2 * D * 16) + int64_t(kt) * (2 * D * 16) +
+                   (d / 64) * 1024 + (d % 8) * 2;
+    auto at = [&](int row) { return reinterpret_cast<uint32_t*>(img + row * 128 + ((((d % 64) / 8) ^ row) << 4)); };
+    *at(pi) = w.x;
+    *at(4 + pi) = w.y;
+    *reinterpret_cast<uint32_t*>(reinterpret_cast<uint8_t*>(at(pi)) + D * 16) = w.z;
+    *reinterpret_cast<uint32_t*>(reinterpret_cast<uint8_t*>(at(4 + pi)) + D * 16) = w.w;
   }
 }
 
@@ -344,6 +354,7 @@ __global__ void finalize_kernel(const SoftMaskArgs a, int D) {
 using namespace soft_mask;
 
 void launch_soft_mask_stats(const SoftMaskArgs& a, int D, cudaStream_t stream) {
+  UNIQUE_CUDA_CHECK(cudaMemsetAsync(a.pb, 0, size_t(a.B) * a.Hkv * a.NT * 2 * D * 16, stream));
   if (a.NC == 0) return;
   const dim3 grid(a.NC, a.Hkv, a.B);
   if (a.dtype == DType::bf16) stats_kernel<bf16><<<grid, D, 0, stream>>>(a, D);

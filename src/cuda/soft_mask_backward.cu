@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <cstring>
 
-#include "cuda/kernel_choice.h"
 #include "cuda/soft_mask_backward_common.cuh"
 
 namespace unique::cuda {
@@ -288,17 +287,9 @@ void launch_typed(const SoftMaskArgs& a, cudaStream_t stream) {
 }  // namespace
 }  // namespace soft_mask
 
-const char* soft_mask_backward_kernel(int D) {
-  int dev = 0, smem_max = 0;
-  UNIQUE_CUDA_CHECK(cudaGetDevice(&dev));
-  UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  const bool fits = soft_mask_backward_sm90_smem(D) <= size_t(smem_max);
-  return choose_kernel("UNIQUE_SOFT_MASK_KERNEL", fits ? nullptr : "its shared memory does not fit this device");
-}
-
 void launch_soft_mask_backward(const SoftMaskArgs& a, int D, cudaStream_t stream) {
   using namespace soft_mask;
-  if (std::strcmp(soft_mask_backward_kernel(D), "wgmma") == 0) {
+  if (std::strcmp(soft_mask_kernel(D), "wgmma") == 0) {
     launch_soft_mask_backward_sm90(a, D, stream);
     return;
   }

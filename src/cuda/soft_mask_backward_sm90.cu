@@ -71,9 +71,8 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
   uint8_t* sdO0 = sQ0 + 2 * TB;
   uint8_t* sAbsQ = sdO0 + 2 * TB;        // |Q| of the current tile, as sQ
   uint8_t* sdS = sAbsQ + TB;             // dS^T [128 keys][64 queries]
-  // The page-score B operands of each warpgroup's pages, K-major [8 columns][D]: columns 0-3
-  // the hi halves of pages 0-3, 4-7 their lo halves; mu then sigma ([warpgroup][2][D / 64
-  // slabs][8][128 B]).
+  // The page-score B operands of each warpgroup's pages (SoftMaskArgs::pb: K-major [8
+  // columns][D], columns 0-3 the hi halves of pages 0-3, 4-7 their lo halves; mu then sigma).
   uint8_t* sPB = sdS + kKeys * kTile * 2;
   // The dq page-term B operands, N-major [16 k][D]: k rows 0-3 and 4-7 the hi halves of pages
   // 0-3, 8-11 and 12-15 their lo halves (against dx_fragment's k layout); mu then sigma
@@ -114,6 +113,13 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
   }
   load_tile_hl_async<D>(a, b, h, 2 * kb, hl_s, tid, kWThreads);
   load_tile_hl_async<D>(a, b, h, 2 * kb + 1, hl_s + PT * D / 2, tid, kWThreads);
+  {  // the page-score B images of the two 64-key tiles (zeros past the last tile)
+    const uint8_t* src = a.pb + ((int64_t(b) * a.Hkv + h) * a.NT + 2 * kb) * (2 * D * 16);
+    for (int i = tid; i < kWG * 2 * D; i += kWThreads) {
+      const bool in = 2 * kb + i / (2 * D) < a.NT;
+      cp_async16(sPB + i * 16, in ? src + i * 16 : a.pb, in ? 16 : 0);
+    }
+  }
   cp_async_commit();
 
   // Q and dO tiles: a thread copies chunk lc of rows lr, lr + RSTEP, ... (RSTEP a multiple of
@@ -137,13 +143,6 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
   const int qt0 = 2 * kb;  // the first query tile that sees any of the block's keys
   cp_async_wait<0>();
   __syncthreads();
-  for (int idx = tid; idx < kWG * 8 * D / 2; idx += kWThreads) {
-    const int w = idx / (8 * D / 2), n = (idx / (D / 2)) % 8, c2 = idx % (D / 2), p = n % 4;
-    const uint4 u = p < npg ? hl_s[(w * PT + p) * (D / 2) + c2] : make_uint4(0, 0, 0, 0);
-    const uint32_t o = w * 2 * D * 16 + sw128_offset(n, c2 / 4, 8) + (c2 % 4) * 4;
-    *reinterpret_cast<uint32_t*>(sPB + o) = n < 4 ? u.x : u.y;
-    *reinterpret_cast<uint32_t*>(sPB + o + D * 16) = n < 4 ? u.z : u.w;
-  }
   for (int idx = tid; idx < kWG * 16 * D / 2; idx += kWThreads) {
     const int w = idx / (16 * D / 2), r = (idx / (D / 2)) % 16, c2 = idx % (D / 2), p = r % 4, c = 2 * c2;
     const uint4 u = p < npg ? hl_s[(w * PT + p) * (D / 2) + c2] : make_uint4(0, 0, 0, 0);

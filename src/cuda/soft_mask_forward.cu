@@ -5,6 +5,7 @@
 // block's 64 rows, recomputed on tensor cores from q, the split mu/sigma and tau
 // (warp_log_weights, 1/8 of the tile's attention mma) and added to the logits of the page's keys.
 #include <algorithm>
+#include <cstring>
 
 #include "cuda/soft_mask_common.cuh"
 
@@ -184,6 +185,10 @@ void launch_typed(const SoftMaskArgs& a, cudaStream_t stream) {
 
 void launch_soft_mask_forward(const SoftMaskArgs& a, int D, cudaStream_t stream) {
   using namespace soft_mask;
+  if (std::strcmp(soft_mask_kernel(D), "wgmma") == 0) {
+    launch_soft_mask_forward_sm90(a, D, stream);
+    return;
+  }
   if (a.dtype == DType::bf16) {
     if (D == 64) launch_typed<bf16, 64>(a, stream);
     else launch_typed<bf16, 128>(a, stream);

@@ -44,6 +44,12 @@ struct SoftMaskArgs {
   // form of every page-score product): hl[B][Hkv][NC][D / 2], one uint4 per channel pair
   // (2c, 2c + 1) = {mu hi pair, mu lo pair, sigma hi pair, sigma lo pair}, low half = 2c.
   uint4* hl = nullptr;
+  // The same split statistics as the wgmma kernels' page-score B operand, one image per 64-key
+  // tile: pb[B][Hkv][NT = ceil(L / 64)] of [mu, sigma][D / 64 slabs][8 rows][128 B], K-major
+  // and 128-byte swizzled (wgmma.cuh): rows 0-3 the hi halves of the tile's pages 0-3, 4-7
+  // their lo halves; zeros for pages a tile does not have or that are incomplete.
+  uint8_t* pb = nullptr;
+  int NT = 0;
   // Backward only.
   const void* dout = nullptr;
   Strides4 dos;
@@ -68,14 +74,16 @@ void launch_soft_mask_stats(const SoftMaskArgs& a, int D, cudaStream_t stream);
 void launch_soft_mask_threshold(const SoftMaskArgs& a, int D, cudaStream_t stream);
 void launch_soft_mask_forward(const SoftMaskArgs& a, int D, cudaStream_t stream);
 void launch_soft_mask_delta(const SoftMaskArgs& a, int D, cudaStream_t stream);
-// Runs the wgmma kernel (soft_mask_backward_sm90.cu) on sm_90 devices in builds with sm_90a
-// code, else the mma.sync kernel; UNIQUE_SOFT_MASK_KERNEL=mma|wgmma forces one (wgmma where
-// it cannot run is an error).
+// The forward and backward attention kernels run the wgmma versions (soft_mask_*_sm90.cu) on
+// sm_90 devices in builds with sm_90a code, else the mma.sync ones; UNIQUE_SOFT_MASK_KERNEL=
+// mma|wgmma forces one (wgmma where it cannot run is an error).
 void launch_soft_mask_backward(const SoftMaskArgs& a, int D, cudaStream_t stream);
-// The name of the kernel launch_soft_mask_backward runs ("wgmma" or "mma").
-const char* soft_mask_backward_kernel(int D);
-// The sm_90a kernel (internal to launch_soft_mask_backward).
+// The name of the attention kernels the launchers run ("wgmma" or "mma").
+const char* soft_mask_kernel(int D);
+// The sm_90a kernels (internal to the launchers).
+size_t soft_mask_forward_sm90_smem(int D);
 size_t soft_mask_backward_sm90_smem(int D);
+void launch_soft_mask_forward_sm90(const SoftMaskArgs& a, int D, cudaStream_t stream);
 void launch_soft_mask_backward_sm90(const SoftMaskArgs& a, int D, cudaStream_t stream);
 void launch_soft_mask_finalize(const SoftMaskArgs& a, int D, cudaStream_t stream);
 

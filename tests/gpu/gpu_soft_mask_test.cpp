@@ -42,7 +42,7 @@ class GpuSoftMask : public ::testing::TestWithParam<SmCase> {};
 
 void run_case(const SmCase& c);
 
-// Every case through both backward kernels: the default (wgmma on sm_90) and mma.sync.
+// Every case through both kernel sets: the default (wgmma on sm_90) and mma.sync.
 TEST_P(GpuSoftMask, ForwardAndBackwardMatchReference) {
   SKIP_WITHOUT_GPU();
   for (const char* kernel : {"auto", "mma"}) {
@@ -52,7 +52,7 @@ TEST_P(GpuSoftMask, ForwardAndBackwardMatchReference) {
   }
 }
 
-// On an sm_90 device the default backward is the wgmma kernel (so the sweep above tests it);
+// On an sm_90 device the default kernels are the wgmma ones (so the sweep above tests them);
 // the override is checked by name.
 TEST(GpuSoftMask, KernelChoice) {
   SKIP_WITHOUT_GPU();
@@ -60,19 +60,19 @@ TEST(GpuSoftMask, KernelChoice) {
   ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
   ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), cudaSuccess);
 #ifdef UNIQUE_CUDA_SM90A
-  for (int d : {64, 128}) EXPECT_STREQ(cuda::soft_mask_backward_kernel(d), major == 9 ? "wgmma" : "mma");
+  for (int d : {64, 128}) EXPECT_STREQ(cuda::soft_mask_kernel(d), major == 9 ? "wgmma" : "mma");
 #endif
   {
     ScopedEnv env({{"UNIQUE_SOFT_MASK_KERNEL", "mma"}});
-    EXPECT_STREQ(cuda::soft_mask_backward_kernel(128), "mma");
+    EXPECT_STREQ(cuda::soft_mask_kernel(128), "mma");
   }
   {
     ScopedEnv env({{"UNIQUE_SOFT_MASK_KERNEL", "fastest"}});
-    EXPECT_ERROR_MSG(cuda::soft_mask_backward_kernel(128), "UNIQUE_SOFT_MASK_KERNEL", "auto, mma or wgmma", "fastest");
+    EXPECT_ERROR_MSG(cuda::soft_mask_kernel(128), "UNIQUE_SOFT_MASK_KERNEL", "auto, mma or wgmma", "fastest");
   }
   if (major != 9) {
     ScopedEnv env({{"UNIQUE_SOFT_MASK_KERNEL", "wgmma"}});
-    EXPECT_ERROR_MSG(cuda::soft_mask_backward_kernel(128), "UNIQUE_SOFT_MASK_KERNEL", "wgmma:");
+    EXPECT_ERROR_MSG(cuda::soft_mask_kernel(128), "UNIQUE_SOFT_MASK_KERNEL", "wgmma:");
   }
 }
 
