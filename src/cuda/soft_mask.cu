@@ -152,6 +152,8 @@ size_t carve(cuda::SoftMaskArgs& a, int D, bool backward, void* base) {
   a.tau = c.take(rows);
   if (backward) {
     a.delta = c.take(rows);
+    a.lse2 = c.take(rows);
+    a.aq = c.take(rows * D / 2);  // 16-bit
     a.dq_acc = c.take(rows * D);
     a.dk_acc = c.take(size_t(a.B) * a.L * a.Hkv * D);
     a.dv_acc = c.take(size_t(a.B) * a.L * a.Hkv * D);

@@ -302,6 +302,8 @@ __global__ void __launch_bounds__(kMWarps * 32) threshold_mma_kernel(const SoftM
 }
 
 // ---- delta = rowsum(dout * out), one warp per (row, head) -----------------------------------
+// Also the row's lse in log2 units and |q| in contiguous layouts the wgmma backward streams
+// with cp.async (SoftMaskArgs::lse2, ::aq).
 template <class T>
 __global__ void delta_kernel(const SoftMaskArgs a, int D) {
   const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
@@ -315,6 +317,10 @@ __global__ void delta_kernel(const SoftMaskArgs a, int D) {
     s += to_f<T>(dO[row_off(a.dos, b, t, hq) + d]) * load_any(a.out, a.o_dtype, row_off(a.os, b, t, hq) + d);
   s = warp_sum(s);
   if (lane == 0) a.delta[w] = s;  // w = (b * Hq + hq) * L + t
+  if (lane == 0) a.lse2[w] = a.lse[b * a.ls.b + t * a.ls.t + hq * a.ls.h] * kLog2e;
+  const T* Q = static_cast<const T*>(a.q);
+  T* aq = static_cast<T*>(a.aq) + ((int64_t(b) * a.L + t) * a.Hq + hq) * D;
+  for (int d = lane; d < D; d += 32) aq[d] = T{uint16_t(Q[row_off(a.qs, b, t, hq) + d].bits & 0x7fffu)};
 }
 
 // ---- finalize: one thread per element of dq, then of dk/dv --------------------------------------

@@ -45,11 +45,10 @@ constexpr size_t tile_bytes() {  // a [64 rows][D] 16-bit tile
 }
 template <int D>
 constexpr size_t smem_bytes() {
-  return 1024 /* alignment */ + 2 * kWG * tile_bytes<D>() /* K, V */ + 5 * tile_bytes<D>() /* Q, dO x 2, |Q| */ +
+  return 1024 /* alignment */ + 2 * kWG * tile_bytes<D>() /* K, V */ + 6 * tile_bytes<D>() /* Q, dO, |Q| x 2 */ +
          size_t(kKeys) * kTile * 2 /* dS^T */ + size_t(kWG) * 2 * D * 16 /* page-score B */ +
          size_t(kWG) * 2 * D * 32 /* page-term B */ + size_t(kWG) * 1024 /* dx B */ +
-         size_t(kWG) * kMaxPagesPerTile * D / 2 * sizeof(uint4) +
-         (size_t(2) * kWG * kTile * kMaxPagesPerTile + kWG * 4 * kTile + 3 * kTile) * sizeof(float);
+         (size_t(2) * kWG * kTile * kMaxPagesPerTile + kWG * 4 * kTile + 2 * 3 * kTile) * sizeof(float);
 }
 
 // Barrier of one warpgroup's 128 threads (ids 1, 2; 0 is __syncthreads).
@@ -69,8 +68,8 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
   uint8_t* sV = sK + kWG * TB;
   uint8_t* sQ0 = sV + kWG * TB;          // [2 stages][D / 64][64 rows][128 B]
   uint8_t* sdO0 = sQ0 + 2 * TB;
-  uint8_t* sAbsQ = sdO0 + 2 * TB;        // |Q| of the current tile, as sQ
-  uint8_t* sdS = sAbsQ + TB;             // dS^T [128 keys][64 queries]
+  uint8_t* sAQ0 = sdO0 + 2 * TB;         // |Q| (SoftMaskArgs::aq), as sQ
+  uint8_t* sdS = sAQ0 + 2 * TB;          // dS^T [128 keys][64 queries]
   // The page-score B operands of each warpgroup's pages (SoftMaskArgs::pb: K-major [8
   // columns][D], columns 0-3 the hi halves of pages 0-3, 4-7 their lo halves; mu then sigma).
   uint8_t* sPB = sdS + kKeys * kTile * 2;
@@ -81,13 +80,10 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
   // dx of each warpgroup's pages as the B operand of dmu / dsigma, K-major [8 columns][64
   // rows]: columns 0-3 the hi halves of pages 0-3, 4-7 their lo halves.
   uint8_t* sDX = sPT + kWG * 2 * D * 32;
-  uint4* hl_s = reinterpret_cast<uint4*>(sDX + kWG * 1024);         // [warpgroup][4][D / 2]
-  float* bias_s = reinterpret_cast<float*>(hl_s + kWG * PT * D / 2);  // [warpgroup][64][4]
+  float* bias_s = reinterpret_cast<float*>(sDX + kWG * 1024);         // [warpgroup][64][4]
   float* dx_s = bias_s + kWG * kTile * PT;                            // [warpgroup][64][4]: dx * c
   float* part_s = dx_s + kWG * kTile * PT;                            // [8 warps][64]: dS over the warp's keys
-  float* lse_s = part_s + kWG * 4 * kTile;                            // [64], log2 units
-  float* delta_s = lse_s + kTile;
-  float* tau_s = delta_s + kTile;
+  float* rows_s = part_s + kWG * 4 * kTile;  // [2 stages][lse (log2 units), delta, tau][64]
 
   const int tid = threadIdx.x, wg = tid / 128, wl = (tid / 32) % 4, lane = tid % 32;
   const int g = lane / 4, t4 = lane % 4, m8 = lane / 8;
@@ -111,8 +107,6 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
     cp_async16(sK + o, in ? K + row_off(a.ks, b, s, h) + c * 8 : K, in ? 16 : 0);
     cp_async16(sV + o, in ? V + row_off(a.vs, b, s, h) + c * 8 : V, in ? 16 : 0);
   }
-  load_tile_hl_async<D>(a, b, h, 2 * kb, hl_s, tid, kWThreads);
-  load_tile_hl_async<D>(a, b, h, 2 * kb + 1, hl_s + PT * D / 2, tid, kWThreads);
   {  // the page-score B images of the two 64-key tiles (zeros past the last tile)
     const uint8_t* src = a.pb + ((int64_t(b) * a.Hkv + h) * a.NT + 2 * kb) * (2 * D * 16);
     for (int i = tid; i < kWG * 2 * D; i += kWThreads) {
@@ -129,6 +123,10 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
   const uint32_t dst0 = sw128_offset(lr, lc, kTile);
   const T* q_src = Q + int64_t(b) * a.qs.b + int64_t(hq) * a.qs.h + lc * 8;
   const T* o_src = dO + int64_t(b) * a.dos.b + int64_t(hq) * a.dos.h + lc * 8;
+  const T* aq = static_cast<const T*>(a.aq);
+  const T* aq_src = aq + int64_t(b) * a.L * a.Hq * D + int64_t(hq) * D + lc * 8;
+  const int64_t row_base = (int64_t(b) * a.Hq + hq) * a.L;  // of lse2, delta, tau
+  // Q, dO, |Q| and the rows' lse / delta / tau of query tile qt into a stage (zeros past L).
   auto load_q_tile = [&](int qt, int stage) {
 #pragma unroll
     for (int i = 0; i < kTile / RSTEP; ++i) {
@@ -137,6 +135,13 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
       const uint32_t o = stage * TB + dst0 + i * RSTEP * 128;
       cp_async16(sQ0 + o, in ? q_src + t * a.qs.t : Q, in ? 16 : 0);
       cp_async16(sdO0 + o, in ? o_src + t * a.dos.t : dO, in ? 16 : 0);
+      cp_async16(sAQ0 + o, in ? aq_src + t * a.Hq * D : aq, in ? 16 : 0);
+    }
+    for (int i = tid; i < 3 * kTile; i += kWThreads) {
+      const int which = i / kTile, r = i % kTile;
+      const int64_t t = int64_t(qt) * kTile + r;
+      const float* src = which == 0 ? a.lse2 : which == 1 ? a.delta : a.tau;
+      cp_async_small<4>(rows_s + (stage * 3 + which) * kTile + r, t < a.L ? src + row_base + t : src, t < a.L ? 4 : 0);
     }
     cp_async_commit();
   };
@@ -145,7 +150,8 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
   __syncthreads();
   for (int idx = tid; idx < kWG * 16 * D / 2; idx += kWThreads) {
     const int w = idx / (16 * D / 2), r = (idx / (D / 2)) % 16, c2 = idx % (D / 2), p = r % 4, c = 2 * c2;
-    const uint4 u = p < npg ? hl_s[(w * PT + p) * (D / 2) + c2] : make_uint4(0, 0, 0, 0);
+    const int j = (2 * kb + w) * npg + p;  // the page
+    const uint4 u = p < npg && j < a.NC ? a.hl[((int64_t(b) * a.Hkv + h) * a.NC + j) * (D / 2) + c2] : make_uint4(0, 0, 0, 0);
     const uint32_t o = w * 2 * D * 32 + (c / 64) * 2048 + r * 128 + ((((c % 64) / 8) ^ (r % 8)) << 4) + (c % 8) * 2;
     *reinterpret_cast<uint32_t*>(sPT + o) = r < 8 ? u.x : u.y;
     *reinterpret_cast<uint32_t*>(sPT + o + D * 32) = r < 8 ? u.z : u.w;
@@ -165,7 +171,7 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
   const Desc do_bn = sw128_desc(smem_addr(sdO0), kTile * 128, 1024);
   const Desc ds_a = sw128_desc(smem_addr(sdS), kKeys * 128, 1024);
   const Desc k_bn = sw128_desc(smem_addr(sK), kTile * 128, 1024);
-  const Desc aq_a = sw128_desc(smem_addr(sAbsQ), 16, 1024);
+  const Desc aq_a = sw128_desc(smem_addr(sAQ0), 16, 1024);
   const Desc mu_b = sw128_desc(smem_addr(sPB + wg * 2 * D * 16), 16, 1024);
   const Desc sig_b = desc_advance(mu_b, D * 16);
   auto koff8 = [](int j) { return uint32_t((j / 4) * 1024 + (j % 4) * 32); };  // [8 rows][D] operands
@@ -175,7 +181,7 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
   };
   const Desc dx_b = sw128_desc(smem_addr(sDX + wg * 1024), 16, 1024);
   const Desc qt_a = sw128_desc(smem_addr(sQ0), kTile * 128, 1024);    // Q^T, |Q|^T: M-major A
-  const Desc aqt_a = sw128_desc(smem_addr(sAbsQ), kTile * 128, 1024);
+  const Desc aqt_a = sw128_desc(smem_addr(sAQ0), kTile * 128, 1024);
 
   float dk[D / 8][4] = {}, dv[D / 8][4] = {};
   float dmu_acc[MT][4] = {}, dsig_acc[MT][4] = {};
@@ -185,29 +191,20 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
 
   for (int qt = qt0; qt < num_tiles; ++qt) {
     const int64_t row0 = int64_t(qt) * kTile;
-    const uint32_t so = ((qt - qt0) & 1) * TB;  // this tile's stage
+    const uint32_t so = ((qt - qt0) & 1) * TB;  // this tile's stage (Q, dO, |Q|)
     const uint8_t* sQ = sQ0 + so;
     // Warpgroup 1's keys lie above the diagonal of the block's first query tile.
     const bool active = wkey0 <= row0 + kTile - 1;
-    if (qt + 1 < num_tiles) load_q_tile(qt + 1, ((qt - qt0) & 1) ^ 1);
-    for (int r = tid; r < kTile; r += kWThreads) {
-      const int64_t t = row0 + r;
-      const bool in = t < a.L;
-      const int64_t row = (int64_t(b) * a.Hq + hq) * a.L + t;
-      lse_s[r] = in ? a.lse[b * a.ls.b + t * a.ls.t + hq * a.ls.h] * kLog2e : 0.0f;
-      delta_s[r] = in ? a.delta[row] : 0.0f;
-      tau_s[r] = in ? a.tau[row] : -INFINITY;
-    }
-    if (qt + 1 < num_tiles) cp_async_wait<1>();
-    else cp_async_wait<0>();
-    __syncthreads();
-    for (int i = tid; i < kTile * D / 8; i += kWThreads) {  // |Q|: the sign bits cleared
-      uint4 v = *reinterpret_cast<const uint4*>(sQ + i * 16);
-      v.x &= 0x7fff7fffu, v.y &= 0x7fff7fffu, v.z &= 0x7fff7fffu, v.w &= 0x7fff7fffu;
-      *reinterpret_cast<uint4*>(sAbsQ + i * 16) = v;
-    }
+    const int stage = (qt - qt0) & 1;
+    const float* lse_s = rows_s + stage * 3 * kTile;
+    const float* delta_s = lse_s + kTile;
+    const float* tau_s = delta_s + kTile;
+    cp_async_wait<0>();  // this tile's stage (the only group in flight)
     fence_proxy_async();
+    // Everyone's part has landed, and every thread is done with the previous tile (whose stage
+    // the prefetch below refills; sdS, part_s, dx_s and sDX are rewritten only after this).
     __syncthreads();
+    if (qt + 1 < num_tiles) load_q_tile(qt + 1, stage ^ 1);
 
     uint32_t sa[kTile / 16][4] = {};  // dS^T as A fragments (zeros for an inactive warpgroup)
     if (active) {
@@ -218,7 +215,7 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
 #pragma unroll
       for (int j = 0; j < D / 16; ++j) mma_ss<T, 8>(dot, desc_advance(q_b, so + koff(j)), desc_advance(mu_b, koff8(j)), j > 0);
 #pragma unroll
-      for (int j = 0; j < D / 16; ++j) mma_ss<T, 8>(off, desc_advance(aq_a, koff(j)), desc_advance(sig_b, koff8(j)), j > 0);
+      for (int j = 0; j < D / 16; ++j) mma_ss<T, 8>(off, desc_advance(aq_a, so + koff(j)), desc_advance(sig_b, koff8(j)), j > 0);
       wgmma_commit();
 #pragma unroll
       for (int j = 0; j < D / 16; ++j) mma_ss<T, kTile>(&st[0][0], desc_advance(k_a, koff(j)), desc_advance(q_b, so + koff(j)), j > 0);
@@ -354,7 +351,7 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
         for (int j = 0; j < kTile / 16; ++j) {
           const uint32_t ao = so + mt * kTile * 128 + j * 2048;
           mma_ss<T, 8, 1>(dmu_acc[mt], desc_advance(qt_a, ao), desc_advance(dx_b, j * 32), 1);
-          mma_ss<T, 8, 1>(dsig_acc[mt], desc_advance(aqt_a, ao - so), desc_advance(dx_b, j * 32), 1);
+          mma_ss<T, 8, 1>(dsig_acc[mt], desc_advance(aqt_a, ao), desc_advance(dx_b, j * 32), 1);
         }
       wgmma_commit();
       wgmma_wait<1>();
@@ -397,7 +394,6 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
     } else {
       wgmma_wait<0>();
     }
-    __syncthreads();  // the next iteration's prefetch overwrites this stage; sdS, part_s, dx_s, row constants
   }
   write_dk_dv<D>(a, b, h, wkey0 + wl * 16, g, t4, dk, dv);
   // dmu / dsigma: m64n8 tile mt holds channels 64 mt + (rows), columns 2 t4, 2 t4 + 1 = the hi

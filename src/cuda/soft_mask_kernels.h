@@ -59,6 +59,8 @@ struct SoftMaskArgs {
   DType dq_dtype = DType::bf16, dk_dtype = DType::bf16, dv_dtype = DType::bf16;
   Strides4 dqs, dks, dvs;
   float* delta = nullptr;                               // [B][Hq][L]
+  float* lse2 = nullptr;                                // [B][Hq][L]: lse * log2(e) (delta kernel)
+  void* aq = nullptr;                                   // [B][L][Hq][D] |q| in q's dtype (delta kernel)
   float* dq_acc = nullptr;                              // [B][L][Hq][D]
   float* dk_acc = nullptr;                              // [B][L][Hkv][D]
   float* dv_acc = nullptr;                              // [B][L][Hkv][D]
