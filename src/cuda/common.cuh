@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "unique/dtype.h"
 #include "unique/error.h"
@@ -131,6 +132,21 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, c
   lc.attrs = attr;
   lc.numAttrs = 1;
   UNIQUE_CUDA_CHECK(cudaLaunchKernelEx(&lc, kernel, args...));
+}
+
+// f(T{}, std::integral_constant<int, D>{}) for the tensor-core kernels' storage types (bf16,
+// else fp16) and head dims (64, else 128): the launchers' one dispatch from runtime values.
+template <class F>
+void dispatch_16bit_hd(DType t, int head_dim, F&& f) {
+  using D64 = std::integral_constant<int, 64>;
+  using D128 = std::integral_constant<int, 128>;
+  if (t == DType::bf16) {
+    if (head_dim == 64) f(bf16{}, D64{});
+    else f(bf16{}, D128{});
+  } else {
+    if (head_dim == 64) f(f16{}, D64{});
+    else f(f16{}, D128{});
+  }
 }
 
 constexpr float kLog2e = 1.4426950408889634f;

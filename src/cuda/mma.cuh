@@ -86,6 +86,16 @@ __device__ __forceinline__ uint32_t pack2(float x, float y) {
   }
 }
 
+// The A fragment of one k16 step from the C layout of the two n8 tiles that hold its columns
+// (16 kk.. and 16 kk + 8..): how P and dS feed the next product without leaving registers.
+template <class T>
+__device__ __forceinline__ void c_to_a_fragment(const float (&c0)[4], const float (&c1)[4], uint32_t (&a)[4]) {
+  a[0] = pack2<T>(c0[0], c0[1]);
+  a[1] = pack2<T>(c0[2], c0[3]);
+  a[2] = pack2<T>(c1[0], c1[1]);
+  a[3] = pack2<T>(c1[2], c1[3]);
+}
+
 // Accumulator rows in the C layout above: a thread holds two rows (g, g + 8) of each n8
 // tile. Multiplies them by their own factors (the online-softmax rescale).
 template <int NT>

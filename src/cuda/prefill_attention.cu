@@ -159,9 +159,8 @@ prefill_attention_kernel(const PrefillAttentionArgs a) {
     // O += P V: P from the S accumulators (FA2 register reuse), V^T fragments via ldmatrix.trans.
 #pragma unroll
     for (int kk = 0; kk < kBK / 16; ++kk) {
-      const uint32_t pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                              pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t pa[4];
+      c_to_a_fragment<T>(s[2 * kk], s[2 * kk + 1], pa);
 #pragma unroll
       for (int n2 = 0; n2 < D / 16; ++n2) {
         uint32_t b[4];
@@ -261,13 +260,8 @@ void launch_prefill_attention(const AttentionConfig& cfg, const TensorView& q, c
   const size_t elem = 2;  // bf16 / fp16
   const size_t smem_tiles = (size_t(kBQ) + 4 * kBK) * kv.head_dim * elem;
   const size_t smem = smem_tiles + (sel ? size_t(max_tiles) * sizeof(int) : 0);
-  if (kv.dtype == DType::bf16) {
-    if (kv.head_dim == 64) launch_typed<bf16, 64>(a, num_q_tiles, hq, smem, stream);
-    else launch_typed<bf16, 128>(a, num_q_tiles, hq, smem, stream);
-  } else {
-    if (kv.head_dim == 64) launch_typed<f16, 64>(a, num_q_tiles, hq, smem, stream);
-    else launch_typed<f16, 128>(a, num_q_tiles, hq, smem, stream);
-  }
+  dispatch_16bit_hd(kv.dtype, kv.head_dim,
+                    [&](auto t, auto d) { launch_typed<decltype(t), d.value>(a, num_q_tiles, hq, smem, stream); });
 }
 
 }  // namespace unique::cuda

@@ -293,12 +293,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_sm90_kernel(con
       fence_regs<D / 2>(&o[0][0]);
       if (__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f)) scale_rows(o, corr);  // the max moved
 #pragma unroll
-      for (int kk = 0; kk < kBK / 16; ++kk) {
-        pa[kk][0] = pack2<T>(p[2 * kk][0], p[2 * kk][1]);
-        pa[kk][1] = pack2<T>(p[2 * kk][2], p[2 * kk][3]);
-        pa[kk][2] = pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
-        pa[kk][3] = pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
-      }
+      for (int kk = 0; kk < kBK / 16; ++kk) c_to_a_fragment<T>(p[2 * kk], p[2 * kk + 1], pa[kk]);
     };
     if (int64_t(tile + 1) * kBK - 1 > wg_row0) step(std::true_type{});
     else step(std::false_type{});
@@ -336,13 +331,7 @@ size_t prefill_attention_sm90_smem(int head_dim, int64_t kv_len, bool sparse) {
 
 void launch_prefill_attention_sm90(const PrefillAttentionArgs& a, DType kv_dtype, int head_dim, int num_qo_heads,
                                    cudaStream_t stream) {
-  if (kv_dtype == DType::bf16) {
-    if (head_dim == 64) launch_typed<bf16, 64>(a, num_qo_heads, stream);
-    else launch_typed<bf16, 128>(a, num_qo_heads, stream);
-  } else {
-    if (head_dim == 64) launch_typed<f16, 64>(a, num_qo_heads, stream);
-    else launch_typed<f16, 128>(a, num_qo_heads, stream);
-  }
+  dispatch_16bit_hd(kv_dtype, head_dim, [&](auto t, auto d) { launch_typed<decltype(t), d.value>(a, num_qo_heads, stream); });
 }
 
 }  // namespace unique::cuda

@@ -510,13 +510,9 @@ void launch_prefill_select(const AttentionConfig& cfg, const TensorView& q, cons
                    detail::concat("prefill_block / 8 or prefill_block / 16 (", cfg.prefill_block / 8, " or ",
                                   cfg.prefill_block / 16, ") for the CUDA selection"),
                    cfg.pool);
-  if (kv.dtype == DType::bf16) {
-    if (kv.head_dim == 64) launch_typed<bf16, 64>(cfg, q, kv, seq, kv_len, out, workspace, stream);
-    else launch_typed<bf16, 128>(cfg, q, kv, seq, kv_len, out, workspace, stream);
-  } else {
-    if (kv.head_dim == 64) launch_typed<f16, 64>(cfg, q, kv, seq, kv_len, out, workspace, stream);
-    else launch_typed<f16, 128>(cfg, q, kv, seq, kv_len, out, workspace, stream);
-  }
+  dispatch_16bit_hd(kv.dtype, kv.head_dim, [&](auto t, auto d) {
+    launch_typed<decltype(t), d.value>(cfg, q, kv, seq, kv_len, out, workspace, stream);
+  });
 }
 
 }  // namespace unique::cuda

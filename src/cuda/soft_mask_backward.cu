@@ -170,12 +170,10 @@ __global__ void __launch_bounds__(kBThreads) backward_kernel(const SoftMaskArgs 
       // (d) dV += P^T dO, dK += dS^T Q.
 #pragma unroll
       for (int kk = 0; kk < kTile / 16; ++kk) {
-        const uint32_t pa[4] = {pack2<T>(st[2 * kk][0], st[2 * kk][1]), pack2<T>(st[2 * kk][2], st[2 * kk][3]),
-                                pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]),
-                                pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3])};
-        const uint32_t sa[4] = {pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]), pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]),
-                                pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
-                                pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
+        uint32_t pa[4];
+        c_to_a_fragment<T>(st[2 * kk], st[2 * kk + 1], pa);
+        uint32_t sa[4];
+        c_to_a_fragment<T>(dpt[2 * kk], dpt[2 * kk + 1], sa);
 #pragma unroll
         for (int n2 = 0; n2 < D / 16; ++n2) {
           uint32_t ob[4], qb[4];
@@ -293,13 +291,7 @@ void launch_soft_mask_backward(const SoftMaskArgs& a, int D, cudaStream_t stream
     launch_soft_mask_backward_sm90(a, D, stream);
     return;
   }
-  if (a.dtype == DType::bf16) {
-    if (D == 64) launch_typed<bf16, 64>(a, stream);
-    else launch_typed<bf16, 128>(a, stream);
-  } else {
-    if (D == 64) launch_typed<f16, 64>(a, stream);
-    else launch_typed<f16, 128>(a, stream);
-  }
+  dispatch_16bit_hd(a.dtype, D, [&](auto t, auto d) { launch_typed<decltype(t), d.value>(a, stream); });
 }
 
 }  // namespace unique::cuda

@@ -193,8 +193,6 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
     const int64_t row0 = int64_t(qt) * kTile;
     const uint32_t so = ((qt - qt0) & 1) * TB;  // this tile's stage (Q, dO, |Q|)
     const uint8_t* sQ = sQ0 + so;
-    // Warpgroup 1's keys lie above the diagonal of the block's first query tile.
-    const bool active = wkey0 <= row0 + kTile - 1;
     const int stage = (qt - qt0) & 1;
     const float* lse_s = rows_s + stage * 3 * kTile;
     const float* delta_s = lse_s + kTile;
@@ -206,8 +204,12 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
     __syncthreads();
     if (qt + 1 < num_tiles) load_q_tile(qt + 1, stage ^ 1);
 
-    uint32_t sa[kTile / 16][4] = {};  // dS^T as A fragments (zeros for an inactive warpgroup)
-    if (active) {
+    // Both warpgroups run every step of every tile: on the block's first query tile warpgroup 1's
+    // keys all lie above the diagonal, so its P and dS are masked to 0 and it adds nothing (one
+    // tile in L / 64); a warpgroup skipping steps made ptxas serialise the wgmma (C7520) and
+    // racecheck mis-pair the named barriers.
+    uint32_t sa[kTile / 16][4];  // dS^T as A fragments
+    {
       float st[kTile / 8][4], dpt[kTile / 8][4], dot[4], off[4];
       wgmma_fence();
       // The page scores [Q, |Q|] x [mu, sigma]^T (64 rows x 8 columns: hi / lo halves of the
@@ -256,14 +258,8 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
       uint32_t pa[kTile / 16][4];
 #pragma unroll
       for (int kk = 0; kk < kTile / 16; ++kk) {
-        pa[kk][0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
-        pa[kk][1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
-        pa[kk][2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-        pa[kk][3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-        sa[kk][0] = pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]);
-        sa[kk][1] = pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]);
-        sa[kk][2] = pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
-        sa[kk][3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+        c_to_a_fragment<T>(st[2 * kk], st[2 * kk + 1], pa[kk]);
+        c_to_a_fragment<T>(dpt[2 * kk], dpt[2 * kk + 1], sa[kk]);
       }
       // dV += P^T dO, dK += dS^T Q (dO, Q as N-major B: k = query rows).
       wgmma_fence();
@@ -286,7 +282,7 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
     // dbias = column sums of dS^T over each page's keys: the warp's 16 keys (one page or
     // part of one) summed on tensor cores as ones x dS^T, B read back transposed from sdS.
     __syncwarp();
-    if (active) {
+    {
       const uint32_t one = pack2<T>(1.0f, 1.0f);
       const uint32_t ones[4] = {one, one, one, one};
       float cs[kTile / 8][4] = {};
@@ -304,16 +300,14 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
           *reinterpret_cast<float2*>(part_s + (tid / 32) * kTile + nt * 8 + 2 * t4) = make_float2(cs[nt][0], cs[nt][1]);
     }
     warpgroup_sync(wg);  // the warpgroup's sums are complete
-    // dx = dbias (1 - m) / T (0 for non-candidates, m = 1, and an inactive warpgroup); c is
+    // dx = dbias (1 - m) / T (0 for non-candidates, m = 1); c is
     // applied to dq and dmu / dsigma at the end. Also as the split B operand of dmu / dsigma.
     for (int i = tid % 128; i < kTile * npg; i += 128) {
       const int r = i % kTile, pi = i / kTile, o = r * PT + pi, wpp = 4 / npg;  // warps per page
       float x = 0.0f;
-      if (active) {
-        for (int w = 0; w < wpp; ++w) x += part_s[(wg * 4 + pi * wpp + w) * kTile + r];
-        const float lw = my_bias[o];
-        x = lw == 0.0f ? 0.0f : x * (1.0f - __expf(lw)) * a.inv_T;
-      }
+      for (int w = 0; w < wpp; ++w) x += part_s[(wg * 4 + pi * wpp + w) * kTile + r];
+      const float lw = my_bias[o];
+      x = lw == 0.0f ? 0.0f : x * (1.0f - __expf(lw)) * a.inv_T;
       my_dx[o] = x;
       const T hi = from_f<T>(x), lo = from_f<T>(x - to_f(hi));
       auto at = [&](int n) { return sDX + wg * 1024 + n * 128 + (((r / 8) ^ n) << 4) + (r % 8) * 2; };  // (column n, row r)
@@ -327,7 +321,7 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
     // channels [c0, c0 + 64): the sigma term first (it needs sign(q) per element), then dS K
     // and the mu term accumulate onto it. dmu^T += Q^T dx, dsigma^T += |Q|^T dx (the warpgroup's
     // pages; A = Q^T: M-major) run behind the sigma term.
-    if (kSplitChannels || active) {
+    {
       constexpr int NS = kSplitChannels ? kWG : 1;  // sub-tiles whose keys this dQ covers
       const int s_first = kSplitChannels ? 0 : wg;
       uint32_t xa[NS][4];
@@ -343,8 +337,6 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
 #pragma unroll
       for (int s = 0; s < NS; ++s) mma_rs<T, 64, 1>(&dq[0][0], xa[s], pt_desc(s_first + s, 1), s > 0);
       wgmma_commit();
-      // (Unconditional: an inactive warpgroup's dx is 0, and a wgmma under a branch here would
-      // make ptxas serialise every wgmma of the kernel.)
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -391,8 +383,6 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
         if (in0) atomic_add2(dst + dc, dq[nt][0] * a.scale, dq[nt][1] * a.scale);
         if (in1) atomic_add2(dst + row_stride + dc, dq[nt][2] * a.scale, dq[nt][3] * a.scale);
       }
-    } else {
-      wgmma_wait<0>();
     }
   }
   write_dk_dv<D>(a, b, h, wkey0 + wl * 16, g, t4, dk, dv);
@@ -430,13 +420,7 @@ size_t soft_mask_backward_sm90_smem(int D) {
 
 void launch_soft_mask_backward_sm90(const SoftMaskArgs& a, int D, cudaStream_t stream) {
   using namespace soft_mask;
-  if (a.dtype == DType::bf16) {
-    if (D == 64) launch_typed<bf16, 64>(a, stream);
-    else launch_typed<bf16, 128>(a, stream);
-  } else {
-    if (D == 64) launch_typed<f16, 64>(a, stream);
-    else launch_typed<f16, 128>(a, stream);
-  }
+  dispatch_16bit_hd(a.dtype, D, [&](auto t, auto d) { launch_typed<decltype(t), d.value>(a, stream); });
 }
 
 }  // namespace unique::cuda

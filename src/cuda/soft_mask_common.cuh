@@ -54,6 +54,29 @@ __device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
 #endif
 }
 
+// The end of both forward kernels: a thread's two rows (g, g + 8 of its warp's 16) reduced
+// over the 4 lanes that share them, normalised and written with their log-sum-exp (natural
+// log; m is in log2 units); rows past L are not written.
+template <int D>
+__device__ __forceinline__ void write_rows(const SoftMaskArgs& a, int b, int hq, int t4, const int64_t (&row)[2],
+                                           const float (&o)[D / 8][4], const float (&m)[2], float (&l)[2]) {
+  quad_sum(l);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t t = row[r];
+    if (t >= a.L) continue;
+    const float inv = 1.0f / l[r];
+    const int64_t base = row_off(a.os, b, t, hq);
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) {
+      const int d = nt * 8 + 2 * t4;
+      store_any(a.out, a.o_dtype, base + d, o[nt][2 * r] * inv);
+      store_any(a.out, a.o_dtype, base + d + 1, o[nt][2 * r + 1] * inv);
+    }
+    if (t4 == 0) a.lse[b * a.ls.b + t * a.ls.t + hq * a.ls.h] = (m[r] + log2f(l[r])) * kLn2;
+  }
+}
+
 // x ~= hi + lo as two packed pairs of T (hi = round(x), lo = round(x - hi)): about twice
 // T's mantissa, so a tensor-core product with an exact T operand is good to ~1e-5.
 template <class T>

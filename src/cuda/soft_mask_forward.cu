@@ -137,9 +137,8 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) forward_kernel(cons
       }
 #pragma unroll
     for (int kk = 0; kk < kTile / 16; ++kk) {
-      const uint32_t pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                              pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t pa[4];
+      c_to_a_fragment<T>(s[2 * kk], s[2 * kk + 1], pa);
 #pragma unroll
       for (int n2 = 0; n2 < D / 16; ++n2) {
         uint32_t bf[4];
@@ -152,21 +151,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) forward_kernel(cons
     __syncthreads();  // the next iteration's prefetch, stats and bias overwrite shared memory
   }
 
-  quad_sum(l);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t t = my_row[r];
-    if (t >= a.L) continue;
-    const float inv = 1.0f / l[r];
-    const int64_t base = row_off(a.os, b, t, hq);
-#pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) {
-      const int d = nt * 8 + 2 * t4;
-      store_any(a.out, a.o_dtype, base + d, o[nt][2 * r] * inv);
-      store_any(a.out, a.o_dtype, base + d + 1, o[nt][2 * r + 1] * inv);
-    }
-    if (t4 == 0) a.lse[b * a.ls.b + t * a.ls.t + hq * a.ls.h] = (m[r] + log2f(l[r])) * kLn2;
-  }
+  write_rows<D>(a, b, hq, t4, my_row, o, m, l);
 }
 
 template <class T, int D>
@@ -189,13 +174,7 @@ void launch_soft_mask_forward(const SoftMaskArgs& a, int D, cudaStream_t stream)
     launch_soft_mask_forward_sm90(a, D, stream);
     return;
   }
-  if (a.dtype == DType::bf16) {
-    if (D == 64) launch_typed<bf16, 64>(a, stream);
-    else launch_typed<bf16, 128>(a, stream);
-  } else {
-    if (D == 64) launch_typed<f16, 64>(a, stream);
-    else launch_typed<f16, 128>(a, stream);
-  }
+  dispatch_16bit_hd(a.dtype, D, [&](auto t, auto d) { launch_typed<decltype(t), d.value>(a, stream); });
 }
 
 }  // namespace unique::cuda

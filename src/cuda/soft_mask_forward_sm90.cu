@@ -245,12 +245,7 @@ __global__ void __launch_bounds__(kWThreads, 1) forward_sm90_kernel(const SoftMa
       fence_regs<D / 2>(&o[0][0]);
       if (__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f)) scale_rows(o, corr);
 #pragma unroll
-      for (int kk = 0; kk < kBK / 16; ++kk) {
-        pa[kk][0] = pack2<T>(p[2 * kk][0], p[2 * kk][1]);
-        pa[kk][1] = pack2<T>(p[2 * kk][2], p[2 * kk][3]);
-        pa[kk][2] = pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
-        pa[kk][3] = pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
-      }
+      for (int kk = 0; kk < kBK / 16; ++kk) c_to_a_fragment<T>(p[2 * kk], p[2 * kk + 1], pa[kk]);
     };
     if (int64_t(i + 1) * kBK - 1 > wg_row0) step(std::true_type{});
     else step(std::false_type{});
@@ -264,21 +259,7 @@ __global__ void __launch_bounds__(kWThreads, 1) forward_sm90_kernel(const SoftMa
   }
   cp_async_wait<0>();
 
-  quad_sum(l);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t t = my_row[r];
-    if (t >= a.L) continue;
-    const float inv = 1.0f / l[r];
-    const int64_t ob = row_off(a.os, b, t, hq);
-#pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) {
-      const int d = nt * 8 + 2 * t4;
-      store_any(a.out, a.o_dtype, ob + d, o[nt][2 * r] * inv);
-      store_any(a.out, a.o_dtype, ob + d + 1, o[nt][2 * r + 1] * inv);
-    }
-    if (t4 == 0) a.lse[b * a.ls.b + t * a.ls.t + hq * a.ls.h] = (m[r] + log2f(l[r])) * kLn2;
-  }
+  write_rows<D>(a, b, hq, t4, my_row, o, m, l);
 #endif
 }
 
@@ -301,13 +282,7 @@ size_t soft_mask_forward_sm90_smem(int D) {
 
 void launch_soft_mask_forward_sm90(const SoftMaskArgs& a, int D, cudaStream_t stream) {
   using namespace soft_mask;
-  if (a.dtype == DType::bf16) {
-    if (D == 64) launch_typed<bf16, 64>(a, stream);
-    else launch_typed<bf16, 128>(a, stream);
-  } else {
-    if (D == 64) launch_typed<f16, 64>(a, stream);
-    else launch_typed<f16, 128>(a, stream);
-  }
+  dispatch_16bit_hd(a.dtype, D, [&](auto t, auto d) { launch_typed<decltype(t), d.value>(a, stream); });
 }
 
 }  // namespace unique::cuda
