@@ -1,8 +1,9 @@
-// Internal: the page-statistics parts of the soft-mask backward shared by its mma.sync
-// kernel (soft_mask_backward.cu) and its wgmma kernel (soft_mask_backward_sm90.cu). Both
-// hold dQ, dK, dV in the m16n8 C layout per warp (a wgmma accumulator is that layout too),
-// so these run unchanged on either; only the shared-memory address of a Q tile element
-// differs, and the callers pass it in.
+// Internal: the page-statistics parts of the soft-mask backward. Both kernels (mma.sync:
+// soft_mask_backward.cu, wgmma: soft_mask_backward_sm90.cu) hold dQ, dK, dV in the m16n8 C
+// layout per warp (a wgmma accumulator is that layout too), so these run on either: the wgmma
+// kernel uses dx_fragment, times_sign_q, write_dk_dv and add_page_grads, the mma.sync kernel
+// all of them (its page products are mma.sync; the caller passes the shared-memory address
+// of a Q tile element where the layouts differ).
 //   dx(row, page) = dbias (1 - m) / T * c, from the column sums of dS over the page's keys;
 //   dq(row, ch)  += dx (mu + alpha sign(q) sigma)(page, ch)     (dq_page_term)
 //   dmu(page, ch) += dx q,  dsigma(page, ch) += dx alpha |q|      (dmu_dsigma_step)

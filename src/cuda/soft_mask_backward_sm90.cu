@@ -9,20 +9,23 @@
 //
 // Same schedule as the mma.sync kernel: one 256-thread block per (128 keys, query head);
 // warpgroup w owns keys [64 w, 64 w + 64) of the block and keeps their dK and dV in
-// registers while the block walks the 64-row query tiles from the diagonal down (Q and dO
-// double-buffered with cp.async). Per query tile and warpgroup:
-//   S^T = K_w Q^T, dP^T = V_w dO^T   m64n64, A and B K-major in shared memory
+// registers while the block walks the 64-row query tiles from the diagonal down (Q, dO,
+// abs(Q) and the rows' lse / delta / tau double-buffered with cp.async). Per query tile and
+// warpgroup, all on wgmma:
+//   page scores [Q, abs(Q)] x [mu, sigma]^T (m64n8, B = SoftMaskArgs::pb), then
+//   S^T = K_w Q^T, dP^T = V_w dO^T   m64n64, A and B K-major in shared memory;
+//   log m from the page scores while S^T / dP^T run;
 //   P^T = exp(S^T c + log m - lse), dS^T = P^T (dP^T - delta)       (registers)
 //   dV_w += P^T dO, dK_w += dS^T Q   m64nD, A = P^T / dS^T from registers, B N-major
-//   dQ = dS K                        m64n64, A = dS^T as stored ([keys][queries]: M-major),
-//                                    B = K N-major; at D 128 warpgroup w takes channels
-//                                    [64 w, 64 w + 64) over all 128 keys, at D 64 all
-//                                    channels over its own keys (both add into dq)
-// S^T / dP^T run while the warps compute the tile's page bias (mma.sync from Q fragments),
-// dV / dK while they store dS^T and turn the page sums of dS into dx. The page terms (bias,
-// dx, dq page term, dmu / dsigma) are those of soft_mask_backward_common.cuh: a wgmma
-// accumulator is, per warp, the m16n8 C layout they use. Q, dO, K, V and dS^T sit in the
-// 128-byte-swizzled canonical layout of wgmma.cuh (64-channel slabs of 64 rows).
+//   dbias = ones x dS^T (mma.sync, B read back transposed from the dS^T tile), dx
+//   dQ = c (alpha sign(q) dx sigma + dS K + dx mu)   m64n64; dS K with A = dS^T as stored
+//                                    ([keys][queries]: M-major), B = K N-major; at D 128
+//                                    warpgroup w takes channels [64 w, 64 w + 64) over all
+//                                    128 keys, at D 64 all channels over its own keys
+//   dmu^T += Q^T dx, dsigma^T += abs(Q)^T dx   m64n8, A M-major
+// A wgmma accumulator is, per warp, the m16n8 C layout of soft_mask_backward_common.cuh's
+// helpers. Q, dO, K, V and dS^T sit in the 128-byte-swizzled canonical layout of wgmma.cuh
+// (64-channel slabs of 64 rows).
 #include <algorithm>
 
 #include "cuda/soft_mask_backward_common.cuh"
