@@ -42,6 +42,12 @@
 
 namespace unique {
 
+// The CUDA kernels the two functions below run on the current device for this head_dim:
+// "wgmma" (Hopper, in builds with sm_90a code), "mma" (other GPUs, or with the environment
+// variable UNIQUE_SOFT_MASK_KERNEL=mma; =wgmma forces the Hopper kernels and is an error where
+// they cannot run), or "none" (a build without CUDA).
+const char* soft_mask_cuda_kernel(int head_dim);
+
 void soft_mask_attention_forward(const AttentionConfig& cfg, const TensorView& q, const TensorView& k,
                                  const TensorView& v, const TensorView& out, const TensorView& lse,
                                  const TensorView* tau = nullptr);

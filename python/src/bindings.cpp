@@ -298,6 +298,8 @@ NB_MODULE(_core, m) {
   m.attr("has_decode_plan") = false;
 #endif
   m.def("cuda_available", &cuda_available, "Built with CUDA and at least one GPU visible.");
+  m.def("soft_mask_cuda_kernel", &soft_mask_cuda_kernel, nb::arg("head_dim"),
+        "The soft-mask CUDA kernels on the current device: 'wgmma', 'mma' or 'none' (no CUDA build).");
   m.def("built_with_cuda", [] {
 #ifdef UNIQUE_WITH_CUDA
     return true;

@@ -169,6 +169,40 @@ def test_cuda_kernels_match_torch():
         torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-2)
 
 
+@pytest.mark.skipif(not (torch.cuda.is_available() and sm.cuda_kernels_available()),
+                    reason="needs a GPU and the extension's soft-mask kernels")
+@pytest.mark.gpu
+def test_cuda_autocast_runs_the_kernels(monkeypatch):
+    # What transformers' Llama hands the attention under bf16 autocast: fp32 q / k (after RoPE),
+    # bf16 v. The kernels must run on the autocast dtype, not the fp32 torch path.
+    q, k, v = [x.detach().cuda() for x in rand(2, 4, 2, 200, 64, seed=5)]
+    q.requires_grad_(True)
+    k.requires_grad_(True)
+    v = v.to(torch.bfloat16).requires_grad_(True)
+    calls = []
+    real = sm._cuda_forward
+    monkeypatch.setattr(sm, "_cuda_forward", lambda *a: calls.append(1) or real(*a))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = sm.soft_mask_attention(q, k, v, 16, 64, 0.1)
+    assert calls, "the CUDA kernels did not run under autocast"
+    assert out.dtype == torch.bfloat16
+    ref = sm.soft_mask_attention(q.detach().bfloat16(), k.detach().bfloat16(), v.detach(), 16, 64, 0.1, backend="cuda")
+    torch.testing.assert_close(out, ref)
+    out.float().square().sum().backward()
+    assert q.grad.dtype == torch.float32 and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+    assert torch.isfinite(k.grad).all() and torch.isfinite(v.grad).all()
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and sm.cuda_kernels_available()),
+                    reason="needs a GPU and the extension's soft-mask kernels")
+@pytest.mark.gpu
+def test_cuda_kernel_choice():
+    # The wheel is built for 90a (and 80): on a Hopper GPU the wgmma kernels must be the ones
+    # that run (a build that left out UNIQUE_CUDA_SM90A ran the mma.sync ones everywhere).
+    want = "wgmma" if torch.cuda.get_device_capability()[0] == 9 else "mma"
+    assert sm.cuda_kernel(64) == want and sm.cuda_kernel(128) == want
+
+
 def _tiny_llama(impl):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -283,6 +283,14 @@ def cuda_kernels_available() -> bool:
             and bool(getattr(_core, "cuda_available", lambda: False)()))
 
 
+def cuda_kernel(head_dim: int = 128) -> str:
+    """The CUDA kernels soft_mask_attention runs on the current GPU: "wgmma" (Hopper),
+    "mma" (other GPUs, or UNIQUE_SOFT_MASK_KERNEL=mma) or "none" (no CUDA kernels)."""
+    if not cuda_kernels_available() or not hasattr(_core, "soft_mask_cuda_kernel"):
+        return "none"
+    return str(_core.soft_mask_cuda_kernel(int(head_dim)))
+
+
 def _kernel_shape_ok(q: torch.Tensor, k: torch.Tensor, page_size: int) -> bool:
     """What the CUDA kernels take (include/unique/soft_mask.h): bf16/fp16 q/k/v, head_dim 64 or
     128, page_size 16/32/64, self-attention (Lq == Lk)."""
@@ -302,6 +310,21 @@ def _use_cuda(q: torch.Tensor, k: torch.Tensor, page_size: int, backend: Optiona
                            "(UNIQUE_PY_CUDA=ON) and what they take: bf16/fp16, head_dim 64/128, page_size "
                            f"16/32/64, Lq == Lk (got {q.dtype}, D {q.shape[-1]}, P {page_size}, on {q.device})")
     return ok
+
+
+def _autocast_inputs(q, k, v, backend, threshold):
+    """Under CUDA autocast the kernels take q, k, v in the autocast dtype, as SDPA does.
+    transformers' Llama hands fp32 q / k (RoPE multiplies the autocast-bf16 projections by
+    fp32 cos / sin) beside a bf16 v: without the cast the fp32 torch path ran instead of the
+    kernels (a fine-tune at ~1/10 of the dense step rate)."""
+    if not (q.is_cuda and threshold is None and torch.is_autocast_enabled("cuda")):
+        return q, k, v
+    if (backend or os.environ.get("UNIQUE_SOFT_MASK_BACKEND", "auto")).lower() == "torch":
+        return q, k, v
+    dt = torch.get_autocast_dtype("cuda")
+    if dt not in (torch.bfloat16, torch.float16):
+        return q, k, v
+    return q.to(dt), k.to(dt), v.to(dt)
 
 
 def _dl(x: torch.Tensor):
@@ -407,6 +430,7 @@ def soft_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, page_
         raise ValueError(f"temperature: expected > 0 (use hard_topk_attention for T -> 0), got {temperature}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     chunk = int(chunk or DEFAULT_CHUNK)
+    q, k, v = _autocast_inputs(q, k, v, backend, threshold)
     use_cuda = threshold is None and _use_cuda(q, k, int(page_size), backend)
     return SoftMaskAttention.apply(q, k, v, int(page_size), int(budget), float(temperature), int(sink),
                                    int(recent), float(alpha), scale, chunk, use_cuda, threshold)

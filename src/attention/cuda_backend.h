@@ -43,5 +43,7 @@ void soft_mask_forward(const AttentionConfig& cfg, const TensorView& q, const Te
 void soft_mask_backward(const AttentionConfig& cfg, const TensorView& q, const TensorView& k, const TensorView& v,
                         const TensorView& out, const TensorView& lse, const TensorView& dout, const TensorView& dq,
                         const TensorView& dk, const TensorView& dv, const float* tau, void* stream);
+// The kernels those run on the current device for head_dim: "wgmma" or "mma".
+const char* soft_mask_kernel(int head_dim);
 
 }  // namespace unique::cuda_backend

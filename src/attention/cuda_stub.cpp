@@ -42,5 +42,6 @@ void soft_mask_backward(const AttentionConfig&, const TensorView&, const TensorV
                         const TensorView&, const TensorView&, const float*, void*) {
   no_cuda();
 }
+const char* soft_mask_kernel(int) { return "none"; }
 }  // namespace unique::cuda_backend
 #endif

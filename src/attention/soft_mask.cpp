@@ -86,6 +86,8 @@ void validate_soft_mask_args(const AttentionConfig& cfg, const TensorView& q, co
   }
 }
 
+const char* soft_mask_cuda_kernel(int head_dim) { return cuda_backend::soft_mask_kernel(head_dim); }
+
 void soft_mask_attention_forward(const AttentionConfig& cfg, const TensorView& q, const TensorView& k,
                                  const TensorView& v, const TensorView& out, const TensorView& lse,
                                  const TensorView* tau) {

@@ -230,6 +230,8 @@ void soft_mask_backward(const AttentionConfig& cfg, const TensorView& q, const T
   if (cuda::profile_state().on) ++ps.bwd_calls;
 }
 
+const char* soft_mask_kernel(int head_dim) { return cuda::soft_mask_kernel(head_dim); }
+
 }  // namespace cuda_backend
 
 }  // namespace unique

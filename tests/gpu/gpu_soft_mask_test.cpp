@@ -62,6 +62,7 @@ TEST(GpuSoftMask, KernelChoice) {
 #ifdef UNIQUE_CUDA_SM90A
   for (int d : {64, 128}) EXPECT_STREQ(cuda::soft_mask_kernel(d), major == 9 ? "wgmma" : "mma");
 #endif
+  EXPECT_STREQ(soft_mask_cuda_kernel(128), cuda::soft_mask_kernel(128));  // the public name of the same choice
   {
     ScopedEnv env({{"UNIQUE_SOFT_MASK_KERNEL", "mma"}});
     EXPECT_STREQ(cuda::soft_mask_kernel(128), "mma");
