@@ -32,7 +32,10 @@ scores in backward.
 
 Backend: on CUDA, when the extension has `soft_mask_forward` (built with UNIQUE_PY_CUDA=ON),
 the fused kernels run; the environment variable UNIQUE_SOFT_MASK_BACKEND=torch|cuda|auto
-(or the `backend=` argument) forces one side. This module imports torch; the package
+(or the `backend=` argument) forces one side. The kernels take bf16/fp16: under CUDA
+autocast q, k, v are cast to the autocast dtype first (as SDPA does), otherwise fp32 inputs
+take the torch path; `cuda_kernel()` names the kernel set that runs (wgmma on Hopper). This
+module imports torch; the package
 imports it lazily, so `import unique_attn` keeps working without torch.
 """
 from __future__ import annotations
