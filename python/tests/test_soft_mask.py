@@ -175,7 +175,7 @@ def test_cuda_kernels_match_torch():
 def test_cuda_autocast_runs_the_kernels(monkeypatch):
     # What transformers' Llama hands the attention under bf16 autocast: fp32 q / k (after RoPE),
     # bf16 v. The kernels must run on the autocast dtype, not the fp32 torch path.
-    q, k, v = [x.detach().cuda() for x in rand(2, 4, 2, 200, 64, seed=5)]
+    q, k, v = [x.detach().cuda() for x in rand(2, 4, 2, 200, 64, dtype=torch.float32, seed=5)]
     q.requires_grad_(True)
     k.requires_grad_(True)
     v = v.to(torch.bfloat16).requires_grad_(True)
