@@ -183,7 +183,8 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
     return sw128_desc(smem_addr(sPT + s * 2 * D * 32 + sig * D * 32 + (c0 / 64) * 2048), 2048, 1024);
   };
   const Desc dx_b = sw128_desc(smem_addr(sDX + wg * 1024), 16, 1024);
-  const Desc qt_a = sw128_desc(smem_addr(sQ0), kTile * 128, 1024);    // Q^T, |Q|^T: M-major A
+  // Q^T and |Q|^T as the M-major A of dmu / dsigma: the same descriptor form as an N-major B
+  // (q_bn), rows along k.
   const Desc aqt_a = sw128_desc(smem_addr(sAQ0), kTile * 128, 1024);
 
   float dk[D / 8][4] = {}, dv[D / 8][4] = {};
@@ -345,7 +346,7 @@ __global__ void __launch_bounds__(kWThreads, 1) backward_sm90_kernel(const SoftM
 #pragma unroll
         for (int j = 0; j < kTile / 16; ++j) {
           const uint32_t ao = so + mt * kTile * 128 + j * 2048;
-          mma_ss<T, 8, 1>(dmu_acc[mt], desc_advance(qt_a, ao), desc_advance(dx_b, j * 32), 1);
+          mma_ss<T, 8, 1>(dmu_acc[mt], desc_advance(q_bn, ao), desc_advance(dx_b, j * 32), 1);
           mma_ss<T, 8, 1>(dsig_acc[mt], desc_advance(aqt_a, ao), desc_advance(dx_b, j * 32), 1);
         }
       wgmma_commit();
