@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The sparsity-aware training experiment in one call (GPU machine, ~9 minutes):
 #   1. train the in-house byte-level Llama from scratch, dense (train.py, DENSE_MIN minutes)
-#   2. fine-tune it briefly with UNIQUE's soft mask (finetune_soft_mask.py, FT_MIN minutes)
+#   2. fine-tune it briefly with UNIQUE's soft mask (finetune_soft_mask.py, FT_STEPS steps)
 #   3. evaluate both, dense and under hard top-k at budgets 1/8..1/64 of the context for the
 #      unique / quest / mean estimators (evaluate.py, at most EVAL_MIN minutes of configs)
 #   4. plots when matplotlib is importable (else: scripts/train/plot_train_eval.py later)
@@ -11,13 +11,15 @@
 # Needs the corpus .train/corpus (scripts/train/prepare_corpus.py on a machine with the
 # Debian packages bible-kjv-text and python3.11; carry it). Checkpoints go to
 # CKPT (default .train/ckpt): a call cut short resumes from them; FRESH=1 deletes them and WORK first.
-#   OUT=dir  WORK=dir  PYTHON=python3  DENSE_MIN=7.5  FT_MIN=1.75  EVAL_MIN=1.5  TINY=1 (CPU smoke test)
-#   STAGES="dense ft control eval plot" (default: all; control only with CONTROL_MIN): run a subset,
+#   OUT=dir  WORK=dir  PYTHON=python3  DENSE_MIN=7.5  FT_STEPS=300  EVAL_MIN=1.5  TINY=1 (CPU smoke test)
+#   STAGES="dense ft control eval plot" (default: all; control only with CONTROL_STEPS): run a subset,
 #     e.g. a longer dense run in one call (STAGES=dense DENSE_MIN=9.5; a later call with a larger
 #     DENSE_MIN resumes it) and "ft eval plot" in the next (rm $CKPT/softmask.pt to redo a fine-tune)
-#   CONTROL_MIN=m (default 0 = off): also continue the dense model with dense attention for m
-#     minutes (same data and settings as the fine-tune) and evaluate it ("dense-ft-control"),
-#     to separate the soft mask's effect from that of more training (adds m + ~0.5 min)
+#   FT_STEPS=n: the soft-mask fine-tune's length in steps (its schedules run over steps, so the result
+#     does not depend on the GPU's speed); FT_MIN (default 10) only limits its time
+#   CONTROL_STEPS=n (default 0 = off): also continue the dense model with dense attention for n steps
+#     (same data and settings as the fine-tune) and evaluate it ("dense-ft-control"), to separate
+#     the soft mask's effect from that of more training; CONTROL_MIN (default 10) limits its time
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
@@ -25,12 +27,13 @@ OUTDIR=${WORK:-.train/experiment}
 CORPUS=${CORPUS:-.train/corpus}
 CKPT=${CKPT:-.train/ckpt}
 DENSE_MIN=${DENSE_MIN:-7.5}
-FT_MIN=${FT_MIN:-1.75}
+FT_MIN=${FT_MIN:-10}
+FT_STEPS=${FT_STEPS:-300}
 EVAL_MIN=${EVAL_MIN:-1.5}
 TINY_FLAG=()
 if [ "${TINY:-0}" = 1 ]; then
   TINY_FLAG=(--tiny)
-  DENSE_MIN=${DENSE_MIN_TINY:-0.3}; FT_MIN=${FT_MIN_TINY:-0.15}; EVAL_MIN=0
+  DENSE_MIN=${DENSE_MIN_TINY:-0.3}; FT_MIN=${FT_MIN_TINY:-0.15}; FT_STEPS=${FT_STEPS_TINY:-20}; EVAL_MIN=0
 fi
 [ "${FRESH:-0}" = 1 ] && rm -rf "$CKPT" "$OUTDIR"
 mkdir -p "$OUTDIR" "$CKPT"
@@ -56,16 +59,17 @@ echo "experiment: dense training done at $(( $(date +%s) - start ))s"
 fi
 if has ft; then
 $PY scripts/train/finetune_soft_mask.py ${TINY_FLAG[@]+"${TINY_FLAG[@]}"} --corpus "$CORPUS" --init "$OUTDIR/model-dense" \
-  --out "$OUTDIR/model-softmask" --ckpt "$CKPT/softmask.pt" --minutes "$FT_MIN" 2>&1 \
+  --out "$OUTDIR/model-softmask" --ckpt "$CKPT/softmask.pt" --minutes "$FT_MIN" --max-steps "$FT_STEPS" 2>&1 \
   | grep --line-buffered -v "^Loading weights\|Writing model shards" | tee -a "$OUTDIR/finetune.log"
 echo "experiment: soft-mask fine-tuning done at $(( $(date +%s) - start ))s"
 fi
 models=("$OUTDIR/model-dense" "$OUTDIR/model-softmask")
 labels=(dense-trained soft-mask-ft)
-CONTROL_MIN=${CONTROL_MIN:-0}
-if [ "$CONTROL_MIN" != 0 ] && has control; then
+CONTROL_STEPS=${CONTROL_STEPS:-0}
+CONTROL_MIN=${CONTROL_MIN:-10}
+if [ "$CONTROL_STEPS" != 0 ] && has control; then
   $PY scripts/train/finetune_soft_mask.py ${TINY_FLAG[@]+"${TINY_FLAG[@]}"} --corpus "$CORPUS" --init "$OUTDIR/model-dense" \
-    --attn sdpa --out "$OUTDIR/model-densecontrol" --ckpt "$CKPT/densecontrol.pt" --minutes "$CONTROL_MIN" 2>&1 \
+    --attn sdpa --out "$OUTDIR/model-densecontrol" --ckpt "$CKPT/densecontrol.pt" --minutes "$CONTROL_MIN" --max-steps "$CONTROL_STEPS" 2>&1 \
     | grep --line-buffered -v "^Loading weights\|Writing model shards" | tee -a "$OUTDIR/control.log"
   echo "experiment: dense control done at $(( $(date +%s) - start ))s"
 fi

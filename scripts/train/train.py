@@ -37,7 +37,10 @@ def parse(argv=None):
                     help="frac:len,... : before time fraction frac train at len (then --context)")
     ap.add_argument("--tokens-per-step", type=int, default=16384)
     ap.add_argument("--minutes", type=float, default=7.5, help="training wall-clock budget (all runs together)")
-    ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: time only)")
+    ap.add_argument("--max-steps", type=int, default=0,
+                    help="train this many steps; the schedules (lr, curriculum, soft-mask temperature) then run "
+                         "over steps, not time, so the result does not depend on the GPU's speed; --minutes stays "
+                         "a time limit (0: time only)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--wd", type=float, default=0.1)
     ap.add_argument("--synth-frac", type=float, default=0.5, help="fraction of retrieval sequences")
@@ -148,9 +151,9 @@ def main(argv=None):
     model.train()
     while True:
         elapsed = time.time() - t0
-        frac = elapsed / budget
-        if frac >= 1.0 or (a.max_steps and step >= a.max_steps):
+        if elapsed >= budget or (a.max_steps and step >= a.max_steps):
             break
+        frac = step / a.max_steps if a.max_steps else elapsed / budget
         if switch_frac is None:
             recent_acc = [h["answer_acc"] for h in history[-4:] if h["answer_acc"] is not None]
             if frac >= a.retrieval_max_frac or (len(recent_acc) == 4 and np.mean(recent_acc) >= a.retrieval_first):
