@@ -18,7 +18,8 @@ import train  # noqa: E402
 
 # A fixed number of steps, not minutes: with the CUDA kernels 2 minutes are ~1600 steps on an
 # H100 (~290 through the fp32 torch path), and 1640 steps made the model worse at every budget
-# (docs/RESULTS.md, "Fine-tune length"); --minutes is then only a time limit.
+# (docs/RESULTS.md, "The experiment through the CUDA kernels, and the fine-tune's length");
+# --minutes is then only a time limit.
 DEFAULTS = ["--attn", "unique_soft_mask", "--lr", "1e-4", "--max-steps", "300", "--minutes", "10", "--curriculum", "",
             "--tokens-per-step", "32768", "--retrieval-first", "0", "--out", ".train/model-softmask", "--seed", "4321", "--wd", "0.0"]
 
