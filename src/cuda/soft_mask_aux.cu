@@ -238,11 +238,12 @@ __global__ void __launch_bounds__(kRows * 32) threshold_kernel(const SoftMaskArg
 // head) and kMWarps warps. Scores [q, |q|] x [mu, sigma]^T with mu/sigma split hi + lo
 // (SoftMaskArgs::hl, as warp_log_weights), B fragments straight from global memory (L2),
 // warp w taking the 8-page column tiles w, w + kMWarps, ...; the scores stay in shared
-// memory as order keys; then warp w selects row w's threshold (tau_from_keys).
-constexpr int kMRows = 16, kMWarps = 16;
+// memory as order keys; then warp w selects the thresholds of rows w, w + kMWarps
+// (tau_from_keys).
+constexpr int kMRows = 16;
 
-template <class T, int D>
-__global__ void __launch_bounds__(kMWarps * 32) threshold_mma_kernel(const SoftMaskArgs a, int max_cand) {
+template <class T, int D, int kMWarps, int kMinBlocks>
+__global__ void __launch_bounds__(kMWarps * 32, kMinBlocks) threshold_mma_kernel(const SoftMaskArgs a, int max_cand) {
   extern __shared__ uint4 smem_raw[];
   T* q_s = reinterpret_cast<T*>(smem_raw);                          // [16][D] swizzled
   uint32_t* keys = reinterpret_cast<uint32_t*>(q_s + kMRows * D);  // [16][max_cand] order keys of the scores
@@ -295,10 +296,12 @@ __global__ void __launch_bounds__(kMWarps * 32) threshold_mma_kernel(const SoftM
     }
   }
   __syncthreads();
-  const int64_t t = t0 + warp;
-  if (warp >= kMRows || t >= a.L) return;
-  const float tau = tau_from_keys(a, keys + warp * max_cand, last_candidate(a, t) - a.sink + 1, lane);
-  if (lane == 0) a.tau[(int64_t(b) * a.Hq + hq) * a.L + t] = tau;
+  for (int r = warp; r < kMRows; r += kMWarps) {
+    const int64_t t = t0 + r;
+    if (t >= a.L) break;
+    const float tau = tau_from_keys(a, keys + r * max_cand, last_candidate(a, t) - a.sink + 1, lane);
+    if (lane == 0) a.tau[(int64_t(b) * a.Hq + hq) * a.L + t] = tau;
+  }
 }
 
 // ---- delta = rowsum(dout * out), one warp per (row, head) -----------------------------------
@@ -377,10 +380,19 @@ static void launch_threshold_typed(const SoftMaskArgs& a, cudaStream_t stream) {
   // Tensor-core kernel while 16 rows of scores fit in shared memory (L / P up to ~3.5K).
   const size_t smem_mma = size_t(kMRows) * D * sizeof(T) + size_t(kMRows) * max_cand * sizeof(float);
   if (smem_mma <= size_t(optin)) {
-    auto kernel = threshold_mma_kernel<T, D>;
-    UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_mma)));
-    const dim3 grid((a.L + kMRows - 1) / kMRows, a.Hq, a.B);
-    kernel<<<grid, kMWarps * 32, smem_mma, stream>>>(a, max_cand);
+    // Eight warps and three blocks per SM while two blocks' scores fit in an SM's shared
+    // memory: the kernel is latency-bound (the selection's warp reductions), and more resident
+    // blocks overlap one block's selection with another's scores (4K-16K tokens: 1.2-1.5x);
+    // past that (32K tokens at page 16) one block of sixteen warps is faster.
+    int smem_sm = 0;
+    UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
+    auto launch = [&](auto kernel, int warps) {
+      UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_mma)));
+      const dim3 grid((a.L + kMRows - 1) / kMRows, a.Hq, a.B);
+      kernel<<<grid, warps * 32, smem_mma, stream>>>(a, max_cand);
+    };
+    if (2 * (smem_mma + 1024) <= size_t(smem_sm)) launch(threshold_mma_kernel<T, D, 8, 3>, 8);
+    else launch(threshold_mma_kernel<T, D, 16, 1>, 16);
     UNIQUE_CUDA_LAUNCH("soft_mask threshold_mma_kernel");
     return;
   }
