@@ -381,7 +381,7 @@ static void launch_threshold_typed(const SoftMaskArgs& a, cudaStream_t stream) {
   const size_t smem_mma = size_t(kMRows) * D * sizeof(T) + size_t(kMRows) * max_cand * sizeof(float);
   if (smem_mma <= size_t(optin)) {
     // Eight warps and three blocks per SM while two blocks' scores fit in an SM's shared
-    // memory: the kernel is latency-bound (the selection's warp reductions), and more resident
+    // memory: the kernel is latency-bound (Nsight: half the issue slots idle), and more resident
     // blocks overlap one block's selection with another's scores (4K-16K tokens: 1.2-1.5x);
     // past that (32K tokens at page 16) one block of sixteen warps is faster.
     int smem_sm = 0;
