@@ -301,10 +301,16 @@ def _kernel_shape_ok(q: torch.Tensor, k: torch.Tensor, page_size: int) -> bool:
             and page_size in (16, 32, 64) and q.shape[2] == k.shape[2])
 
 
-def _use_cuda(q: torch.Tensor, k: torch.Tensor, page_size: int, backend: Optional[str]) -> bool:
+def _backend(backend: Optional[str]) -> str:
+    """The backend asked for: the argument, else UNIQUE_SOFT_MASK_BACKEND, else auto."""
     b = (backend or os.environ.get("UNIQUE_SOFT_MASK_BACKEND", "auto")).lower()
     if b not in ("auto", "torch", "cuda"):
         raise ValueError(f"backend: expected auto, torch or cuda, got {b!r}")
+    return b
+
+
+def _use_cuda(q: torch.Tensor, k: torch.Tensor, page_size: int, backend: Optional[str]) -> bool:
+    b = _backend(backend)
     if b == "torch":
         return False
     ok = q.is_cuda and cuda_kernels_available() and _kernel_shape_ok(q, k, page_size)
@@ -320,9 +326,7 @@ def _autocast_inputs(q, k, v, backend, threshold):
     transformers' Llama hands fp32 q / k (RoPE multiplies the autocast-bf16 projections by
     fp32 cos / sin) beside a bf16 v: without the cast the fp32 torch path ran instead of the
     kernels (a fine-tune at ~1/10 of the dense step rate)."""
-    if not (q.is_cuda and threshold is None and torch.is_autocast_enabled("cuda")):
-        return q, k, v
-    if (backend or os.environ.get("UNIQUE_SOFT_MASK_BACKEND", "auto")).lower() == "torch":
+    if not (q.is_cuda and threshold is None and torch.is_autocast_enabled("cuda")) or _backend(backend) == "torch":
         return q, k, v
     dt = torch.get_autocast_dtype("cuda")
     if dt not in (torch.bfloat16, torch.float16):

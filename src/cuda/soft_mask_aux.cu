@@ -371,6 +371,15 @@ void launch_soft_mask_stats(const SoftMaskArgs& a, int D, cudaStream_t stream) {
   UNIQUE_CUDA_LAUNCH("soft_mask stats_kernel");
 }
 
+template <class T, int D, int kMWarps, int kMinBlocks>
+static void launch_threshold_mma(const SoftMaskArgs& a, int max_cand, size_t smem, cudaStream_t stream) {
+  auto kernel = threshold_mma_kernel<T, D, kMWarps, kMinBlocks>;
+  UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  const dim3 grid((a.L + kMRows - 1) / kMRows, a.Hq, a.B);
+  kernel<<<grid, kMWarps * 32, smem, stream>>>(a, max_cand);
+  UNIQUE_CUDA_LAUNCH("soft_mask threshold_mma_kernel");
+}
+
 template <class T, int D>
 static void launch_threshold_typed(const SoftMaskArgs& a, cudaStream_t stream) {
   const int max_cand = std::max(a.NC, 1);
@@ -386,14 +395,8 @@ static void launch_threshold_typed(const SoftMaskArgs& a, cudaStream_t stream) {
     // past that (32K tokens at page 16) one block of sixteen warps is faster.
     int smem_sm = 0;
     UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
-    auto launch = [&](auto kernel, int warps) {
-      UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_mma)));
-      const dim3 grid((a.L + kMRows - 1) / kMRows, a.Hq, a.B);
-      kernel<<<grid, warps * 32, smem_mma, stream>>>(a, max_cand);
-    };
-    if (2 * (smem_mma + 1024) <= size_t(smem_sm)) launch(threshold_mma_kernel<T, D, 8, 3>, 8);
-    else launch(threshold_mma_kernel<T, D, 16, 1>, 16);
-    UNIQUE_CUDA_LAUNCH("soft_mask threshold_mma_kernel");
+    if (2 * (smem_mma + 1024) <= size_t(smem_sm)) launch_threshold_mma<T, D, 8, 3>(a, max_cand, smem_mma, stream);
+    else launch_threshold_mma<T, D, 16, 1>(a, max_cand, smem_mma, stream);
     return;
   }
   const size_t smem = (2 * 32 * (D + 1) + kRows * D + size_t(kRows) * max_cand) * sizeof(float);
