@@ -243,10 +243,10 @@ __global__ void __launch_bounds__(kRows * 32) threshold_kernel(const SoftMaskArg
 constexpr int kMRows = 16;
 
 template <class T, int D, int kMWarps, int kMinBlocks>
-__global__ void __launch_bounds__(kMWarps * 32, kMinBlocks) threshold_mma_kernel(const SoftMaskArgs a, int max_cand) {
+__global__ void __launch_bounds__(kMWarps * 32, kMinBlocks) threshold_mma_kernel(const SoftMaskArgs a, int ks) {
   extern __shared__ uint4 smem_raw[];
   T* q_s = reinterpret_cast<T*>(smem_raw);                          // [16][D] swizzled
-  uint32_t* keys = reinterpret_cast<uint32_t*>(q_s + kMRows * D);  // [16][max_cand] order keys of the scores
+  uint32_t* keys = reinterpret_cast<uint32_t*>(q_s + kMRows * D);  // [16][ks] order keys of the scores
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const int hq = blockIdx.y, b = blockIdx.z, h = hq / a.group;
   const int64_t t0 = int64_t(gridDim.x - 1 - blockIdx.x) * kMRows;  // heaviest (most pages) first
@@ -288,18 +288,24 @@ __global__ void __launch_bounds__(kMWarps * 32, kMinBlocks) threshold_mma_kernel
       mma16816<T>(off, qa, sh);
       mma16816<T>(off, qa, sl);
     }
+    // A row's two adjacent keys as one 8-byte store: with the row stride = 8 (mod 32) words
+    // the warp's 32 pairs fill the 32 banks twice (two wavefronts for 256 bytes); 4-byte stores
+    // at a stride that is a multiple of 32 (L / P a power of two) were 8-way bank conflicts.
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int r = e / 2, j = j0 + 2 * t4 + (e & 1);
-      if (j <= row_last[r])
-        keys[(g + 8 * r) * max_cand + (j - a.sink)] = order_key(a.scale * (dot[e] + a.alpha * off[e]));
+    for (int r = 0; r < 2; ++r) {
+      const int j = j0 + 2 * t4;  // even offset from j0: the pair is 8-byte aligned
+      uint32_t* at = keys + (g + 8 * r) * ks + (j - a.sink);
+      const uint32_t k0 = order_key(a.scale * (dot[2 * r] + a.alpha * off[2 * r]));
+      const uint32_t k1 = order_key(a.scale * (dot[2 * r + 1] + a.alpha * off[2 * r + 1]));
+      if (j + 1 <= row_last[r]) *reinterpret_cast<uint2*>(at) = make_uint2(k0, k1);
+      else if (j <= row_last[r]) *at = k0;
     }
   }
   __syncthreads();
   for (int r = warp; r < kMRows; r += kMWarps) {
     const int64_t t = t0 + r;
     if (t >= a.L) break;
-    const float tau = tau_from_keys(a, keys + r * max_cand, last_candidate(a, t) - a.sink + 1, lane);
+    const float tau = tau_from_keys(a, keys + r * ks, last_candidate(a, t) - a.sink + 1, lane);
     if (lane == 0) a.tau[(int64_t(b) * a.Hq + hq) * a.L + t] = tau;
   }
 }
@@ -372,11 +378,11 @@ void launch_soft_mask_stats(const SoftMaskArgs& a, int D, cudaStream_t stream) {
 }
 
 template <class T, int D, int kMWarps, int kMinBlocks>
-static void launch_threshold_mma(const SoftMaskArgs& a, int max_cand, size_t smem, cudaStream_t stream) {
+static void launch_threshold_mma(const SoftMaskArgs& a, int ks, size_t smem, cudaStream_t stream) {
   auto kernel = threshold_mma_kernel<T, D, kMWarps, kMinBlocks>;
   UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const dim3 grid((a.L + kMRows - 1) / kMRows, a.Hq, a.B);
-  kernel<<<grid, kMWarps * 32, smem, stream>>>(a, max_cand);
+  kernel<<<grid, kMWarps * 32, smem, stream>>>(a, ks);
   UNIQUE_CUDA_LAUNCH("soft_mask threshold_mma_kernel");
 }
 
@@ -387,7 +393,8 @@ static void launch_threshold_typed(const SoftMaskArgs& a, cudaStream_t stream) {
   UNIQUE_CUDA_CHECK(cudaGetDevice(&dev));
   UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   // Tensor-core kernel while 16 rows of scores fit in shared memory (L / P up to ~3.5K).
-  const size_t smem_mma = size_t(kMRows) * D * sizeof(T) + size_t(kMRows) * max_cand * sizeof(float);
+  const int ks = (max_cand + 31) / 32 * 32 + 8;  // the scores' row stride, 8 (mod 32) words: no bank conflicts
+  const size_t smem_mma = size_t(kMRows) * D * sizeof(T) + size_t(kMRows) * ks * sizeof(float);
   if (smem_mma <= size_t(optin)) {
     // Eight warps and three blocks per SM while two blocks' scores fit in an SM's shared
     // memory: the kernel is latency-bound (Nsight: half the issue slots idle), and more resident
@@ -395,8 +402,8 @@ static void launch_threshold_typed(const SoftMaskArgs& a, cudaStream_t stream) {
     // past that (32K tokens at page 16) one block of sixteen warps is faster.
     int smem_sm = 0;
     UNIQUE_CUDA_CHECK(cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
-    if (2 * (smem_mma + 1024) <= size_t(smem_sm)) launch_threshold_mma<T, D, 8, 3>(a, max_cand, smem_mma, stream);
-    else launch_threshold_mma<T, D, 16, 1>(a, max_cand, smem_mma, stream);
+    if (2 * (smem_mma + 1024) <= size_t(smem_sm)) launch_threshold_mma<T, D, 8, 3>(a, ks, smem_mma, stream);
+    else launch_threshold_mma<T, D, 16, 1>(a, ks, smem_mma, stream);
     return;
   }
   const size_t smem = (2 * 32 * (D + 1) + kRows * D + size_t(kRows) * max_cand) * sizeof(float);
