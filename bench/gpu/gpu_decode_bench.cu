@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/kernels.h"
 #include "unique/decode_plan.h"
 #include "unique/unique.h"
 
@@ -137,6 +138,8 @@ int main(int argc, char** argv) {
   }
   std::printf("device: %s, %d SMs; copy peak %.0f GB/s (read+write)\n", prop.name, prop.multiProcessorCount, peak);
   std::printf("page statistics: %s\n", to_string(sdt));
+  // UNIQUE_DECODE_KERNEL=simt|mma picks the decode kernel (the same call can time both).
+  std::printf("decode kernel: %s\n", unique::cuda::decode_kernel_choice(DType::bf16, 128, 4));
   const double st_size = double(dtype_size(sdt));
   // UNIQUE_BENCH_PAGES=contig: physical pages in sequence order instead of a stride permutation.
   const char* pages_env = std::getenv("UNIQUE_BENCH_PAGES");

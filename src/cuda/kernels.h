@@ -33,6 +33,10 @@ struct DecodeWorkspace {
   float* part_lse = nullptr;
   size_t capacity_floats = 0;  // of part_o; part_lse holds capacity_floats / head_dim
 };
+// The decode kernel for these shapes: "mma" (tensor cores: 16-bit K/V, head dim 64 / 128,
+// at least 3 query heads per KV head) or "simt"; UNIQUE_DECODE_KERNEL=auto|simt|mma overrides
+// (mma where it cannot run is an error naming the variable).
+const char* decode_kernel_choice(DType kv_dtype, int head_dim, int group);
 // Chunks (splits) per (sequence, head) for a list of at most max_list pages.
 int decode_chunks(int batch, int num_qo_heads, int num_kv_heads, int page_size, int max_list, DType dtype,
                   int head_dim);

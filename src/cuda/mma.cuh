@@ -140,4 +140,18 @@ __device__ __forceinline__ void qk_tile(const uint32_t (&qf)[D / 16][4], const T
     }
 }
 
+// o += P V for a warp's 16 rows: P as the A fragment pa of keys [16 kk, 16 kk + 16) of a
+// swizzled [keys][D] shared-memory tile v_s; o[n][.] holds channels 8n..8n+7 (C layout).
+template <class T, int D>
+__device__ __forceinline__ void pv_tile(const uint32_t (&pa)[4], const T* v_s, int kk, int lane, float (&o)[D / 8][4]) {
+#pragma unroll
+  for (int n2 = 0; n2 < D / 16; ++n2) {
+    uint32_t b[4];
+    const int m8 = lane / 8;
+    ldmatrix_x4_trans(b, v_s + swz(kk * 16 + (m8 % 2) * 8 + lane % 8, n2 * 2 + m8 / 2, D / 8) * 8);
+    mma16816<T>(o[2 * n2], pa, b);
+    mma16816<T>(o[2 * n2 + 1], pa, b + 2);
+  }
+}
+
 }  // namespace unique::cuda

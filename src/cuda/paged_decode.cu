@@ -14,6 +14,8 @@
 // only when the running maximum grows; lanes are merged once at the end.
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <string>
 
 #include "attention/cuda_backend.h"
 #include "cuda/common.cuh"
@@ -51,6 +53,96 @@ struct DecodeParams {
   int chunks, chunk_pages;
   float scale_log2;  // sm_scale * log2(e)
 };
+
+// The block's list entries [begin, end) of one (sequence, KV head) as K/V row offsets. The
+// page table is resolved a window of kWindow list entries at a time into shared memory (-1:
+// no page), so the loop issues its copies without a chain of dependent global reads
+// (selection -> page id -> data) per tile; a window costs one barrier pair. Tiles of TT
+// tokens are asked for in increasing order, block-uniformly; a tile never straddles two
+// windows (kWindow * P is a multiple of every TT used).
+struct PageRows {
+  const int32_t* indices;
+  const int32_t* sel;
+  int32_t* page_s;  // [kWindow] shared
+  int P, p_shift, Hk, hk, seq0, n, begin, end, last_len, slots, window = 0;
+
+  __device__ PageRows(const DecodeParams& p, int32_t* page_s_, int b, int hk_, int chunk)
+      : indices(p.indices), page_s(page_s_), P(p.P), p_shift(p.p_shift), Hk(p.Hk), hk(hk_) {
+    seq0 = p.indptr[b];
+    n = p.indptr[b + 1] - seq0;
+    const int count = p.sel_pages ? p.sel_counts[b * p.Hk + hk] : n;
+    begin = chunk * p.chunk_pages;
+    end = min(count, begin + p.chunk_pages);
+    last_len = p.last_len[b];
+    sel = p.sel_pages ? p.sel_pages + (int64_t(b) * p.Hk + hk) * p.max_selected : nullptr;
+    slots = end > begin ? (end - begin) * P : 0;
+  }
+  __device__ int tiles(int tt) const { return (slots + tt - 1) / tt; }
+  __device__ void load_window(int w) {
+    for (int t = threadIdx.x; t < kWindow; t += blockDim.x) {
+      const int li = begin + w * kWindow + t;
+      int32_t page = -1;
+      if (li < end) {
+        const int j = sel ? sel[li] : li;
+        if (j >= 0 && j < n) page = indices[seq0 + j] * 2 + (j == n - 1);  // low bit: last page
+      }
+      page_s[t] = page;
+    }
+  }
+  __device__ int page_of(int slot) const { return p_shift >= 0 ? slot >> p_shift : slot / P; }
+  // Element offset of token `tok` of tile i (tiles of tt tokens) in K / V, -1 for none.
+  // Called block-uniformly (it may reload the window).
+  template <int D>
+  __device__ int64_t row(int i, int tt, int tok) {
+    const int li = page_of(i * tt);  // the tile's first list entry, relative to begin
+    if (li / kWindow != window && i < tiles(tt)) {
+      window = li / kWindow;
+      __syncthreads();
+      load_window(window);
+      __syncthreads();
+    }
+    const int slot = i * tt + tok;
+    if (slot >= slots) return -1;
+    const int li_t = page_of(slot);
+    const int page = page_s[li_t % kWindow], r = slot - li_t * P;
+    if (page < 0 || r >= ((page & 1) ? last_len : P)) return -1;
+    return ((int64_t(page >> 1) * Hk + hk) * P + r) * D;
+  }
+};
+
+// The block's output from its warps' partial softmax states (m, l in log2 units; acc
+// unnormalised): the normalised output and log-sum-exp when the block is the only chunk,
+// else the chunk's partial for merge_kernel.
+template <int NW, int G, int D>
+__device__ void combine_warps(const DecodeParams& p, const float (&m_s)[NW][G], const float (&l_s)[NW][G],
+                              const float (&acc_s)[NW][G][D], int ng, int b, int h0, int chunk) {
+  for (int i = threadIdx.x; i < ng * D; i += blockDim.x) {
+    const int g = i / D, d = i % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) M = fmaxf(M, m_s[w][g]);
+    float L = 0.0f, o = 0.0f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < NW; ++w) {
+        const float f = fast_exp2(m_s[w][g] - M);
+        L += l_s[w][g] * f;
+        o += acc_s[w][g][d] * f;
+      }
+    }
+    const int hq = h0 + g;
+    const float val = L > 0.0f ? o / L : 0.0f;
+    const float lse2 = L > 0.0f ? M + __log2f(L) : -INFINITY;
+    if (p.chunks == 1) {
+      store_any(p.out, p.out_dtype, b * p.os0 + hq * p.os1 + d * p.os2, val);
+      if (d == 0 && p.lse) p.lse[b * p.ls0 + hq * p.ls1] = lse2 * kLn2;
+    } else {
+      const int64_t pi = (int64_t(b) * p.Hq + hq) * p.chunks + chunk;
+      p.part_o[pi * D + d] = val;
+      if (d == 0) p.part_lse[pi] = lse2;
+    }
+  }
+}
 
 // Lanes per token, tokens per tile and pipeline depth of decode_kernel<T, D, G>.
 template <class T, int D, int G>
@@ -97,33 +189,11 @@ __global__ void __launch_bounds__(kThreads, 3) decode_kernel(const DecodeParams 
   const int chunk = blockIdx.x;
   const int h0 = hk * p.group + sg * G;
   const int ng = min(G, p.group - sg * G);
-  const int seq0 = p.indptr[b];
-  const int n = p.indptr[b + 1] - seq0;
-  const int count = p.sel_pages ? p.sel_counts[b * p.Hk + hk] : n;
-  const int begin = chunk * p.chunk_pages;
-  const int end = min(count, begin + p.chunk_pages);
-  const int last_len = p.last_len[b];
-  const int32_t* sel = p.sel_pages ? p.sel_pages + (int64_t(b) * p.Hk + hk) * p.max_selected : nullptr;
-
+  PageRows pr(p, page_s, b, hk, chunk);
   const T* K = static_cast<const T*>(p.k);
   const T* V = static_cast<const T*>(p.v);
-  const int slots = end > begin ? (end - begin) * p.P : 0;
-  const int tiles = (slots + TT - 1) / TT;
-  // The page table is resolved a window of kWindow list entries at a time into shared
-  // memory (-1: no page), so the loop issues its copies without a chain of dependent
-  // global reads (selection -> page id -> data) per tile; a window costs one barrier pair.
-  auto load_window = [&](int w) {
-    for (int t = tid; t < kWindow; t += kThreads) {
-      const int li = begin + w * kWindow + t;
-      int32_t page = -1;
-      if (li < end) {
-        const int j = sel ? sel[li] : li;
-        if (j >= 0 && j < n) page = p.indices[seq0 + j] * 2 + (j == n - 1);  // low bit: last page
-      }
-      page_s[t] = page;
-    }
-  };
-  load_window(0);
+  const int tiles = pr.tiles(TT);
+  pr.load_window(0);
   for (int i = tid; i < G * D; i += kThreads) {
     const int g = i / D, d = i % D;
     q_s[g][d] = g < ng ? load_any(p.q, p.q_dtype, b * p.qs0 + (h0 + g) * p.qs1 + d * p.qs2) * p.scale_log2 : 0.0f;
@@ -139,25 +209,7 @@ __global__ void __launch_bounds__(kThreads, 3) decode_kernel(const DecodeParams 
 #pragma unroll
       for (int e = 0; e < VEC; ++e) q[g][j * VEC + e] = q_s[g][(j * LPT + part) * VEC + e];
 
-  // Element offset of this lane's token row in tile i (-1: no token there). Tiles are asked
-  // for in increasing order, block-uniformly; a tile never straddles two windows.
-  int window = 0;
-  auto page_of = [&](int slot) { return p.p_shift >= 0 ? slot >> p.p_shift : slot / p.P; };
-  auto row_of = [&](int i) -> int64_t {
-    const int li = page_of(i * TT);  // the tile's first list entry, relative to begin
-    if (li / kWindow != window && i < tiles) {
-      window = li / kWindow;
-      __syncthreads();
-      load_window(window);
-      __syncthreads();
-    }
-    const int slot = i * TT + tok;
-    if (slot >= slots) return -1;
-    const int li_t = page_of(slot);
-    const int page = page_s[li_t % kWindow], r = slot - li_t * p.P;
-    if (page < 0 || r >= ((page & 1) ? last_len : p.P)) return -1;
-    return ((int64_t(page >> 1) * p.Hk + hk) * p.P + r) * D;
-  };
+  auto row_of = [&](int i) { return pr.row<D>(i, TT, tok); };
   auto issue = [&](int stage, int64_t row) {
 #pragma unroll
     for (int j = 0; j < NCH; ++j) {
@@ -273,32 +325,184 @@ __global__ void __launch_bounds__(kThreads, 3) decode_kernel(const DecodeParams 
   }
   __syncthreads();
 
-  for (int i = tid; i < ng * D; i += kThreads) {
-    const int g = i / D, d = i % D;
-    float M = -INFINITY;
+  combine_warps<NW, G, D>(p, m_s, l_s, acc_s, ng, b, h0, chunk);
+}
+
+// Tensor-core variant for groups of 4-8 query heads and 16-bit K/V (FlashInfer's
+// use_tensor_cores decode): the group's queries are the rows of an m16n8k16 A operand (rows
+// past the group are zero), so a warp's 16-token tile costs 32 mma + 16 ldmatrix instead of
+// the CUDA-core kernel's ~1600 warp instructions: that kernel is issue-bound on the short
+// chunks of a sparse step. Each warp streams its own tiles (tokens [16 w, 16 w + 16) of each
+// 64-token block tile) through a private ring of swizzled K and V tiles, so the loop has no
+// block barrier; the warp's lanes read each other's copies, hence __syncwarp after the wait
+// and before a refill. Online softmax per row (query head) as in the prefill kernels.
+template <class T, int D>
+struct DecodeMmaTile {
+  static constexpr int NW = kThreads / 32;
+  static constexpr int WT = 16;          // tokens per warp tile
+  static constexpr int TT = NW * WT;     // tokens per block tile
+  static constexpr int CH = D / 8;       // 16-byte chunks per K / V row
+  static constexpr int RPI = 32 / CH;    // rows a warp copies per instruction
+  static constexpr int CPL = WT / RPI;   // copy instructions per matrix and tile
+  static constexpr int S = 2;            // ring stages per warp
+  static constexpr int TILE = WT * D;    // elements of one K or V tile
+  static constexpr size_t smem = size_t(NW) * S * 2 * TILE * sizeof(T);
+};
+
+template <class T, int D, int G>
+__global__ void __launch_bounds__(kThreads, 3) decode_mma_kernel(const DecodeParams p) {
+  using Tile = DecodeMmaTile<T, D>;
+  constexpr int NW = Tile::NW, WT = Tile::WT, TT = Tile::TT, CH = Tile::CH, RPI = Tile::RPI, CPL = Tile::CPL;
+  constexpr int S = Tile::S;
+  constexpr int TILE = Tile::TILE, MT = D / 16;
+  static_assert(G >= 1 && G <= 8 && (D == 64 || D == 128), "decode_mma_kernel: up to 8 heads, D 64 or 128");
+  // Ring [NW][S][K, V][WT][D]; dead once the loop ends: the warps' partial outputs reuse it.
+  extern __shared__ uint4 smem_raw[];
+  T* ring = reinterpret_cast<T*>(smem_raw);
+  auto& acc_s = *reinterpret_cast<float(*)[NW][G][D]>(smem_raw);
+  __shared__ float m_s[NW][G], l_s[NW][G];
+  __shared__ __align__(16) T q_s[16 * D];
+  __shared__ int32_t page_s[kWindow];
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");  // a programmatic dependent, as decode_kernel
+#endif
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
+  const int b = blockIdx.z, hk = blockIdx.y / p.subgroups, sg = blockIdx.y % p.subgroups;
+  const int chunk = blockIdx.x;
+  const int h0 = hk * p.group + sg * G;
+  const int ng = min(G, p.group - sg * G);
+  PageRows pr(p, page_s, b, hk, chunk);
+  const T* K = static_cast<const T*>(p.k);
+  const T* V = static_cast<const T*>(p.v);
+  const int tiles = pr.tiles(TT);
+  pr.load_window(0);
+  for (int i = tid; i < 16 * D; i += kThreads) {
+    const int r = i / D, d = i % D;
+    q_s[swz(r, d / 8, CH) * 8 + d % 8] =
+        from_f<T>(r < ng ? load_any(p.q, p.q_dtype, b * p.qs0 + (h0 + r) * p.qs1 + d * p.qs2) : 0.0f);
+  }
+  __syncthreads();
+  uint32_t qf[D / 16][4];
+  load_q_fragments<T, D>(q_s, 0, lane, qf);
 #pragma unroll
-    for (int w = 0; w < NW; ++w) M = fmaxf(M, m_s[w][g]);
-    float L = 0.0f, o = 0.0f;
-    if (M != -INFINITY) {
+  for (int kk = 0; kk < D / 16; ++kk) qf[kk][1] = qf[kk][3] = 0u;  // rows 8..15: no heads (G <= 8)
+
+  // Lane pair (2 t, 2 t + 1) resolves token t's row of the warp's tile; copy c then takes
+  // rows [c * RPI, c * RPI + RPI) whole (each lane one 16-byte chunk, the row index from its
+  // pair by shuffle), so every copy instruction reads whole 128-byte lines: with a lane pair
+  // per row (32 bytes of 16 rows per instruction) the same kernel streamed 20% slower.
+  const int my_tok = warp * WT + lane / 2;
+  auto row_of = [&](int i) { return int(pr.row<1>(i, TT, my_tok)); };  // in rows: fits int32
+  T* my_ring = ring + warp * S * 2 * TILE;
+  auto issue = [&](int stage, int row) {
+    T* k_s = my_ring + stage * 2 * TILE;
+    const int ch = lane % CH;
 #pragma unroll
-      for (int w = 0; w < NW; ++w) {
-        const float f = fast_exp2(m_s[w][g] - M);
-        L += l_s[w][g] * f;
-        o += acc_s[w][g][d] * f;
+    for (int c = 0; c < CPL; ++c) {
+      const int r = c * RPI + lane / CH;
+      const int src = __shfl_sync(0xffffffffu, row, 2 * r);
+      const int64_t e = src >= 0 ? int64_t(src) * D + ch * 8 : 0;
+      cp_async16(k_s + swz(r, ch, CH) * 8, K + e, src >= 0 ? 16 : 0);
+      cp_async16(k_s + TILE + swz(r, ch, CH) * 8, V + e, src >= 0 ? 16 : 0);
+    }
+  };
+  // Bit 2 t of a stage's mask: token t of the warp's tile is there (ballot of the lane pairs).
+  auto valid_mask = [&](int row) { return __ballot_sync(0xffffffffu, row >= 0); };
+
+  // O^T = V^T P^T: m-tile mt holds channels [16 mt, 16 mt + 16) x heads 0..7 in the C layout
+  // (c0, c1: channel g, heads 2 t4 and 2 t4 + 1; c2, c3: channel g + 8): all 32 registers are
+  // live, where O = P V with the heads as rows would leave rows 8..15 empty.
+  float ot[MT][4] = {};
+  float m = -INFINITY, l = 0.0f;  // row g's running maximum (log2 units) and this lane's share of its sum
+  uint32_t vm[S];
+  int rows[S - 1];
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) rows[s] = row_of(s);
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) {
+    issue(s, rows[s]);
+    cp_async_commit();
+    vm[s] = valid_mask(rows[s]);
+  }
+  int row_next = row_of(S - 1);
+  for (int i = 0; i < tiles; ++i) {
+    const int stage = i % S, fill = (i + S - 1) % S;
+    __syncwarp();  // every lane's reads of the stage being refilled are done
+    issue(fill, row_next);
+    cp_async_commit();
+    vm[S - 1] = valid_mask(row_next);
+    row_next = row_of(i + S);
+    cp_async_wait<S - 1>();
+    __syncwarp();  // the other lanes' copies of tile i are visible
+    const T* k_s = my_ring + stage * 2 * TILE;
+    float s[2][4] = {};
+    qk_tile<T, D, WT>(qf, k_s, lane, s);
+    float mx = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int t = n * 8 + 2 * t4 + e;
+        s[n][e] = (vm[0] >> (2 * t)) & 1u ? s[n][e] * p.scale_log2 : -INFINITY;
+        mx = fmaxf(mx, s[n][e]);
+      }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    if (__any_sync(0xffffffffu, mx > m)) {  // rare after the first tiles
+      const float corr = mx > m ? fast_exp2(m - mx) : 1.0f;  // exp2(-inf) = 0 for the first tokens
+      l *= corr;
+      m = fmaxf(m, mx);
+      // This lane's O^T columns are heads 2 t4 and 2 t4 + 1: their factors from quads 2 t4, 2 t4 + 1.
+      const float ca = __shfl_sync(0xffffffffu, corr, 8 * t4), cb = __shfl_sync(0xffffffffu, corr, 8 * t4 + 4);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        ot[mt][0] *= ca;
+        ot[mt][1] *= cb;
+        ot[mt][2] *= ca;
+        ot[mt][3] *= cb;
       }
     }
-    const int hq = h0 + g;
-    const float val = L > 0.0f ? o / L : 0.0f;
-    const float lse2 = L > 0.0f ? M + __log2f(L) : -INFINITY;
-    if (p.chunks == 1) {
-      store_any(p.out, p.out_dtype, b * p.os0 + hq * p.os1 + d * p.os2, val);
-      if (d == 0 && p.lse) p.lse[b * p.ls0 + hq * p.ls1] = lse2 * kLn2;
-    } else {
-      const int64_t pi = (int64_t(b) * p.Hq + hq) * p.chunks + chunk;
-      p.part_o[pi * D + d] = val;
-      if (d == 0) p.part_lse[pi] = lse2;
+    const float base = m == -INFINITY ? 0.0f : m;  // no token yet: every weight is exp2(-inf) = 0
+    float pw[2][2];
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        pw[n][e] = fast_exp2(s[n][e] - base);
+        l += pw[n][e];
+      }
+    // P^T as the B operand (k = token, n = head): the S accumulators' layout as it stands.
+    const uint32_t pb[2] = {pack2<T>(pw[0][0], pw[0][1]), pack2<T>(pw[1][0], pw[1][1])};
+    const T* v_s = k_s + TILE;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      uint32_t va[4];  // V^T (channels x tokens) A fragment: ldmatrix.trans of the token-major rows
+      const int m8 = lane / 8;
+      ldmatrix_x4_trans(va, v_s + swz((m8 / 2) * 8 + lane % 8, mt * 2 + m8 % 2, CH) * 8);
+      mma16816<T>(ot[mt], va, pb);
     }
+#pragma unroll
+    for (int s2 = 0; s2 < S - 1; ++s2) vm[s2] = vm[s2 + 1];
   }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with its ring before acc_s overwrites it
+
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  if (g < G && t4 == 0) {
+    m_s[warp][g] = m;
+    l_s[warp][g] = l;
+  }
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int h = 2 * t4 + (e & 1);
+      if (h < G) acc_s[warp][h][mt * 16 + g + 8 * (e / 2)] = ot[mt][e];
+    }
+  __syncthreads();
+  combine_warps<NW, G, D>(p, m_s, l_s, acc_s, ng, b, h0, chunk);
 }
 
 // One block per (sequence, query head): weights exp2(lse_c - max) over the chunks. The
@@ -357,39 +561,55 @@ __global__ void __launch_bounds__(kMergeWarps * 32) merge_kernel(const DecodePar
 // larger groups are split into blocks of 8 heads.
 int heads_per_block(int group) { return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8; }
 
-// Calls f(kernel) with the instantiation serving `group`.
+bool mma_fits(DType kv, int head_dim, int group) {
+  return (kv == DType::bf16 || kv == DType::f16) && (head_dim == 64 || head_dim == 128) && heads_per_block(group) >= 4;
+}
+
+// Calls f(kernel, dynamic shared memory bytes) with the instantiation serving `group` on
+// the kernel `mma` names (decode_mma_kernel, else decode_kernel).
 template <class T, int D, class F>
-void with_decode_kernel(int group, F&& f) {
+void with_decode_kernel(int group, bool mma, F&& f) {
+  if constexpr ((std::is_same_v<T, bf16> || std::is_same_v<T, f16>) && (D == 64 || D == 128)) {
+    if (mma) {
+      constexpr size_t smem = DecodeMmaTile<T, D>::smem;
+      if (heads_per_block(group) == 4) f(decode_mma_kernel<T, D, 4>, smem);
+      else f(decode_mma_kernel<T, D, 8>, smem);
+      return;
+    }
+  }
   switch (heads_per_block(group)) {
-    case 1: f(decode_kernel<T, D, 1>); break;
-    case 2: f(decode_kernel<T, D, 2>); break;
-    case 4: f(decode_kernel<T, D, 4>); break;
-    default: f(decode_kernel<T, D, 8>); break;
+    case 1: f(decode_kernel<T, D, 1>, size_t(0)); break;
+    case 2: f(decode_kernel<T, D, 2>, size_t(0)); break;
+    case 4: f(decode_kernel<T, D, 4>, size_t(0)); break;
+    default: f(decode_kernel<T, D, 8>, size_t(0)); break;
   }
 }
 
 template <class T, int D>
-void launch_typed(const DecodeParams& p, dim3 grid, int group, cudaStream_t stream) {
-  with_decode_kernel<T, D>(group, [&](auto kernel) { launch_pdl(kernel, grid, dim3(kThreads), 0, stream, p); });
-  UNIQUE_CUDA_LAUNCH("decode_kernel");
+void launch_typed(const DecodeParams& p, dim3 grid, int group, bool mma, cudaStream_t stream) {
+  with_decode_kernel<T, D>(group, mma, [&](auto kernel, size_t smem) {
+    if (smem > 48 * 1024)
+      UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    launch_pdl(kernel, grid, dim3(kThreads), smem, stream, p);
+  });
+  if (mma) UNIQUE_CUDA_LAUNCH("decode_mma_kernel");
+  else UNIQUE_CUDA_LAUNCH("decode_kernel");
 }
 
-
-}  // namespace
-
-namespace {
 // Resident blocks per SM of the decode kernel a launch will use (cached per instantiation).
-int blocks_per_sm(DType dtype, int D, int group) {
-  static int cache[4][3][4] = {};  // [KV dtype][head dim][heads per block]
+int blocks_per_sm(DType dtype, int D, int group, bool mma) {
+  static int cache[4][3][4][2] = {};  // [KV dtype][head dim][heads per block][mma]
   const int hpb = heads_per_block(group);
-  int& c = cache[int(dtype)][D == 64 ? 0 : D == 128 ? 1 : 2][hpb == 1 ? 0 : hpb == 2 ? 1 : hpb == 4 ? 2 : 3];
+  int& c = cache[int(dtype)][D == 64 ? 0 : D == 128 ? 1 : 2][hpb == 1 ? 0 : hpb == 2 ? 1 : hpb == 4 ? 2 : 3][mma];
   if (c) return c;
   int n = 0;
   dispatch_dtype(dtype, [&](auto t) {
     using T = decltype(t);
     auto by_group = [&](auto dtag) {
-      with_decode_kernel<T, decltype(dtag)::value>(group, [&](auto kernel) {
-        UNIQUE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0));
+      with_decode_kernel<T, decltype(dtag)::value>(group, mma, [&](auto kernel, size_t smem) {
+        if (smem > 48 * 1024)
+          UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+        UNIQUE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem));
       });
     };
     if (D == 64) by_group(std::integral_constant<int, 64>{});
@@ -400,6 +620,18 @@ int blocks_per_sm(DType dtype, int D, int group) {
   return c;
 }
 }  // namespace
+
+const char* decode_kernel_choice(DType kv_dtype, int head_dim, int group) {
+  const char* e = std::getenv("UNIQUE_DECODE_KERNEL");
+  const std::string want = e && *e ? e : "auto";
+  UNIQUE_CHECK_ARG(want == "auto" || want == "simt" || want == "mma", "UNIQUE_DECODE_KERNEL", "auto, simt or mma",
+                   want);
+  const bool fits = mma_fits(kv_dtype, head_dim, group);
+  UNIQUE_CHECK_ARG(fits || want != "mma", "UNIQUE_DECODE_KERNEL",
+                   "auto or simt here (mma needs bf16 / fp16 K/V, head dim 64 or 128, at least 3 query heads per KV head)",
+                   detail::concat("mma for ", to_string(kv_dtype), " K/V, head dim ", head_dim, ", group ", group));
+  return fits && want != "simt" ? "mma" : "simt";
+}
 
 int decode_chunks(int batch, int num_qo_heads, int num_kv_heads, int page_size, int max_list, DType dtype,
                   int head_dim) {
@@ -414,7 +646,8 @@ int decode_chunks(int batch, int num_qo_heads, int num_kv_heads, int page_size, 
   // largest chunk count whose blocks fit in it; each chunk at least 64 tokens. A block's
   // copies run ahead of its arithmetic, so long chunks stream at full speed and extra waves
   // only add start-up latency and merge work (2 waves measured 3-12% slower on the H100).
-  const int slots = blocks_per_sm(dtype, head_dim, group) * num_sms();
+  const bool mma = std::strcmp(decode_kernel_choice(dtype, head_dim, group), "mma") == 0;
+  const int slots = blocks_per_sm(dtype, head_dim, group, mma) * num_sms();
   static const int waves = [] {  // tuning knob for benchmarks: UNIQUE_DECODE_WAVES
     const char* e = std::getenv("UNIQUE_DECODE_WAVES");
     return e && std::atoi(e) > 0 ? std::atoi(e) : 1;
@@ -436,6 +669,7 @@ void launch_decode(const AttentionConfig& cfg, const TensorView& q, const PagedK
     throw_arg("kv.head_dim", "64, 128 or 256 on CUDA", D);
   const int group = Hq / Hk;
   const int hpb = heads_per_block(group);
+  const bool mma = std::strcmp(decode_kernel_choice(kv.dtype, D, group), "mma") == 0;
   const int max_list = sel ? std::min(sel->max_selected, max_pages) : max_pages;
   int chunks = decode_chunks(kv.batch, Hq, Hk, kv.page_size, max_list, kv.dtype, D);
   const size_t need = decode_floats(kv.batch, Hq, D, chunks);
@@ -478,9 +712,9 @@ void launch_decode(const AttentionConfig& cfg, const TensorView& q, const PagedK
   dispatch_dtype(kv.dtype, [&](auto t) {
     using T = decltype(t);
     switch (D) {
-      case 64: launch_typed<T, 64>(p, grid, group, stream); break;
-      case 128: launch_typed<T, 128>(p, grid, group, stream); break;
-      default: launch_typed<T, 256>(p, grid, group, stream); break;
+      case 64: launch_typed<T, 64>(p, grid, group, mma, stream); break;
+      case 128: launch_typed<T, 128>(p, grid, group, mma, stream); break;
+      default: launch_typed<T, 256>(p, grid, group, mma, stream); break;
     }
   });
   if (chunks > 1) {

@@ -139,14 +139,7 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 3 : 1) forward_kernel(cons
     for (int kk = 0; kk < kTile / 16; ++kk) {
       uint32_t pa[4];
       c_to_a_fragment<T>(s[2 * kk], s[2 * kk + 1], pa);
-#pragma unroll
-      for (int n2 = 0; n2 < D / 16; ++n2) {
-        uint32_t bf[4];
-        const int m8 = lane / 8;
-        ldmatrix_x4_trans(bf, v_s + swz(kk * 16 + (m8 % 2) * 8 + lane % 8, n2 * 2 + m8 / 2, CH) * 8);
-        mma16816<T>(o[2 * n2], pa, bf);
-        mma16816<T>(o[2 * n2 + 1], pa, bf + 2);
-      }
+      pv_tile<T, D>(pa, v_s, kk, lane, o);
     }
     __syncthreads();  // the next iteration's prefetch, stats and bias overwrite shared memory
   }

@@ -13,6 +13,7 @@
 #include <set>
 #include <vector>
 
+#include "cuda/kernels.h"
 #include "gpu/gpu_test_util.h"
 #include "test_util.h"
 #include "unique/decode_plan.h"
@@ -172,26 +173,32 @@ TEST_P(GpuSweep, ScoresSelectionDecodeMatchReference) {
         if (est.e != Estimator::unique || est.g != GqaAggregation::max || est.o != OffsetForm::channel) continue;
         dp.up(ref_sel.pages.data(), ref_sel.pages.size() * 4);
         dc.up(ref_sel.counts.data(), ref_sel.counts.size() * 4);
-        for (bool sparse : {true, false}) {
-          SCOPED_TRACE(sparse ? "sparse decode" : "dense decode");
-          for (DType ot : {DType::f32, DType::bf16}) {
-            Buf ref_out(DType::f32, size_t(B) * Hq * D);
-            std::vector<float> ref_lse(size_t(B) * Hq), got_lse(ref_lse.size());
-            ref::paged_decode(cfg, hq, hkv, sparse ? &ref_sel.sel : nullptr, ref_out.view({B, Hq, D}),
-                              make_view(ref_lse.data(), DType::f32, {B, Hq}));
-            Dev dout(size_t(B) * Hq * D * dtype_size(ot)), dlse(size_t(B) * Hq * 4);
-            dout.poison();
-            dlse.poison();
-            paged_decode(cfg, dqv, dkv.kv, sparse ? &dsel : nullptr, dview(dout, ot, {B, Hq, D}),
-                         dview(dlse, DType::f32, {B, Hq}));
-            Buf got(ot, size_t(B) * Hq * D);
-            dout.down(got.data(), got.bytes.size());
-            dlse.down(got_lse.data(), got_lse.size() * 4);
-            const float tol = std::max(tol_for(prm.dtype), tol_for(ot));
-            for (size_t i = 0; i < got.size(); ++i)
-              ASSERT_NEAR(got.get(i), ref_out.get(i), tol * (1 + std::abs(ref_out.get(i)))) << "out i=" << i;
-            for (size_t i = 0; i < got_lse.size(); ++i)
-              ASSERT_NEAR(got_lse[i], ref_lse[i], 1e-3f * (1 + std::abs(ref_lse[i]))) << "lse i=" << i;
+        // Both decode kernels where the tensor-core one serves the shape.
+        std::vector<const char*> kernels = {"simt"};
+        if (std::string(cuda::decode_kernel_choice(prm.dtype, D, prm.group)) == "mma") kernels.push_back("mma");
+        for (const char* kernel : kernels) {
+          ScopedEnv choice({{"UNIQUE_DECODE_KERNEL", kernel}});
+          for (bool sparse : {true, false}) {
+            SCOPED_TRACE(std::string(sparse ? "sparse decode, " : "dense decode, ") + kernel + " kernel");
+            for (DType ot : {DType::f32, DType::bf16}) {
+              Buf ref_out(DType::f32, size_t(B) * Hq * D);
+              std::vector<float> ref_lse(size_t(B) * Hq), got_lse(ref_lse.size());
+              ref::paged_decode(cfg, hq, hkv, sparse ? &ref_sel.sel : nullptr, ref_out.view({B, Hq, D}),
+                                make_view(ref_lse.data(), DType::f32, {B, Hq}));
+              Dev dout(size_t(B) * Hq * D * dtype_size(ot)), dlse(size_t(B) * Hq * 4);
+              dout.poison();
+              dlse.poison();
+              paged_decode(cfg, dqv, dkv.kv, sparse ? &dsel : nullptr, dview(dout, ot, {B, Hq, D}),
+                           dview(dlse, DType::f32, {B, Hq}));
+              Buf got(ot, size_t(B) * Hq * D);
+              dout.down(got.data(), got.bytes.size());
+              dlse.down(got_lse.data(), got_lse.size() * 4);
+              const float tol = std::max(tol_for(prm.dtype), tol_for(ot));
+              for (size_t i = 0; i < got.size(); ++i)
+                ASSERT_NEAR(got.get(i), ref_out.get(i), tol * (1 + std::abs(ref_out.get(i)))) << "out i=" << i;
+              for (size_t i = 0; i < got_lse.size(); ++i)
+                ASSERT_NEAR(got_lse[i], ref_lse[i], 1e-3f * (1 + std::abs(ref_lse[i]))) << "lse i=" << i;
+            }
           }
         }
       }
@@ -313,10 +320,11 @@ TEST(GpuDecode, LongListsCrossPageTableWindows) {
     Buf q = make_queries(c, group, DType::bf16, seed, 0.3f);
     Dev dq(q.data(), q.bytes.size());
     const TensorView hq = q.view({B, Hq, D});
-    for (const char* chunks : {"1", "3"}) {
-      setenv("UNIQUE_DECODE_CHUNKS", chunks, 1);
+    const std::pair<const char*, const char*> runs[] = {{"simt", "1"}, {"simt", "3"}, {"mma", "1"}, {"mma", "3"}};
+    for (const auto& [kernel, chunks] : runs) {
+      ScopedEnv env({{"UNIQUE_DECODE_KERNEL", kernel}, {"UNIQUE_DECODE_CHUNKS", chunks}});
       for (bool sparse : {true, false}) {
-        SCOPED_TRACE(detail::concat("P=", P, " chunks=", chunks, sparse ? " sparse" : " dense"));
+        SCOPED_TRACE(detail::concat("P=", P, " kernel=", kernel, " chunks=", chunks, sparse ? " sparse" : " dense"));
         AttentionConfig cfg;
         cfg.page_size = P;
         cfg.budget_tokens = 200 * P;  // > one window of selected pages
@@ -344,7 +352,29 @@ TEST(GpuDecode, LongListsCrossPageTableWindows) {
           ASSERT_NEAR(got_lse[i], ref_lse[i], 1e-3f * (1 + std::abs(ref_lse[i]))) << "lse i=" << i;
       }
     }
-    unsetenv("UNIQUE_DECODE_CHUNKS");
+  }
+}
+
+// Which decode kernel serves which shapes, and the override's errors.
+TEST(GpuDecode, KernelChoice) {
+  EXPECT_STREQ(cuda::decode_kernel_choice(DType::bf16, 128, 4), "mma");
+  EXPECT_STREQ(cuda::decode_kernel_choice(DType::f16, 64, 16), "mma");
+  EXPECT_STREQ(cuda::decode_kernel_choice(DType::bf16, 128, 1), "simt");
+  EXPECT_STREQ(cuda::decode_kernel_choice(DType::bf16, 256, 8), "simt");
+  EXPECT_STREQ(cuda::decode_kernel_choice(DType::f32, 128, 8), "simt");
+  {
+    ScopedEnv env({{"UNIQUE_DECODE_KERNEL", "simt"}});
+    EXPECT_STREQ(cuda::decode_kernel_choice(DType::bf16, 128, 4), "simt");
+  }
+  {
+    ScopedEnv env({{"UNIQUE_DECODE_KERNEL", "mma"}});
+    EXPECT_STREQ(cuda::decode_kernel_choice(DType::bf16, 128, 4), "mma");
+    EXPECT_ERROR_MSG(cuda::decode_kernel_choice(DType::bf16, 128, 2), "UNIQUE_DECODE_KERNEL", "group 2");
+  }
+  {
+    ScopedEnv env({{"UNIQUE_DECODE_KERNEL", "fastest"}});
+    EXPECT_ERROR_MSG(cuda::decode_kernel_choice(DType::bf16, 128, 4), "UNIQUE_DECODE_KERNEL", "auto, simt or mma",
+                     "fastest");
   }
 }
 
