@@ -110,6 +110,33 @@ struct PageRows {
   }
 };
 
+// A decode block's place in the grid (chunk, KV head and query-head subgroup, sequence), its
+// first query head and head count, and its page rows with the first window loaded. Waits
+// first for the kernel it was launched behind (PDL: the selection, queries and page table
+// may still be in flight until then).
+template <int G>
+struct DecodeBlock {
+  struct PdlWait {  // the first member: constructed before anything reads device memory
+    __device__ PdlWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+    }
+  } waited;
+  int b, hk, chunk, sg, h0, ng;
+  PageRows pr;
+  __device__ DecodeBlock(const DecodeParams& p, int32_t* page_s)
+      : b(blockIdx.z),
+        hk(blockIdx.y / p.subgroups),
+        chunk(blockIdx.x),
+        sg(blockIdx.y % p.subgroups),
+        h0(hk * p.group + sg * G),
+        ng(min(G, p.group - sg * G)),
+        pr(p, page_s, b, hk, chunk) {
+    pr.load_window(0);
+  }
+};
+
 // The block's output from its warps' partial softmax states (m, l in log2 units; acc
 // unnormalised): the normalised output and log-sum-exp when the block is the only chunk,
 // else the chunk's partial for merge_kernel.
@@ -178,22 +205,15 @@ __global__ void __launch_bounds__(kThreads, 3) decode_kernel(const DecodeParams 
   __shared__ __align__(16) float q_s[G][D];
   __shared__ int32_t page_s[kWindow];
 
-  // Launched as a programmatic dependent (PDL): the launch overlaps the previous kernel's
-  // tail; wait for its results (selection, queries, page table) before reading anything.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
+  // Launched as a programmatic dependent (PDL): the launch overlaps the previous kernel's tail.
+  DecodeBlock<G> blk(p, page_s);
+  const int b = blk.b, chunk = blk.chunk, h0 = blk.h0, ng = blk.ng;
+  PageRows& pr = blk.pr;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int tok = tid / LPT, part = tid % LPT;
-  const int b = blockIdx.z, hk = blockIdx.y / p.subgroups, sg = blockIdx.y % p.subgroups;
-  const int chunk = blockIdx.x;
-  const int h0 = hk * p.group + sg * G;
-  const int ng = min(G, p.group - sg * G);
-  PageRows pr(p, page_s, b, hk, chunk);
   const T* K = static_cast<const T*>(p.k);
   const T* V = static_cast<const T*>(p.v);
   const int tiles = pr.tiles(TT);
-  pr.load_window(0);
   for (int i = tid; i < G * D; i += kThreads) {
     const int g = i / D, d = i % D;
     q_s[g][d] = g < ng ? load_any(p.q, p.q_dtype, b * p.qs0 + (h0 + g) * p.qs1 + d * p.qs2) * p.scale_log2 : 0.0f;
@@ -364,19 +384,13 @@ __global__ void __launch_bounds__(kThreads, 3) decode_mma_kernel(const DecodePar
   __shared__ __align__(16) T q_s[16 * D];
   __shared__ int32_t page_s[kWindow];
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");  // a programmatic dependent, as decode_kernel
-#endif
+  DecodeBlock<G> blk(p, page_s);  // a programmatic dependent, as decode_kernel
+  const int b = blk.b, chunk = blk.chunk, h0 = blk.h0, ng = blk.ng;
+  PageRows& pr = blk.pr;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
-  const int b = blockIdx.z, hk = blockIdx.y / p.subgroups, sg = blockIdx.y % p.subgroups;
-  const int chunk = blockIdx.x;
-  const int h0 = hk * p.group + sg * G;
-  const int ng = min(G, p.group - sg * G);
-  PageRows pr(p, page_s, b, hk, chunk);
   const T* K = static_cast<const T*>(p.k);
   const T* V = static_cast<const T*>(p.v);
   const int tiles = pr.tiles(TT);
-  pr.load_window(0);
   for (int i = tid; i < 16 * D; i += kThreads) {
     const int r = i / D, d = i % D;
     q_s[swz(r, d / 8, CH) * 8 + d % 8] =
