@@ -36,6 +36,48 @@ TEST(PrefillRank, TopKAndSpread) {
   EXPECT_TRUE(spread_q_blocks(2, 4).empty());
 }
 
+// equal_mass_k against a brute force over k with top_k_blocks + kept_mass, on random rows of
+// mixed lengths (estimates unrelated to the exact masses, with ties), for targets across the
+// whole range: the returned k reaches the target and k - 1 does not.
+TEST(PrefillRank, EqualMassKMatchesBruteForce) {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  std::vector<BlockMassRow> rows;
+  for (int i = 0; i < 40; ++i) {
+    BlockMassRow r;
+    const int n = 1 + int(u(rng) * 30);
+    double sum = 0;
+    for (int b = 0; b < n; ++b) {
+      r.exact.push_back(u(rng) * u(rng));
+      r.est.push_back(float(int(u(rng) * 6)));  // few distinct values: ties
+      sum += r.exact.back();
+    }
+    for (float& x : r.exact) x = float(x / sum);
+    rows.push_back(r);
+  }
+  auto mean_mass = [&](int k) {
+    double m = 0;
+    for (const BlockMassRow& r : rows) m += kept_mass(r, top_k_blocks(r.est, k)) / double(rows.size());
+    return m;
+  };
+  int most = 0;
+  for (const BlockMassRow& r : rows) most = std::max(most, int(r.exact.size()));
+  for (double target : {0.0, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99, 0.999999, 1.5}) {
+    SCOPED_TRACE(target);
+    const int k = equal_mass_k(rows, target);
+    ASSERT_GE(k, 1);
+    ASSERT_LE(k, most);
+    if (k < most) {
+      EXPECT_GE(mean_mass(k), target - 1e-9);
+    }
+    if (k > 1) {
+      EXPECT_LT(mean_mass(k - 1), target + 1e-9);
+    }
+  }
+  EXPECT_EQ(equal_mass_k(rows, 1.5), most);  // out of reach: every block
+  EXPECT_EQ(equal_mass_k(rows, 0.0), 1);
+}
+
 struct Prompt {
   KVCache cache;
   PageTable table;

@@ -44,6 +44,9 @@ struct LayerSummary {
   // by the exact mass itself (the best any k-block rule could do)
   std::vector<int64_t> kept, dense, k, k_kept;
   std::vector<double> mass_p, mass_k, mass_oracle;
+  // per top_p: the smallest fixed k whose top-k by the estimate holds top-p's mean exact mass
+  // (the baseline at equal accuracy), and the blocks it keeps
+  std::vector<int64_t> eq_k, eq_kept;
 };
 
 LayerSummary summarize(const std::vector<BlockMassRow>& rows, int Hq, size_t n_top_p) {
@@ -91,6 +94,11 @@ LayerSummary summarize(const std::vector<BlockMassRow>& rows, int Hq, size_t n_t
     s.mass_p.push_back(mp / n);
     s.mass_k.push_back(mk / n);
     s.mass_oracle.push_back(mo / n);
+    const int ek = equal_mass_k(rows, mp / n);
+    int64_t ek_kept = 0;
+    for (const BlockMassRow& r : rows) ek_kept += static_cast<int64_t>(top_k_blocks(r.est, ek).size());
+    s.eq_k.push_back(ek);
+    s.eq_kept.push_back(ek_kept);
   }
   return s;
 }
@@ -139,12 +147,14 @@ int run_bench_prefill_model(const ModelRankOptions& o) {
       std::printf("\n%s, %lld tokens: Spearman (composite vs exact block mass) over %zu sampled query blocks x %d heads per "
                   "layer (rho: per (head, query block) row over its visible key blocks, mean and min over heads of the heads' means; pooled: over all sampled rows of a head at once, mean over heads); kept = key blocks kept / visible blocks of those rows; mass = exact attention mass on the kept "
                   "blocks (mean over rows); top-k = fixed k blocks per row by the estimate (block 0 and diagonal "
-                  "included), k matched to top-p's blocks; oracle = the k blocks of largest exact mass\n",
+                  "included), k matched to top-p's blocks; oracle = the k blocks of largest exact mass; equal-mass k = the "
+                  "smallest fixed k whose top-k by the estimate holds top-p's mean mass, and the blocks it keeps\n",
                   file.c_str(), static_cast<long long>(L), sample.size(), mc.num_heads);
       std::printf("| layer | rho mean | rho min | rho pooled |");
-      for (float p : o.top_ps) std::printf(" p=%.2f kept | mass | k | top-k kept | top-k mass | oracle mass |", p);
+      for (float p : o.top_ps)
+        std::printf(" p=%.2f kept | mass | k | top-k kept | top-k mass | oracle mass | equal-mass k | its kept |", p);
       std::printf("\n|---|---|---|---|");
-      for (size_t p = 0; p < o.top_ps.size(); ++p) std::printf("---|---|---|---|---|---|");
+      for (size_t p = 0; p < o.top_ps.size(); ++p) std::printf("---|---|---|---|---|---|---|---|");
       std::printf("\n");
       std::vector<double> rho_all, pooled_all;
       for (int l = 0; l < mc.num_layers; ++l) {
@@ -155,9 +165,10 @@ int run_bench_prefill_model(const ModelRankOptions& o) {
         pooled_all.push_back(s.pooled_rho);
         std::printf("| %d | %.3f | %.3f | %.3f |", l, mean, mn, s.pooled_rho);
         for (size_t p = 0; p < o.top_ps.size(); ++p)
-          std::printf(" %.1f%% | %.3f | %lld | %.1f%% | %.3f | %.3f |", 100.0 * double(s.kept[p]) / double(s.dense[p]),
-                      s.mass_p[p], static_cast<long long>(s.k[p]), 100.0 * double(s.k_kept[p]) / double(s.dense[p]),
-                      s.mass_k[p], s.mass_oracle[p]);
+          std::printf(" %.1f%% | %.3f | %lld | %.1f%% | %.3f | %.3f | %lld | %.1f%% |",
+                      100.0 * double(s.kept[p]) / double(s.dense[p]), s.mass_p[p], static_cast<long long>(s.k[p]),
+                      100.0 * double(s.k_kept[p]) / double(s.dense[p]), s.mass_k[p], s.mass_oracle[p],
+                      static_cast<long long>(s.eq_k[p]), 100.0 * double(s.eq_kept[p]) / double(s.dense[p]));
         std::printf("\n");
       }
       double m = 0, mp = 0;

@@ -47,6 +47,11 @@ double kept_mass(const BlockMassRow& row, const std::vector<int>& kept);
 // fixed top-k baseline spends the blocks a top-p selection spent).
 int matching_k(const std::vector<BlockMassRow>& rows, int64_t blocks);
 
+// Smallest fixed k whose top-k by the estimate (top_k_blocks(est, k)) keeps, in the mean over
+// rows, at least `mass` of the exact mass: the fixed top-k baseline at top-p's accuracy. The
+// largest row's block count when no smaller k gets there.
+int equal_mass_k(const std::vector<BlockMassRow>& rows, double mass);
+
 // `count` query blocks spread evenly over 2..num_q_blocks-1, the last one included (blocks
 // 0 and 1 have no choice to rank); count <= 0 or more than there are: all of them.
 std::vector<int> spread_q_blocks(int num_q_blocks, int count);

@@ -131,6 +131,31 @@ int matching_k(const std::vector<BlockMassRow>& rows, int64_t blocks) {
   return most;
 }
 
+int equal_mass_k(const std::vector<BlockMassRow>& rows, double mass) {
+  int most = 1;
+  for (const BlockMassRow& r : rows) most = std::max(most, static_cast<int>(r.exact.size()));
+  if (rows.empty()) return most;
+  // mean[k - 1]: the rows' mean exact mass under top_k_blocks(est, k). The sets are nested in
+  // k, so each row adds its blocks in the estimate's order once (same order and ties as
+  // top_k_blocks: block 0 and the diagonal first).
+  std::vector<double> mean(size_t(most), 0.0);
+  for (const BlockMassRow& r : rows) {
+    const int n = static_cast<int>(r.exact.size());
+    std::vector<int> rest;
+    for (int kb = 1; kb < n - 1; ++kb) rest.push_back(kb);
+    std::stable_sort(rest.begin(), rest.end(), [&](int a, int b) { return r.est[a] > r.est[b]; });
+    const int forced = n > 1 ? 2 : 1;
+    double m = r.exact[0] + (n > 1 ? r.exact[size_t(n - 1)] : 0.0);
+    for (int k = 1; k <= most; ++k) {
+      if (k > forced && k - forced <= static_cast<int>(rest.size())) m += r.exact[size_t(rest[size_t(k - forced - 1)])];
+      mean[size_t(k - 1)] += m / double(rows.size());
+    }
+  }
+  for (int k = 1; k <= most; ++k)
+    if (mean[size_t(k - 1)] >= mass) return k;
+  return most;
+}
+
 std::vector<int> spread_q_blocks(int num_q_blocks, int count) {
   std::vector<int> v;
   const int avail = num_q_blocks - 2;

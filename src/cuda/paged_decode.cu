@@ -4,6 +4,10 @@
 // single long sequence still fills the GPU. Each block writes a normalised partial output
 // and its log-sum-exp; a second kernel merges the partials (skipped when chunks == 1).
 //
+// Two kernels share that frame (DecodeBlock, PageRows, combine_warps): decode_mma_kernel on
+// tensor cores (16-bit K/V, head dim 64/128, >= 3 query heads per KV head; see its comment)
+// and decode_kernel on CUDA cores for everything else, described next.
+//
 // Inside a block (128 threads) a token is owned by LPT = D / CPL lanes, each holding CPL
 // channels (16, or 8 for groups of 8 query heads) of every query head and of the output
 // accumulators, so a tile of 128 / LPT tokens covers the block. Each lane streams its own
@@ -404,8 +408,9 @@ __global__ void __launch_bounds__(kThreads, 3) decode_mma_kernel(const DecodePar
 
   // Lane pair (2 t, 2 t + 1) resolves token t's row of the warp's tile; copy c then takes
   // rows [c * RPI, c * RPI + RPI) whole (each lane one 16-byte chunk, the row index from its
-  // pair by shuffle), so every copy instruction reads whole 128-byte lines: with a lane pair
-  // per row (32 bytes of 16 rows per instruction) the same kernel streamed 20% slower.
+  // pair by shuffle), so every copy instruction reads whole 128-byte lines (a first version
+  // with a lane pair per row, 32 bytes of 16 rows per instruction, and O = P V in 64
+  // accumulator registers streamed dense ~20% slower than the CUDA-core kernel).
   const int my_tok = warp * WT + lane / 2;
   auto row_of = [&](int i) { return int(pr.row<1>(i, TT, my_tok)); };  // in rows: fits int32
   T* my_ring = ring + warp * S * 2 * TILE;
