@@ -141,6 +141,7 @@ int equal_mass_k(const std::vector<BlockMassRow>& rows, double mass) {
   std::vector<double> mean(size_t(most), 0.0);
   for (const BlockMassRow& r : rows) {
     const int n = static_cast<int>(r.exact.size());
+    if (n == 0) continue;  // no visible block: nothing to keep
     std::vector<int> rest;
     for (int kb = 1; kb < n - 1; ++kb) rest.push_back(kb);
     std::stable_sort(rest.begin(), rest.end(), [&](int a, int b) { return r.est[a] > r.est[b]; });
@@ -151,8 +152,10 @@ int equal_mass_k(const std::vector<BlockMassRow>& rows, double mass) {
       mean[size_t(k - 1)] += m / double(rows.size());
     }
   }
+  // Within summation-order rounding of the target counts as reaching it (the caller's target
+  // is itself a mean of the same masses, summed in another order).
   for (int k = 1; k <= most; ++k)
-    if (mean[size_t(k - 1)] >= mass) return k;
+    if (mean[size_t(k - 1)] >= mass - 1e-12) return k;
   return most;
 }
 

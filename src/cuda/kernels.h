@@ -35,7 +35,9 @@ struct DecodeWorkspace {
 };
 // The decode kernel for these shapes: "mma" (tensor cores: 16-bit K/V, head dim 64 / 128,
 // at least 3 query heads per KV head) or "simt"; UNIQUE_DECODE_KERNEL=auto|simt|mma overrides
-// (mma where it cannot run is an error naming the variable).
+// (mma where it cannot run is an error naming the variable). The mma kernel carries q as a
+// K/V-dtype value plus its rounding remainder (the A operand's otherwise empty rows 8..15), so
+// fp32 queries keep ~16 mantissa bits.
 const char* decode_kernel_choice(DType kv_dtype, int head_dim, int group);
 // Chunks (splits) per (sequence, head) for a list of at most max_list pages.
 int decode_chunks(int batch, int num_qo_heads, int num_kv_heads, int page_size, int max_list, DType dtype,

@@ -395,16 +395,20 @@ __global__ void __launch_bounds__(kThreads, 3) decode_mma_kernel(const DecodePar
   const T* K = static_cast<const T*>(p.k);
   const T* V = static_cast<const T*>(p.v);
   const int tiles = pr.tiles(TT);
-  for (int i = tid; i < 16 * D; i += kThreads) {
+  // A rows 0..7: the heads' queries in T; rows 8..15 (no heads: G <= 8) their rounding
+  // remainders, q - T(q), also in T. S row g + 8 is then the remainder's product, and adding
+  // it to row g (the same thread's c2, c3) gives q.k to ~16 mantissa bits: fp32 queries (the
+  // engine's) keep their precision at no extra MMA; 16-bit queries have a zero remainder.
+  for (int i = tid; i < 8 * D; i += kThreads) {
     const int r = i / D, d = i % D;
-    q_s[swz(r, d / 8, CH) * 8 + d % 8] =
-        from_f<T>(r < ng ? load_any(p.q, p.q_dtype, b * p.qs0 + (h0 + r) * p.qs1 + d * p.qs2) : 0.0f);
+    const float x = r < ng ? load_any(p.q, p.q_dtype, b * p.qs0 + (h0 + r) * p.qs1 + d * p.qs2) : 0.0f;
+    const T hi = from_f<T>(x);
+    q_s[swz(r, d / 8, CH) * 8 + d % 8] = hi;
+    q_s[swz(r + 8, d / 8, CH) * 8 + d % 8] = from_f<T>(x - to_f(hi));
   }
   __syncthreads();
   uint32_t qf[D / 16][4];
   load_q_fragments<T, D>(q_s, 0, lane, qf);
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) qf[kk][1] = qf[kk][3] = 0u;  // rows 8..15: no heads (G <= 8)
 
   // Lane pair (2 t, 2 t + 1) resolves token t's row of the warp's tile; copy c then takes
   // rows [c * RPI, c * RPI + RPI) whole (each lane one 16-byte chunk, the row index from its
@@ -457,6 +461,11 @@ __global__ void __launch_bounds__(kThreads, 3) decode_mma_kernel(const DecodePar
     const T* k_s = my_ring + stage * 2 * TILE;
     float s[2][4] = {};
     qk_tile<T, D, WT>(qf, k_s, lane, s);
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {  // + the remainder rows' products (see q_s above)
+      s[n][0] += s[n][2];
+      s[n][1] += s[n][3];
+    }
     float mx = -INFINITY;
 #pragma unroll
     for (int n = 0; n < 2; ++n)
@@ -688,7 +697,10 @@ void launch_decode(const AttentionConfig& cfg, const TensorView& q, const PagedK
     throw_arg("kv.head_dim", "64, 128 or 256 on CUDA", D);
   const int group = Hq / Hk;
   const int hpb = heads_per_block(group);
-  const bool mma = std::strcmp(decode_kernel_choice(kv.dtype, D, group), "mma") == 0;
+  // The tensor-core kernel passes K/V row indices between lanes as int32: a pool of 2^31 rows
+  // or more (256 GiB of K at D 64; host-mapped pools) takes the CUDA-core kernel.
+  const bool rows_fit = int64_t(kv.num_pages) * Hk * kv.page_size < (int64_t(1) << 31);
+  const bool mma = rows_fit && std::strcmp(decode_kernel_choice(kv.dtype, D, group), "mma") == 0;
   const int max_list = sel ? std::min(sel->max_selected, max_pages) : max_pages;
   int chunks = decode_chunks(kv.batch, Hq, Hk, kv.page_size, max_list, kv.dtype, D);
   const size_t need = decode_floats(kv.batch, Hq, D, chunks);

@@ -79,6 +79,8 @@ std::vector<SweepParam> sweep() {
   v.push_back({32, 64, 8, DType::f16, 4});    // 4 KV heads, group 8
   v.push_back({16, 128, 1, DType::bf16, 16}); // 16 KV heads, MHA
   v.push_back({16, 128, 4, DType::bf16, 3});  // 3 KV heads: score blocks of one KV head (not interleaved)
+  v.push_back({16, 128, 3, DType::bf16});     // group 3: the tensor-core decode with one empty head row
+  v.push_back({32, 64, 12, DType::f16});      // group 12: a full and a partial subgroup of 8 heads
   return v;
 }
 
@@ -353,6 +355,64 @@ TEST(GpuDecode, LongListsCrossPageTableWindows) {
       }
     }
   }
+}
+
+// fp32 queries (what the engine passes) through both decode kernels: the tensor-core one
+// rounds them to the K/V dtype, so its result must still be within the K/V dtype's tolerance
+// of the float64 reference (dense and sparse, D 128 group 4 and D 64 group 8).
+TEST(GpuDecode, Fp32QueriesBothKernels) {
+  SKIP_WITHOUT_GPU();
+  for (DType kvt : {DType::bf16, DType::f16})
+    for (int group : {4, 8}) {
+      const int P = 16, H = 2, D = group == 4 ? 128 : 64, Hq = H * group;
+      CaseSpec spec;
+      spec.lens = {int64_t(P) * 50 + 3, int64_t(P) * 9};
+      spec.num_kv_heads = H;
+      spec.page_size = P;
+      spec.head_dim = D;
+      spec.dtype = kvt;
+      spec.stats_dtype = DType::bf16;
+      spec.needle = true;
+      spec.max_chunk = 3 * P;
+      const uint64_t seed = case_seed(13, group * 10 + int(kvt));
+      CacheCase c = make_case(spec, seed);
+      const PagedKV hkv = c.kv();
+      DevKV dkv(hkv);
+      const int B = c.batch();
+      Buf q = make_queries(c, group, DType::f32, seed, 0.3f);
+      Dev dq(q.data(), q.bytes.size());
+      const TensorView hq = q.view({B, Hq, D});
+      AttentionConfig cfg;
+      cfg.page_size = P;
+      cfg.budget_tokens = 8 * P;
+      const int max_pages = max_seq_pages(hkv), M = cfg.max_selected(max_pages);
+      SelBuf ref_sel(B, H, M);
+      ref::select_pages(cfg, hq, hkv, ref_sel.sel);
+      Dev dp(ref_sel.pages.data(), ref_sel.pages.size() * 4), dc(ref_sel.counts.data(), ref_sel.counts.size() * 4);
+      Selection dsel{dp.as<int32_t>(), dc.as<int32_t>(), B, H, M, Device::cuda};
+      for (const char* kernel : {"simt", "mma"})
+        for (bool sparse : {true, false}) {
+          ScopedEnv env({{"UNIQUE_DECODE_KERNEL", kernel}});
+          SCOPED_TRACE(detail::concat(to_string(kvt), " group=", group, " kernel=", kernel, sparse ? " sparse" : " dense"));
+          Buf ref_out(DType::f32, size_t(B) * Hq * D);
+          std::vector<float> ref_lse(size_t(B) * Hq), got_lse(ref_lse.size());
+          ref::paged_decode(cfg, hq, hkv, sparse ? &ref_sel.sel : nullptr, ref_out.view({B, Hq, D}),
+                            make_view(ref_lse.data(), DType::f32, {B, Hq}));
+          Dev dout(size_t(B) * Hq * D * 4), dlse(size_t(B) * Hq * 4);
+          dout.poison();
+          dlse.poison();
+          paged_decode(cfg, dview(dq, DType::f32, {B, Hq, D}), dkv.kv, sparse ? &dsel : nullptr,
+                       dview(dout, DType::f32, {B, Hq, D}), dview(dlse, DType::f32, {B, Hq}));
+          Buf got(DType::f32, size_t(B) * Hq * D);
+          dout.down(got.data(), got.bytes.size());
+          dlse.down(got_lse.data(), got_lse.size() * 4);
+          const float tol = tol_for(kvt);
+          for (size_t i = 0; i < got.size(); ++i)
+            ASSERT_NEAR(got.get(i), ref_out.get(i), tol * (1 + std::abs(ref_out.get(i)))) << "out i=" << i;
+          for (size_t i = 0; i < got_lse.size(); ++i)
+            ASSERT_NEAR(got_lse[i], ref_lse[i], 1e-3f * (1 + std::abs(ref_lse[i]))) << "lse i=" << i;
+        }
+    }
 }
 
 // Which decode kernel serves which shapes, and the override's errors.

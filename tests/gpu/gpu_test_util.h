@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <stdexcept>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -95,18 +96,31 @@ inline TensorView dview(const Dev& d, DType t, std::initializer_list<int64_t> sh
 // Sets environment variables for one scope and unsets them after (the launchers read their
 // kernel overrides, e.g. UNIQUE_PREFILL_KERNEL, on every call); a null value sets nothing.
 struct ScopedEnv {
-  ScopedEnv(std::initializer_list<std::pair<const char*, const char*>> vars) : vars_(vars) {
-    for (const auto& [name, value] : vars_)
+  // Sets (or, for a null value, unsets) each variable; restores the previous values on exit.
+  ScopedEnv(std::initializer_list<std::pair<const char*, const char*>> vars) {
+    for (const auto& [name, value] : vars) {
+      const char* before = std::getenv(name);
+      saved_.push_back({name, before != nullptr, before ? before : ""});
       if (value) setenv(name, value, 1);
+      else unsetenv(name);
+    }
   }
   ~ScopedEnv() {
-    for (const auto& v : vars_) unsetenv(v.first);
+    for (const Saved& v : saved_) {
+      if (v.was_set) setenv(v.name, v.value.c_str(), 1);
+      else unsetenv(v.name);
+    }
   }
   ScopedEnv(const ScopedEnv&) = delete;
   ScopedEnv& operator=(const ScopedEnv&) = delete;
 
  private:
-  std::vector<std::pair<const char*, const char*>> vars_;
+  struct Saved {
+    const char* name;
+    bool was_set;
+    std::string value;
+  };
+  std::vector<Saved> saved_;
 };
 
 }  // namespace unique::test
