@@ -57,6 +57,29 @@ void expect_same_selection(const SelBuf& ref, const std::vector<int32_t>& pages,
     }
 }
 
+// The GPU decode (q: device view, output in `ot`, poisoned first) against ref::paged_decode
+// on the host copies: outputs within `tol` relative, log-sum-exp within 1e-3 relative.
+// `ref_sel` / `dsel`: the same selection on host and device (null: dense).
+void expect_decode_matches(const AttentionConfig& cfg, const TensorView& hq, const PagedKV& hkv,
+                           const Selection* ref_sel, const TensorView& dq, const PagedKV& dkv,
+                           const Selection* dsel, DType ot, float tol) {
+  const int B = static_cast<int>(hq.shape[0]), Hq = static_cast<int>(hq.shape[1]), D = static_cast<int>(hq.shape[2]);
+  Buf ref_out(DType::f32, size_t(B) * Hq * D);
+  std::vector<float> ref_lse(size_t(B) * Hq), got_lse(ref_lse.size());
+  ref::paged_decode(cfg, hq, hkv, ref_sel, ref_out.view({B, Hq, D}), make_view(ref_lse.data(), DType::f32, {B, Hq}));
+  Dev dout(size_t(B) * Hq * D * dtype_size(ot)), dlse(size_t(B) * Hq * 4);
+  dout.poison();
+  dlse.poison();
+  paged_decode(cfg, dq, dkv, dsel, dview(dout, ot, {B, Hq, D}), dview(dlse, DType::f32, {B, Hq}));
+  Buf got(ot, size_t(B) * Hq * D);
+  dout.down(got.data(), got.bytes.size());
+  dlse.down(got_lse.data(), got_lse.size() * 4);
+  for (size_t i = 0; i < got.size(); ++i)
+    ASSERT_NEAR(got.get(i), ref_out.get(i), tol * (1 + std::abs(ref_out.get(i)))) << "out i=" << i;
+  for (size_t i = 0; i < got_lse.size(); ++i)
+    ASSERT_NEAR(got_lse[i], ref_lse[i], 1e-3f * (1 + std::abs(ref_lse[i]))) << "lse i=" << i;
+}
+
 struct SweepParam {
   int P, D, group;
   DType dtype;
@@ -183,23 +206,9 @@ TEST_P(GpuSweep, ScoresSelectionDecodeMatchReference) {
           for (bool sparse : {true, false}) {
             SCOPED_TRACE(std::string(sparse ? "sparse decode, " : "dense decode, ") + kernel + " kernel");
             for (DType ot : {DType::f32, DType::bf16}) {
-              Buf ref_out(DType::f32, size_t(B) * Hq * D);
-              std::vector<float> ref_lse(size_t(B) * Hq), got_lse(ref_lse.size());
-              ref::paged_decode(cfg, hq, hkv, sparse ? &ref_sel.sel : nullptr, ref_out.view({B, Hq, D}),
-                                make_view(ref_lse.data(), DType::f32, {B, Hq}));
-              Dev dout(size_t(B) * Hq * D * dtype_size(ot)), dlse(size_t(B) * Hq * 4);
-              dout.poison();
-              dlse.poison();
-              paged_decode(cfg, dqv, dkv.kv, sparse ? &dsel : nullptr, dview(dout, ot, {B, Hq, D}),
-                           dview(dlse, DType::f32, {B, Hq}));
-              Buf got(ot, size_t(B) * Hq * D);
-              dout.down(got.data(), got.bytes.size());
-              dlse.down(got_lse.data(), got_lse.size() * 4);
-              const float tol = std::max(tol_for(prm.dtype), tol_for(ot));
-              for (size_t i = 0; i < got.size(); ++i)
-                ASSERT_NEAR(got.get(i), ref_out.get(i), tol * (1 + std::abs(ref_out.get(i)))) << "out i=" << i;
-              for (size_t i = 0; i < got_lse.size(); ++i)
-                ASSERT_NEAR(got_lse[i], ref_lse[i], 1e-3f * (1 + std::abs(ref_lse[i]))) << "lse i=" << i;
+              expect_decode_matches(cfg, hq, hkv, sparse ? &ref_sel.sel : nullptr, dqv, dkv.kv, sparse ? &dsel : nullptr,
+                                    ot, std::max(tol_for(prm.dtype), tol_for(ot)));
+              if (::testing::Test::HasFatalFailure()) return;
             }
           }
         }
@@ -335,23 +344,9 @@ TEST(GpuDecode, LongListsCrossPageTableWindows) {
         ref::select_pages(cfg, hq, hkv, ref_sel.sel);
         Dev dp(ref_sel.pages.data(), ref_sel.pages.size() * 4), dc(ref_sel.counts.data(), ref_sel.counts.size() * 4);
         Selection dsel{dp.as<int32_t>(), dc.as<int32_t>(), B, H, M, Device::cuda};
-        Buf ref_out(DType::f32, size_t(B) * Hq * D);
-        std::vector<float> ref_lse(size_t(B) * Hq), got_lse(ref_lse.size());
-        ref::paged_decode(cfg, hq, hkv, sparse ? &ref_sel.sel : nullptr, ref_out.view({B, Hq, D}),
-                          make_view(ref_lse.data(), DType::f32, {B, Hq}));
-        Dev dout(size_t(B) * Hq * D * 4), dlse(size_t(B) * Hq * 4);
-        dout.poison();
-        dlse.poison();
-        paged_decode(cfg, dview(dq, DType::bf16, {B, Hq, D}), dkv.kv, sparse ? &dsel : nullptr,
-                     dview(dout, DType::f32, {B, Hq, D}), dview(dlse, DType::f32, {B, Hq}));
-        Buf got(DType::f32, size_t(B) * Hq * D);
-        dout.down(got.data(), got.bytes.size());
-        dlse.down(got_lse.data(), got_lse.size() * 4);
-        const float tol = tol_for(DType::bf16);
-        for (size_t i = 0; i < got.size(); ++i)
-          ASSERT_NEAR(got.get(i), ref_out.get(i), tol * (1 + std::abs(ref_out.get(i)))) << "out i=" << i;
-        for (size_t i = 0; i < got_lse.size(); ++i)
-          ASSERT_NEAR(got_lse[i], ref_lse[i], 1e-3f * (1 + std::abs(ref_lse[i]))) << "lse i=" << i;
+        expect_decode_matches(cfg, hq, hkv, sparse ? &ref_sel.sel : nullptr, dview(dq, DType::bf16, {B, Hq, D}), dkv.kv,
+                              sparse ? &dsel : nullptr, DType::f32, tol_for(DType::bf16));
+        if (::testing::Test::HasFatalFailure()) return;
       }
     }
   }
@@ -394,23 +389,9 @@ TEST(GpuDecode, Fp32QueriesBothKernels) {
         for (bool sparse : {true, false}) {
           ScopedEnv env({{"UNIQUE_DECODE_KERNEL", kernel}});
           SCOPED_TRACE(detail::concat(to_string(kvt), " group=", group, " kernel=", kernel, sparse ? " sparse" : " dense"));
-          Buf ref_out(DType::f32, size_t(B) * Hq * D);
-          std::vector<float> ref_lse(size_t(B) * Hq), got_lse(ref_lse.size());
-          ref::paged_decode(cfg, hq, hkv, sparse ? &ref_sel.sel : nullptr, ref_out.view({B, Hq, D}),
-                            make_view(ref_lse.data(), DType::f32, {B, Hq}));
-          Dev dout(size_t(B) * Hq * D * 4), dlse(size_t(B) * Hq * 4);
-          dout.poison();
-          dlse.poison();
-          paged_decode(cfg, dview(dq, DType::f32, {B, Hq, D}), dkv.kv, sparse ? &dsel : nullptr,
-                       dview(dout, DType::f32, {B, Hq, D}), dview(dlse, DType::f32, {B, Hq}));
-          Buf got(DType::f32, size_t(B) * Hq * D);
-          dout.down(got.data(), got.bytes.size());
-          dlse.down(got_lse.data(), got_lse.size() * 4);
-          const float tol = tol_for(kvt);
-          for (size_t i = 0; i < got.size(); ++i)
-            ASSERT_NEAR(got.get(i), ref_out.get(i), tol * (1 + std::abs(ref_out.get(i)))) << "out i=" << i;
-          for (size_t i = 0; i < got_lse.size(); ++i)
-            ASSERT_NEAR(got_lse[i], ref_lse[i], 1e-3f * (1 + std::abs(ref_lse[i]))) << "lse i=" << i;
+          expect_decode_matches(cfg, hq, hkv, sparse ? &ref_sel.sel : nullptr, dview(dq, DType::f32, {B, Hq, D}), dkv.kv,
+                                sparse ? &dsel : nullptr, DType::f32, tol_for(kvt));
+          if (::testing::Test::HasFatalFailure()) return;
         }
     }
 }
