@@ -19,7 +19,7 @@ void check_cuda_estimator(const AttentionConfig& cfg);
 
 // Scoring + selection scratch.
 struct SelectWorkspace {
-  float* agg = nullptr;  // [batch, num_kv_heads, max_pages]
+  float* agg = nullptr;  // [batch, num_kv_heads, max_pages rounded up to 4]
   float* raw = nullptr;  // [batch, num_qo_heads, max_pages] (softmax_sum, oracle, group > 8)
 };
 struct SelectSizes {
