@@ -593,6 +593,14 @@ bool mma_fits(DType kv, int head_dim, int group) {
   return (kv == DType::bf16 || kv == DType::f16) && (head_dim == 64 || head_dim == 128) && heads_per_block(group) >= 4;
 }
 
+// Kernels with more than the default 48 KB of dynamic shared memory must say so (per device;
+// cheap to repeat).
+template <class K>
+void allow_dynamic_smem(K kernel, size_t smem) {
+  if (smem > 48 * 1024)
+    UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+}
+
 // Calls f(kernel, dynamic shared memory bytes) with the instantiation serving `group` on
 // the kernel `mma` names (decode_mma_kernel, else decode_kernel).
 template <class T, int D, class F>
@@ -616,8 +624,7 @@ void with_decode_kernel(int group, bool mma, F&& f) {
 template <class T, int D>
 void launch_typed(const DecodeParams& p, dim3 grid, int group, bool mma, cudaStream_t stream) {
   with_decode_kernel<T, D>(group, mma, [&](auto kernel, size_t smem) {
-    if (smem > 48 * 1024)
-      UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    allow_dynamic_smem(kernel, smem);
     launch_pdl(kernel, grid, dim3(kThreads), smem, stream, p);
   });
   if (mma) UNIQUE_CUDA_LAUNCH("decode_mma_kernel");
@@ -635,8 +642,7 @@ int blocks_per_sm(DType dtype, int D, int group, bool mma) {
     using T = decltype(t);
     auto by_group = [&](auto dtag) {
       with_decode_kernel<T, decltype(dtag)::value>(group, mma, [&](auto kernel, size_t smem) {
-        if (smem > 48 * 1024)
-          UNIQUE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+        allow_dynamic_smem(kernel, smem);
         UNIQUE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem));
       });
     };
@@ -661,6 +667,12 @@ const char* decode_kernel_choice(DType kv_dtype, int head_dim, int group) {
   return fits && want != "simt" ? "mma" : "simt";
 }
 
+namespace {
+bool mma_chosen(DType kv_dtype, int head_dim, int group) {
+  return std::strcmp(decode_kernel_choice(kv_dtype, head_dim, group), "mma") == 0;
+}
+}  // namespace
+
 int decode_chunks(int batch, int num_qo_heads, int num_kv_heads, int page_size, int max_list, DType dtype,
                   int head_dim) {
   // Tuning knob for benchmarks and tests: UNIQUE_DECODE_CHUNKS=N forces N chunks per
@@ -674,7 +686,7 @@ int decode_chunks(int batch, int num_qo_heads, int num_kv_heads, int page_size, 
   // largest chunk count whose blocks fit in it; each chunk at least 64 tokens. A block's
   // copies run ahead of its arithmetic, so long chunks stream at full speed and extra waves
   // only add start-up latency and merge work (2 waves measured 3-12% slower on the H100).
-  const bool mma = std::strcmp(decode_kernel_choice(dtype, head_dim, group), "mma") == 0;
+  const bool mma = mma_chosen(dtype, head_dim, group);
   const int slots = blocks_per_sm(dtype, head_dim, group, mma) * num_sms();
   static const int waves = [] {  // tuning knob for benchmarks: UNIQUE_DECODE_WAVES
     const char* e = std::getenv("UNIQUE_DECODE_WAVES");
@@ -700,7 +712,7 @@ void launch_decode(const AttentionConfig& cfg, const TensorView& q, const PagedK
   // The tensor-core kernel passes K/V row indices between lanes as int32: a pool of 2^31 rows
   // or more (256 GiB of K at D 64; host-mapped pools) takes the CUDA-core kernel.
   const bool rows_fit = int64_t(kv.num_pages) * Hk * kv.page_size < (int64_t(1) << 31);
-  const bool mma = rows_fit && std::strcmp(decode_kernel_choice(kv.dtype, D, group), "mma") == 0;
+  const bool mma = rows_fit && mma_chosen(kv.dtype, D, group);
   const int max_list = sel ? std::min(sel->max_selected, max_pages) : max_pages;
   int chunks = decode_chunks(kv.batch, Hq, Hk, kv.page_size, max_list, kv.dtype, D);
   const size_t need = decode_floats(kv.batch, Hq, D, chunks);

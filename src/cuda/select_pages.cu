@@ -406,21 +406,16 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const ScoreParams p
   // 4-byte load per key put each lane of a warp in its own 32-byte sector per instruction
   // (Nsight: 86% of the kernel's L2 sectors excess at 1 x 128K); 16-byte loads took ~0.5 us
   // off the selection at batch 1 and 8 (H100, 2026-11-24).
+  // j0 and agg_stride are multiples of 4 and j0 < hi <= agg_stride: the 4 floats at j0 lie in
+  // the row and are 16-byte aligned.
+  static_assert(KPT % 4 == 0);
   uint32_t keys[KPT];
 #pragma unroll
   for (int i4 = 0; i4 < KPT; i4 += 4) {
     const int j0 = tid * KPT + i4;
-    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (!all && j0 < hi) {
-      if (j0 + 4 <= p.agg_stride) {
-        const float4 t = *reinterpret_cast<const float4*>(agg + j0);  // row and j0 16-byte aligned
-        v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
-      } else {
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          if (j0 + e < hi) v[e] = agg[j0 + e];
-      }
-    }
+    float4 t = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (!all && j0 < hi) t = *reinterpret_cast<const float4*>(agg + j0);
+    const float v[4] = {t.x, t.y, t.z, t.w};
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int j = j0 + e;
