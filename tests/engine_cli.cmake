@@ -50,6 +50,13 @@ add_test(NAME cli_bench_decode_prefill_fill COMMAND unique bench-decode --shape 
          --prefill-block 32 --pool 8)
 set_tests_properties(cli_bench_decode_prefill_fill PROPERTIES PASS_REGULAR_EXPRESSION
                      "unisparse prefill of random tokens \\(top-p 0\\.80, block 32, pool 8: key blocks kept")
+# The fixed top-k baseline's flag: its settings in the header, and a count below 2 refused.
+add_test(NAME cli_generate_prefill_top_k COMMAND unique generate --model ${_tiny} --prompt "${_long_prompt}"
+         --max-new-tokens 4 --quiet --prefill unisparse --prefill-top-k 3 --prefill-block 16 --pool 4)
+set_tests_properties(cli_generate_prefill_top_k PROPERTIES PASS_REGULAR_EXPRESSION
+                     "prefill unisparse \\(top-k 3 blocks, block 16, pool 4\\).*key blocks kept [0-9]+\\.[0-9]%")
+unique_add_error_test(cli_generate_bad_prefill_top_k "error: prefill_top_k: expected 0 \\(the top_p rule\\) or >= 2"
+                      $<TARGET_FILE:unique> generate --model ${_tiny} --prompt "x" --prefill unisparse --prefill-top-k 1)
 unique_add_error_test(cli_generate_bad_prefill "error: prefill: expected one of dense, unisparse, got sparse"
                       $<TARGET_FILE:unique> generate --model ${_tiny} --prompt "x" --prefill sparse)
 unique_add_error_test(cli_generate_bad_pool "error: pool: expected a divisor of prefill_block \\(64\\), got 7"
@@ -64,8 +71,9 @@ unique_add_error_test(cli_bench_decode_prefill_needs_fill
 unique_add_error_test(cli_bench_decode_bad_fill "error: --fill: expected synthetic or prefill, got model"
                       $<TARGET_FILE:unique> bench-decode --shape tiny --context 64 --fill model)
 set_tests_properties(cli_generate_unisparse cli_generate_bad_prefill cli_generate_bad_pool
-                     cli_generate_bad_prefill_top_p cli_generate_bad_prefill_block PROPERTIES FIXTURES_REQUIRED tiny_model)
-set_tests_properties(cli_generate_unisparse cli_bench_decode_prefill_fill PROPERTIES LABELS cli)
+                     cli_generate_bad_prefill_top_p cli_generate_bad_prefill_block cli_generate_prefill_top_k
+                     cli_generate_bad_prefill_top_k PROPERTIES FIXTURES_REQUIRED tiny_model)
+set_tests_properties(cli_generate_unisparse cli_bench_decode_prefill_fill cli_generate_prefill_top_k PROPERTIES LABELS cli)
 # bench-prefill --model: composite vs exact block mass on a model's own queries and keys, a
 # table row per layer (the tiny random model, the source tree's CMakeLists.txt as prompt).
 add_test(NAME cli_bench_prefill_model COMMAND unique bench-prefill --model ${_tiny}

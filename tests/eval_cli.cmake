@@ -67,6 +67,8 @@ unique_add_error_test(cli_eval_bad_prefill "error: --prefill: expected dense or 
   $<TARGET_FILE:unique> eval --model ${_rm} --prefill sparse --out ${_ev}_unused.jsonl)
 unique_add_error_test(cli_eval_bad_prefill_top_p "error: --prefill-top-p: expected in \\(0, 1\\], got 0"
   $<TARGET_FILE:unique> eval --model ${_rm} --prefill unisparse --prefill-top-p 0 --out ${_ev}_unused.jsonl)
+unique_add_error_test(cli_eval_bad_prefill_top_k "error: --prefill-top-k: expected 0 \\(use --prefill-top-p\\) or >= 2, got 1"
+  $<TARGET_FILE:unique> eval --model ${_rm} --prefill unisparse --prefill-top-k 1 --out ${_ev}_unused.jsonl)
 # scripts/compare-eval-devices (gpu-check's CPU vs --device cuda check) on the H100 sweep of
 # docs/eval/cuda-2026-11-24, and on a copy whose unique perplexity is 5% off: it must say so.
 set(_evd ${CMAKE_SOURCE_DIR}/docs/eval/cuda-2026-11-24)

@@ -317,6 +317,20 @@ TEST_F(EvalHarness, UnisparsePrefillTopPOneWritesTheDenseRows) {
     EXPECT_LT(r["prefill_kept"].get<double>(), 1.0) << r.dump();
   }
   EXPECT_NE(to_markdown(half.rows()).find("passkey, prefill unisparse top-p 0.5"), std::string::npos);
+  // The fixed top-k baseline: rows carry prefill_top_k, keys and tables of their own, and 2
+  // blocks per query block keep less than top-p 0.5 does here.
+  o.prefill_top_k = 2;
+  ResultsFile topk(results_path("prefill_topk"));
+  EXPECT_EQ(run_eval(o, topk, nullptr).written, 4);
+  for (size_t i = 0; i < topk.rows().size(); ++i) {
+    const Row& r = topk.rows()[i];
+    EXPECT_EQ(r["prefill_top_k"], 2);
+    EXPECT_NE(r["key"], half.rows()[i]["key"]);
+    EXPECT_LT(r["prefill_kept"].get<double>(), half.rows()[i]["prefill_kept"].get<double>()) << r.dump();
+  }
+  EXPECT_NE(to_markdown(topk.rows()).find("passkey, prefill unisparse top-k 2 blocks"), std::string::npos);
+  o.prefill_top_k = 1;
+  EXPECT_ERROR_MSG(o.validate(), "--prefill-top-k");
 }
 
 // Rows written before the prefill field existed read as dense-prefill rows: same key.
@@ -383,6 +397,12 @@ TEST(EvalResults, PrefillFieldIsOptionalAndChecked) {
   sp["pool"] = 8;
   EXPECT_NO_THROW(validate_row(sp, "x"));
   EXPECT_NE(row_key(sp), row_key(r));
+  Row tk = sp;
+  tk["prefill_top_k"] = 1;
+  EXPECT_THROW(validate_row(tk, "x"), Error);  // >= 2
+  tk["prefill_top_k"] = 12;
+  EXPECT_NO_THROW(validate_row(tk, "x"));
+  EXPECT_NE(row_key(tk), row_key(sp));
 }
 
 // Composite-estimator rows carry their block (--pool) and are keyed by it; one without it is

@@ -184,6 +184,49 @@ TEST(PrefillRef, TopPSelectionFollowsItsDefinition) {
   }
 }
 
+// The fixed top-k baseline: min(k, qb + 1) blocks per row, block 0 and the diagonal among
+// them, no dropped optional block heavier than a kept one.
+TEST(PrefillRef, TopKSelectionFollowsItsDefinition) {
+  const int P = 16, D = 64, H = 2, group = 4;
+  const int64_t L = 600, q_len = 600;
+  PrefillCase pc = make_prefill_case(P, D, H, group, L, q_len, DType::f32, 19);
+  const PagedKV kv = pc.c.kv();
+  for (int k : {2, 3, 7}) {
+    SCOPED_TRACE("k=" + std::to_string(k));
+    AttentionConfig cfg;
+    cfg.page_size = P;
+    cfg.top_p = 0.5f;  // ignored: top-k decides
+    cfg.prefill_top_k = k;
+    const PrefillBlocks pb = prefill_blocks(cfg, q_len, L);
+    Buf mass(DType::f32, size_t(pc.Hq) * pb.num_q_blocks * pb.num_kv_blocks);
+    ref::prefill_block_mass(cfg, pc.q.view({q_len, pc.Hq, D}), kv, 0, L, false,
+                            mass.view({pc.Hq, pb.num_q_blocks, pb.num_kv_blocks}));
+    std::vector<int32_t> blocks(mass.size(), kSentinel), counts(size_t(pc.Hq) * pb.num_q_blocks, kSentinel);
+    BlockSelection sel{blocks.data(), counts.data(), pc.Hq, pb.num_q_blocks, pb.num_kv_blocks};
+    ref::select_prefill_blocks(cfg, pc.q.view({q_len, pc.Hq, D}), kv, 0, L, sel);
+    for (int hq = 0; hq < pc.Hq; ++hq)
+      for (int i = 0; i < pb.num_q_blocks; ++i) {
+        const int qb = pb.first_q_block + i;
+        const size_t r = size_t(hq) * pb.num_q_blocks + i;
+        ASSERT_EQ(counts[r], std::min(k, qb + 1)) << "hq " << hq << " qb " << qb;
+        std::vector<char> kept(pb.num_kv_blocks, 0);
+        for (int j = 0; j < counts[r]; ++j) kept[blocks[r * pb.num_kv_blocks + j]] = 1;
+        EXPECT_TRUE(kept[0] && kept[qb]);
+        const float* m = static_cast<const float*>(mass.data()) + r * pb.num_kv_blocks;
+        for (int a = 1; a < qb; ++a)
+          for (int b = 1; b < qb; ++b)
+            if (kept[a] && !kept[b]) {
+              EXPECT_GE(m[a], m[b]) << "qb " << qb << ": kept " << a << " dropped " << b;
+            }
+      }
+  }
+  AttentionConfig bad;
+  bad.prefill_top_k = 1;
+  EXPECT_ERROR_MSG(bad.validate(), "prefill_top_k");
+  bad.prefill_top_k = -3;
+  EXPECT_ERROR_MSG(bad.validate(), "prefill_top_k");
+}
+
 TEST(PrefillErrors, BadArgumentsNameTheArgument) {
   PrefillCase pc = make_prefill_case(16, 64, 2, 2, 100, 40, DType::f32, 3);
   const PagedKV kv = pc.c.kv();

@@ -69,9 +69,12 @@ struct SelBuf {
 // Every row of a selection is a top-p selection of the (reference) masses up to tol:
 // block 0 and the diagonal kept; ascending ids, -1 after the count; no dropped optional
 // block heavier than a kept one; the kept mass reaches top_p; without its lightest
-// optional block it would not (top_p < 1), everything kept (top_p >= 1).
-void expect_valid_top_p(const SelBuf& s, const PrefillBlocks& pb, int Hq, float top_p, const Buf& mass,
+// optional block it would not (top_p < 1), everything kept (top_p >= 1). With
+// cfg.prefill_top_k = k instead: min(k, qb + 1) blocks, the same order rule.
+void expect_valid_top_p(const SelBuf& s, const PrefillBlocks& pb, int Hq, const AttentionConfig& cfg, const Buf& mass,
                         double tol) {
+  const float top_p = cfg.top_p;
+  const int top_k = cfg.prefill_top_k;
   int bad = 0;
   for (int hq = 0; hq < Hq; ++hq)
     for (int i = 0; i < pb.num_q_blocks; ++i) {
@@ -97,7 +100,9 @@ void expect_valid_top_p(const SelBuf& s, const PrefillBlocks& pb, int Hq, float 
         kept[b[j]] = 1;
       }
       if (!kept[0] || !kept[qb]) ADD_FAILURE() << where << ": block 0 or the diagonal missing";
-      if (top_p >= 1.0f) {
+      if (top_k > 0 && c != std::min(top_k, qb + 1) && ++bad < 10)
+        ADD_FAILURE() << where << ": top-k " << top_k << " keeps " << c << " blocks";
+      if (top_k == 0 && top_p >= 1.0f) {
         if (c != qb + 1 && ++bad < 10) ADD_FAILURE() << where << ": top_p 1 keeps " << c << " blocks";
         continue;
       }
@@ -111,6 +116,7 @@ void expect_valid_top_p(const SelBuf& s, const PrefillBlocks& pb, int Hq, float 
       }
       if (lightest < heaviest_dropped - tol && ++bad < 10)
         ADD_FAILURE() << where << ": kept block of mass " << lightest << " over a dropped one of " << heaviest_dropped;
+      if (top_k > 0) continue;
       if (c < qb + 1 && cum < top_p - tol && ++bad < 10)
         ADD_FAILURE() << where << ": kept mass " << cum << " < top_p " << top_p;
       if (std::isfinite(lightest) && cum - lightest >= top_p + tol && ++bad < 10)
@@ -202,19 +208,27 @@ void run_sweep_case(const SweepCase& s, uint64_t seed) {
   ASSERT_EQ(pb.first_q_block, q0 / s.B);
   Buf mass(DType::f32, size_t(Hq) * pb.num_q_blocks * pb.num_kv_blocks);
   ref::prefill_block_mass(cfg, qv, kv, pc.seq, L, false, mass.view({Hq, pb.num_q_blocks, pb.num_kv_blocks}));
-  // The sparse attention compared with the reference at one top_p < 1 per case.
+  // The sparse attention compared with the reference at one top_p < 1 per case. The rules:
+  // top_p 0.5, 0.9, 1, then a fixed top-k of 3 blocks and of 1000 (every block: dense).
   const float checked_top_p = seed % 2 ? 0.5f : 0.9f;
   int dropped = 0;
-  for (float top_p : {0.5f, 0.9f, 1.0f}) {
-    SCOPED_TRACE("top_p=" + std::to_string(top_p));
-    cfg.top_p = top_p;
+  struct Rule {
+    float top_p;
+    int top_k;
+  };
+  for (const Rule rule : {Rule{0.5f, 0}, Rule{0.9f, 0}, Rule{1.0f, 0}, Rule{0.9f, 3}, Rule{0.5f, 1000}}) {
+    SCOPED_TRACE("top_p=" + std::to_string(rule.top_p) + " top_k=" + std::to_string(rule.top_k));
+    cfg.top_p = rule.top_p;
+    cfg.prefill_top_k = rule.top_k;
+    const bool all = cfg.prefill_top_k >= 1000 || cfg.prefill_keeps_all();
+    const bool check_attention = rule.top_k == 3 || (rule.top_k == 0 && rule.top_p == checked_top_p);
     SelBuf fs(Hq, pb), rs(Hq, pb);
     select_prefill_blocks(cfg, qv, kv, pc.seq, L, fs.sel);
     ref::select_prefill_blocks(cfg, qv, kv, pc.seq, L, rs.sel);
     // Masses are sums of fp32 softmax terms: rounding ~1e-6, far below any real gap.
-    expect_valid_top_p(fs, pb, Hq, top_p, mass, 2e-5);
+    expect_valid_top_p(fs, pb, Hq, cfg, mass, 2e-5);
     expect_selection_matches(fs, rs, pb, Hq, mass, 2e-5);
-    if (top_p >= 1.0f) {
+    if (all) {
       EXPECT_EQ(fs.blocks, rs.blocks);
       EXPECT_EQ(fs.counts, rs.counts);
     }
@@ -222,14 +236,14 @@ void run_sweep_case(const SweepCase& s, uint64_t seed) {
     for (size_t i = 0; i < rs.counts.size(); ++i) dropped += rs.counts[i] < pb.first_q_block + int(i % pb.num_q_blocks) + 1;
 
     Outputs fo(ot, q_len, Hq, D), ro(ot, q_len, Hq, D);
-    if (top_p == checked_top_p) {
+    if (check_attention) {
       fo.poison();
       ro.poison();
       sparse_prefill(cfg, qv, kv, pc.seq, L, &rs.sel, fo.out.view({q_len, Hq, D}), fo.lse.view({q_len, Hq}));
       ref::sparse_prefill(cfg, qv, kv, pc.seq, L, &rs.sel, ro.out.view({q_len, Hq, D}), ro.lse.view({q_len, Hq}));
       expect_outputs_match(fo.out, ro.out, fo.lse, ro.lse, q_len * Hq, D, out_tol(fo.out.dt));
     }
-    if (top_p >= 1.0f) {
+    if (all) {
       // Every block kept runs exactly the dense arithmetic.
       Outputs dense(ot, q_len, Hq, D);
       fo.poison();

@@ -31,9 +31,9 @@ struct BenchOptions {
   bool no_graph = false;
   double bandwidth_gbps = 0;
   bool json = false;
-  std::string fill = "synthetic", prefill = "dense", device = "cpu";
-  float prefill_top_p = AttentionConfig{}.top_p;
-  int prefill_block = AttentionConfig{}.prefill_block, pool = AttentionConfig{}.pool, prefill_chunk = 0;
+  std::string fill = "synthetic", device = "cpu";
+  PrefillFlags prefill;
+  int prefill_chunk = 0;
 };
 
 engine::ModelConfig shape_config(const std::string& s) {
@@ -103,8 +103,8 @@ int run(const BenchOptions& o) {
   UNIQUE_CHECK_ARG(o.fill == "synthetic" || o.fill == "prefill", "--fill", "synthetic or prefill", o.fill);
   UNIQUE_CHECK_ARG(o.device == "cpu" || o.device == "cuda", "--device", "cpu or cuda", o.device);
   const bool gpu = o.device == "cuda";
-  UNIQUE_CHECK_ARG(o.fill == "prefill" || parse_prefill(o.prefill) == PrefillMode::dense, "--prefill",
-                   "dense with --fill synthetic (it runs no prefill; add --fill prefill)", o.prefill);
+  UNIQUE_CHECK_ARG(o.fill == "prefill" || parse_prefill(o.prefill.mode) == PrefillMode::dense, "--prefill",
+                   "dense with --fill synthetic (it runs no prefill; add --fill prefill)", o.prefill.mode);
   std::unique_ptr<engine::Model> model;
   if (!o.model.empty()) {
     engine::LoadOptions lo;
@@ -135,10 +135,7 @@ int run(const BenchOptions& o) {
   eo.attention.gqa = parse_gqa(o.gqa);
   eo.attention.offset = parse_offset(o.offset);
   eo.attention.alpha = o.alpha;
-  eo.attention.prefill = parse_prefill(o.prefill);
-  eo.attention.top_p = o.prefill_top_p;
-  eo.attention.prefill_block = o.prefill_block;
-  eo.attention.pool = o.pool;
+  o.prefill.apply(eo.attention);
   // Rows per forward (and per synthetic fill chunk): the GPU wants big GEMMs.
   eo.prefill_chunk = o.prefill_chunk > 0 ? o.prefill_chunk : gpu ? 2048 : 256;
   eo.device = gpu ? Device::cuda : Device::cpu;
@@ -170,15 +167,12 @@ int run(const BenchOptions& o) {
   const double fill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
   std::string filled = "filled with synthetic keys";
   if (o.fill == "prefill") {
-    char b[160];
+    char kept[64];
     const engine::Engine::PrefillStats& ps = eng.prefill_stats();
-    if (eo.attention.prefill == PrefillMode::unisparse)
-      std::snprintf(b, sizeof b, "filled by a unisparse prefill of random tokens (top-p %.2f, block %d, pool %d: key blocks kept %.1f%%)",
-                    eo.attention.top_p, eo.attention.prefill_block, eo.attention.pool,
-                    100.0 * ps.blocks_kept / std::max<int64_t>(ps.blocks_dense, 1));
-    else
-      std::snprintf(b, sizeof b, "filled by a dense prefill of random tokens");
-    filled = b;
+    std::snprintf(kept, sizeof kept, ": key blocks kept %.1f%%)", 100.0 * ps.blocks_kept / std::max<int64_t>(ps.blocks_dense, 1));
+    filled = eo.attention.prefill == PrefillMode::unisparse
+                 ? "filled by a unisparse prefill of random tokens (" + prefill_settings(eo.attention) + kept
+                 : "filled by a dense prefill of random tokens";
   }
   // The ceiling the bytes-limit uses: host read bandwidth, or the GPU's copy peak.
   const double bw = o.bandwidth_gbps > 0 ? o.bandwidth_gbps : gpu ? measure_device_copy_gbps() : measure_host_read_gbps();
@@ -275,7 +269,7 @@ Runner add_bench_decode(CLI::App& app) {
   app.add_option("--prefill-chunk", o->prefill_chunk,
                  "Prompt tokens per prefill forward / synthetic fill chunk (0 = 256 on the CPU, 2048 on cuda)")
       ->capture_default_str();
-  add_prefill_flags(app, o->prefill, o->prefill_top_p, o->prefill_block, o->pool);
+  add_prefill_flags(app, o->prefill);
   app.add_flag("--json", o->json, "Print JSON");
   return [o] { return run(*o); };
 }

@@ -31,9 +31,20 @@ int run_bench_prefill_model(const ModelRankOptions& o);
 Runner add_generate(CLI::App& app);
 // `bench-decode`: decode throughput of the whole model, dense vs sparse (bench_decode.cpp).
 Runner add_bench_decode(CLI::App& app);
-// The prompt-attention flags shared by generate, bench-decode and eval: --prefill, --prefill-top-p,
-// --prefill-block, --pool (AttentionConfig prefill, top_p, prefill_block, pool).
-void add_prefill_flags(CLI::App& app, std::string& mode, float& top_p, int& block, int& pool);
+// The prompt-attention flags shared by generate, bench-decode and eval: --prefill,
+// --prefill-top-p, --prefill-top-k, --prefill-block, --pool.
+struct PrefillFlags {
+  std::string mode = "dense";
+  float top_p = AttentionConfig{}.top_p;
+  int top_k = 0, block = AttentionConfig{}.prefill_block, pool = AttentionConfig{}.pool;
+  // Sets cfg's prefill, top_p, prefill_top_k, prefill_block and pool (a bad --prefill: unique::Error).
+  void apply(AttentionConfig& cfg) const;
+};
+void add_prefill_flags(CLI::App& app, PrefillFlags& f);
+// A unisparse prefill's settings: "top-p 0.95, block 64, pool 8" or "top-k 36 blocks, block 64, pool 8".
+std::string prefill_settings(const AttentionConfig& cfg);
+// "dense", or "unisparse (" + prefill_settings + ")".
+std::string prefill_summary(const AttentionConfig& cfg);
 // `make-tiny-model`: writes a small random model directory (model_tools.cpp).
 Runner add_make_tiny_model(CLI::App& app);
 // `make-retrieval-model`: writes the hand-set induction model (model_tools.cpp).

@@ -29,9 +29,7 @@ struct Flags {
   int sink = 1, recent = 1, dense_layers = 0, vartrack_hops = 3, threads = 0;
   int64_t ppl_prefix = 256;
   bool quiet = false;
-  std::string prefill = "dense";
-  float prefill_top_p = AttentionConfig{}.top_p;
-  int prefill_block = AttentionConfig{}.prefill_block, pool = AttentionConfig{}.pool;
+  PrefillFlags prefill;
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -101,11 +99,13 @@ int run(const Flags& f) {
   o.kv_dtype = f.kv_dtype;
   UNIQUE_CHECK_ARG(f.device == "cpu" || f.device == "cuda", "--device", "cpu or cuda", f.device);
   o.device = f.device == "cuda" ? Device::cuda : Device::cpu;
-  UNIQUE_CHECK_ARG(f.prefill == "dense" || f.prefill == "unisparse", "--prefill", "dense or unisparse", f.prefill);
-  o.prefill = parse_prefill(f.prefill);
-  o.prefill_top_p = f.prefill_top_p;
-  o.prefill_block = f.prefill_block;
-  o.pool = f.pool;
+  UNIQUE_CHECK_ARG(f.prefill.mode == "dense" || f.prefill.mode == "unisparse", "--prefill", "dense or unisparse",
+                   f.prefill.mode);
+  o.prefill = parse_prefill(f.prefill.mode);
+  o.prefill_top_p = f.prefill.top_p;
+  o.prefill_top_k = f.prefill.top_k;
+  o.prefill_block = f.prefill.block;
+  o.pool = f.prefill.pool;
   o.validate();
   eval::ResultsFile out(f.out);
   const eval::EvalSummary s = eval::run_eval(o, out, f.quiet ? nullptr : stderr);
@@ -187,7 +187,7 @@ Runner add_eval(CLI::App& app) {
   app.add_option("--device", f->device,
                  "cpu | cuda: the CUDA engine (bf16/fp16 KV; every task but recall) for long contexts")
       ->capture_default_str();
-  add_prefill_flags(app, f->prefill, f->prefill_top_p, f->prefill_block, f->pool);
+  add_prefill_flags(app, f->prefill);
   app.add_option("--threads", f->threads, "OpenMP threads (0 = default; 1 is fastest for small models on a busy machine)");
   app.add_flag("--quiet", f->quiet, "No progress lines on stderr");
   return [f] { return run(*f); };

@@ -23,9 +23,7 @@ struct GenOptions {
               stats_dtype = "auto";
   std::vector<std::string> prompts, prompt_files, prompt_ids;
   std::string dump_logits;
-  std::string prefill = "dense";
-  float prefill_top_p = AttentionConfig{}.top_p;
-  int prefill_block = AttentionConfig{}.prefill_block, pool = AttentionConfig{}.pool;
+  PrefillFlags prefill;
   int max_new_tokens = 64, budget = 2048, page_size = 16, sink = 1, recent = 1, dense_layers = 0;
   int top_k = 0, threads = 0, prefill_chunk = 256;
   int64_t max_context = 0;
@@ -113,10 +111,7 @@ int run(GenOptions o) {
   eo.attention.offset = parse_offset(o.offset);
   eo.attention.alpha = o.alpha;
   eo.attention.seed = o.seed;
-  eo.attention.prefill = parse_prefill(o.prefill);
-  eo.attention.prefill_block = o.prefill_block;
-  eo.attention.pool = o.pool;
-  eo.attention.top_p = o.prefill_top_p;
+  o.prefill.apply(eo.attention);
   eo.dense_layers = o.dense_layers;
   eo.max_batch = static_cast<int>(prompts.size());
   eo.prefill_chunk = o.prefill_chunk;
@@ -193,16 +188,11 @@ int run(GenOptions o) {
   const double pf = r.prefill_seconds > 0 ? r.prefill_tokens / r.prefill_seconds : 0;
   const double dc = r.decode_seconds > 0 ? r.decode_tokens / r.decode_seconds : 0;
   const AttentionConfig& ac = eo.attention;
-  char prefill_mode[96];
-  if (ac.prefill == PrefillMode::unisparse)
-    std::snprintf(prefill_mode, sizeof prefill_mode, "unisparse (top-p %.2f, block %d, pool %d)", ac.top_p,
-                  ac.prefill_block, ac.pool);
-  else
-    std::snprintf(prefill_mode, sizeof prefill_mode, "%s", to_string(ac.prefill));
+  const std::string prefill_mode = prefill_summary(ac);
   std::printf("[%s %s, %d layers, weights %s, KV %s, stats %s | attention %s, page %d, budget %d, sink %d, recent %d, dense layers %d | prefill %s | %s | load %.2f s]\n",
               engine::to_string(mc.arch), o.model.c_str(), mc.num_layers, to_string(wdt), to_string(eo.kv_dtype), to_string(eo.stats_dtype),
               to_string(ac.estimator), ac.page_size, ac.budget_tokens, ac.sink_pages, ac.recent_pages, eo.dense_layers,
-              prefill_mode,
+              prefill_mode.c_str(),
               eo.device == Device::cuda ? "cuda, decode steps as CUDA graphs"
                                         : ("cpu, " + std::to_string(omp_get_max_threads()) + " threads").c_str(),
               load_s);
@@ -251,7 +241,7 @@ Runner add_generate(CLI::App& app) {
   app.add_option("--weights", o->weights, "auto (as stored, memory-mapped) | fp32 (convert at load)")->capture_default_str();
   app.add_option("--max-context", o->max_context, "KV pool per sequence in tokens (0 = longest prompt + max-new-tokens)");
   app.add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per prefill forward")->capture_default_str();
-  add_prefill_flags(app, o->prefill, o->prefill_top_p, o->prefill_block, o->pool);
+  add_prefill_flags(app, o->prefill);
   app.add_flag("--no-special", o->no_special, "Do not add the tokenizer's special tokens (BOS)");
   app.add_flag("--ignore-eos", o->ignore_eos, "Always generate max-new-tokens tokens");
   app.add_flag("--quiet", o->quiet, "Print only the speed lines");

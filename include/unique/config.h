@@ -41,11 +41,21 @@ struct AttentionConfig {
   int pool = 8;               // composite-token pooling factor (cq = ck), divides prefill_block;
                               // also the composite decode estimator's block (in tokens)
   float top_p = 0.95f;        // compressed attention mass kept per query block; >= 1 keeps all
+  int prefill_top_k = 0;      // > 0: a fixed top-k instead of top_p, the baseline UniSparse compares
+                              // with: this many key blocks per query block (>= 2: block 0 and
+                              // the diagonal included), the heaviest by the same estimate
   // Sparsity-aware training (include/unique/soft_mask.h): temperature T of the soft page
   // mask sigmoid((s - tau) / T); T -> 0 is hard top-k.
   float temperature = 0.1f;
 
   int topk_pages() const { return budget_tokens / page_size; }
+  // The prefill's block selection keeps every visible key block (sparse prefill == dense).
+  bool prefill_keeps_all() const { return prefill_top_k == 0 && top_p >= 1.0f; }
+  // Whether a query block that has kept `count` key blocks of estimated mass `mass` (block 0
+  // and the diagonal first, then by decreasing mass) keeps the next one.
+  bool prefill_wants_more(int count, double mass) const {
+    return prefill_top_k > 0 ? count < prefill_top_k : mass < top_p;
+  }
   // Upper bound on pages selected per (sequence, KV head) for a sequence of num_pages.
   int max_selected(int num_pages) const;
   float scale_for(int head_dim) const;

@@ -20,6 +20,8 @@
 // Selection per (query head, query block qb): block 0 and the diagonal block qb always,
 // then key blocks in decreasing mass (ties to the lower block) until the kept mass reaches
 // cfg.top_p. top_p >= 1 keeps every block 0..qb, so the sparse prefill equals the dense one.
+// cfg.prefill_top_k > 0 replaces the top-p rule by a fixed count (the fixed-budget baseline):
+// min(prefill_top_k, qb + 1) blocks, the same two first, then by decreasing mass.
 #pragma once
 #include <cstdint>
 

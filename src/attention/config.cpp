@@ -35,6 +35,8 @@ void AttentionConfig::validate() const {
   UNIQUE_CHECK_ARG(pool >= 1 && pool <= prefill_block && prefill_block % pool == 0, "pool",
                    detail::concat("a divisor of prefill_block (", prefill_block, ")"), pool);
   UNIQUE_CHECK_ARG(top_p > 0.0f && top_p <= 1.0f, "top_p", "in (0, 1]", top_p);
+  UNIQUE_CHECK_ARG(prefill_top_k == 0 || prefill_top_k >= 2, "prefill_top_k",
+                   "0 (the top_p rule) or >= 2 (block 0 and the diagonal are always kept)", prefill_top_k);
   UNIQUE_CHECK_ARG(temperature > 0.0f && std::isfinite(temperature), "temperature", "a finite number > 0",
                    temperature);
 }

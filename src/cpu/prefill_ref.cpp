@@ -144,7 +144,7 @@ void select_prefill_blocks(const AttentionConfig& cfg, const TensorView& q, cons
       const int qb = c.pb.first_q_block + i;
       const double* m = &mass[(size_t(hq) * c.pb.num_q_blocks + i) * nkb];
       std::vector<int> kept;
-      if (cfg.top_p >= 1.0f) {
+      if (cfg.prefill_keeps_all()) {
         kept.resize(qb + 1);
         std::iota(kept.begin(), kept.end(), 0);
       } else {
@@ -158,7 +158,7 @@ void select_prefill_blocks(const AttentionConfig& cfg, const TensorView& q, cons
           cum += m[qb];
         }
         for (int kb : order) {
-          if (cum >= cfg.top_p) break;
+          if (!cfg.prefill_wants_more(static_cast<int>(kept.size()), cum)) break;
           kept.push_back(kb);
           cum += m[kb];
         }

@@ -130,8 +130,8 @@ void block_mass(const AttentionConfig& cfg, const TensorView& q, const ChunkGeom
   }
 }
 
-// Block 0, the diagonal, then the heaviest blocks (ties to the lower) until top_p.
-void top_p_blocks(const double* m, int qb, float top_p, Scratch& sc) {
+// Block 0, the diagonal, then the heaviest blocks (ties to the lower) until top_p (or top-k).
+void top_p_blocks(const double* m, int qb, const AttentionConfig& cfg, Scratch& sc) {
   sc.kept.assign(1, 0);
   double cum = m[0];
   if (qb > 0) {
@@ -142,7 +142,7 @@ void top_p_blocks(const double* m, int qb, float top_p, Scratch& sc) {
   for (int kb = 1; kb < qb; ++kb) sc.order.push_back(kb);
   std::sort(sc.order.begin(), sc.order.end(), [&](int a, int b) { return m[a] > m[b] || (m[a] == m[b] && a < b); });
   for (int kb : sc.order) {
-    if (cum >= top_p) break;
+    if (!cfg.prefill_wants_more(static_cast<int>(sc.kept.size()), cum)) break;
     sc.kept.push_back(kb);
     cum += m[kb];
   }
@@ -155,7 +155,7 @@ void select_prefill_blocks(const AttentionConfig& cfg, const TensorView& q, cons
                            int64_t kv_len, const BlockSelection& out) {
   const ChunkGeom g(cfg, q, kv, kv_len);
   const int Hq = g.H * g.group, nqb = g.pb.num_q_blocks;
-  if (cfg.top_p >= 1.0f) {
+  if (cfg.prefill_keeps_all()) {
     std::vector<int> all;
     for (int i = 0; i < nqb; ++i) {
       all.resize(g.pb.first_q_block + i + 1);
@@ -192,7 +192,7 @@ void select_prefill_blocks(const AttentionConfig& cfg, const TensorView& q, cons
       }
       block_mass(cfg, q, g, ckt.data(), ldc, i, h, hq0, n, sc);
       for (int j = 0; j < n; ++j) {
-        top_p_blocks(sc.mass.data() + int64_t(j) * (qb + 1), qb, cfg.top_p, sc);
+        top_p_blocks(sc.mass.data() + int64_t(j) * (qb + 1), qb, cfg, sc);
         write_row(out, hq0 + j, i, sc.kept);
       }
     }

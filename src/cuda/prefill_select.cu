@@ -40,6 +40,8 @@ struct SelectArgs {
   int Hq = 0, H = 0, group = 1, pool = 8, block = 64, first_q_block = 0;
   int rows_per_block = 8, blocks_per_cta = 8;  // block / pool (8 or 16), kRows / rows_per_block
   float scale_log2 = 0.0f, top_p = 0.95f;
+  int top_k = 0;          // > 0: keep this many blocks (AttentionConfig::prefill_top_k), not top_p
+  bool keep_all = false;  // AttentionConfig::prefill_keeps_all
   int32_t* blocks = nullptr;
   int32_t* counts = nullptr;
   int num_q_blocks = 0, max_kv_blocks = 0;
@@ -126,7 +128,7 @@ __global__ void __launch_bounds__(128 * KS) select_kernel(const SelectArgs a) {
   const int nblk = min(bpc, a.num_q_blocks - cta_first);
   const int qb0 = a.first_q_block + cta_first;
 
-  if (a.top_p >= 1.0f) {  // every block 0..qb
+  if (a.keep_all) {  // every block 0..qb
     for (int j = 0; j < nblk; ++j) {
       const int nkb = qb0 + j + 1;
       int32_t* out = a.blocks + (int64_t(hq) * a.num_q_blocks + cta_first + j) * nkb_max;
@@ -373,7 +375,7 @@ __global__ void __launch_bounds__(128 * KS) select_kernel(const SelectArgs a) {
     for (int w = 0; w < tid; ++w) before += scan[w];
     int mine = 0;
     for (int x = b0; x < b1; ++x) {
-      if (before < a.top_p) ++mine;
+      if (a.top_k > 0 ? 2 + x < a.top_k : before < a.top_p) ++mine;  // (2: block 0 and the diagonal)
       before += bj[uint32_t(keys[x])];
     }
     atomicAdd(&count_s, mine);
@@ -441,11 +443,13 @@ void launch_typed(const AttentionConfig& cfg, const TensorView& q, const PagedKV
   a.first_q_block = pb.first_q_block;
   a.scale_log2 = cfg.scale_for(D) * kLog2e;
   a.top_p = cfg.top_p;
+  a.top_k = cfg.prefill_top_k;
+  a.keep_all = cfg.prefill_keeps_all();
   a.blocks = out.blocks;
   a.counts = out.counts;
   a.num_q_blocks = out.num_q_blocks;
   a.max_kv_blocks = out.max_kv_blocks;
-  if (cfg.top_p < 1.0f) {
+  if (!cfg.prefill_keeps_all()) {
     pool_queries_kernel<T><<<dim3(unsigned(ps.n_cq), hq), D, 0, stream>>>(
         q.data, q.dtype, q.stride[0], q.stride[1], q.stride[2], kv_len - q_len, kv_len, cfg.pool, ps.g0, hq, D, cq);
     UNIQUE_CUDA_LAUNCH("pool_queries_kernel");

@@ -45,6 +45,8 @@ void EvalOptions::validate() const {
                        ppl_prefix);
   UNIQUE_CHECK_ARG(vartrack_hops >= 1 && vartrack_hops <= 8, "--vartrack-hops", "1..8", vartrack_hops);
   UNIQUE_CHECK_ARG(prefill_top_p > 0 && prefill_top_p <= 1, "--prefill-top-p", "in (0, 1]", prefill_top_p);
+  UNIQUE_CHECK_ARG(prefill_top_k == 0 || prefill_top_k >= 2, "--prefill-top-k",
+                   "0 (use --prefill-top-p) or >= 2", prefill_top_k);
   UNIQUE_CHECK_ARG(prefill_block >= 16 && prefill_block <= 256 && prefill_block % 16 == 0, "--prefill-block",
                    "a multiple of 16 in 16..256", prefill_block);
   UNIQUE_CHECK_ARG(pool >= 1 && prefill_block % pool == 0, "--pool",
@@ -72,6 +74,15 @@ std::vector<std::pair<Estimator, int>> sweep_runs(const EvalOptions& o) {
   return v;
 }
 
+// The prompt's attention (--prefill and its settings) into c.
+static void set_prefill(AttentionConfig& c, const EvalOptions& o) {
+  c.prefill = o.prefill;
+  c.top_p = o.prefill_top_p;
+  c.prefill_top_k = o.prefill_top_k;
+  c.prefill_block = o.prefill_block;
+  c.pool = o.pool;
+}
+
 AttentionConfig attention_for(const Run& r, int page, Estimator e, int budget, uint64_t seed) {
   AttentionConfig c;
   c.page_size = page;
@@ -80,11 +91,7 @@ AttentionConfig attention_for(const Run& r, int page, Estimator e, int budget, u
   c.sink_pages = r.opt.sink_pages;
   c.recent_pages = r.opt.recent_pages;
   c.seed = seed;
-  // The prompt's attention too: set_attention replaces the whole config.
-  c.prefill = r.opt.prefill;
-  c.top_p = r.opt.prefill_top_p;
-  c.prefill_block = r.opt.prefill_block;
-  c.pool = r.opt.pool;
+  set_prefill(c, r.opt);  // the prompt's attention too: set_attention replaces the whole config
   return c;
 }
 
@@ -110,6 +117,7 @@ Row base_row(const Run& r, const std::string& task, const std::string& variant, 
   if (r.opt.prefill == PrefillMode::unisparse) {
     // Rounded: a float's widening (0.9f = 0.899999976...) would leak into the row key.
     row["prefill_top_p"] = std::round(double(r.opt.prefill_top_p) * 1e4) / 1e4;
+    if (r.opt.prefill_top_k > 0) row["prefill_top_k"] = r.opt.prefill_top_k;  // overrides top-p
     row["prefill_block"] = r.opt.prefill_block;
     row["pool"] = r.opt.pool;
   }
@@ -130,10 +138,7 @@ std::unique_ptr<engine::Engine> make_engine(const Run& r, int page, int64_t max_
   eo.max_context = max_context;
   eo.prefill_chunk = 512;
   eo.dense_layers = r.opt.dense_layers;
-  eo.attention.prefill = r.opt.prefill;
-  eo.attention.top_p = r.opt.prefill_top_p;
-  eo.attention.prefill_block = r.opt.prefill_block;
-  eo.attention.pool = r.opt.pool;
+  set_prefill(eo.attention, r.opt);
   return std::make_unique<engine::Engine>(r.model, eo);
 }
 

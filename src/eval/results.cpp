@@ -41,6 +41,7 @@ std::string row_key(const Row& r) {
   // keep their keys, and a dense row of today resumes them.
   if (unisparse_prefill(r))
     for (const char* f : {"prefill", "prefill_top_p", "prefill_block", "pool"}) k += '|' + num(r, f);
+  if (unisparse_prefill(r) && r.contains("prefill_top_k")) k += "|top-k " + num(r, "prefill_top_k");
   else if (num(r, "estimator") == "composite")  // the composite estimator's block (the same --pool)
     k += '|' + num(r, "pool");
   // Likewise the device: CPU rows (no field) keep their keys; CUDA rows are other results.
@@ -90,6 +91,8 @@ void validate_row(const Row& r, const std::string& where) {
            "a number in (0, 1]");
       need("prefill_block", is_int("prefill_block") && r["prefill_block"].get<int64_t>() >= 1, "an integer >= 1");
       need("pool", is_int("pool") && r["pool"].get<int64_t>() >= 1, "an integer >= 1");
+      if (r.contains("prefill_top_k"))  // optional: absent = the top-p rule
+        need("prefill_top_k", is_int("prefill_top_k") && r["prefill_top_k"].get<int64_t>() >= 2, "an integer >= 2");
     }
   }
   if (r["estimator"] == "composite")
@@ -210,7 +213,9 @@ std::string to_markdown(const std::vector<Row>& rows) {
     const std::string variant = r["variant"];
     if (!variant.empty()) task.append("/").append(variant);
     // Sparse-prefill rows get tables of their own, next to the dense-prefill ones.
-    if (unisparse_prefill(r)) task += ", prefill unisparse top-p " + num(r, "prefill_top_p");
+    if (unisparse_prefill(r))
+      task += r.contains("prefill_top_k") ? ", prefill unisparse top-k " + num(r, "prefill_top_k") + " blocks"
+                                          : ", prefill unisparse top-p " + num(r, "prefill_top_p");
     const Key k{task, r["page_size"].get<int64_t>(), r["context"].get<int64_t>()};
     const int64_t b = r["budget"];
     double v = 0, v2 = 0;

@@ -308,6 +308,68 @@ TEST(GpuSelect, LongSequencesAndExactTiesMatchReference) {
   }
 }
 
+// The select kernel starts (PDL) while score blocks still run and shares the cached score
+// workspace with the next call. Back-to-back selections with different queries and no host
+// sync between them (several waves of score blocks), each into its own buffers, must each
+// match the reference of their own queries; also with the per-head scores written by query
+// head (softmax_sum) and with two query-head subgroups (group 12).
+TEST(GpuSelect, BackToBackCallsSeeTheirOwnScores) {
+  SKIP_WITHOUT_GPU();
+  const int H = 8, D = 128;
+  CaseSpec spec;
+  spec.lens = {int64_t(16) * 6000 + 5, 16 * 3000, 700};
+  spec.num_kv_heads = H;
+  spec.page_size = 16;
+  spec.head_dim = D;
+  spec.dtype = DType::bf16;
+  spec.stats_dtype = DType::bf16;
+  spec.max_chunk = 4096;
+  CacheCase c = make_case(spec, 23);
+  const PagedKV hkv = c.kv();
+  DevKV dkv(hkv);
+  const int B = c.batch(), max_pages = max_seq_pages(hkv);
+  struct Variant {
+    int group;
+    GqaAggregation gqa;
+  };
+  for (const Variant v : {Variant{4, GqaAggregation::max}, Variant{4, GqaAggregation::softmax_sum},
+                          Variant{12, GqaAggregation::max}}) {
+    const int Hq = H * v.group;
+    AttentionConfig cfg;
+    cfg.budget_tokens = 2048;
+    cfg.gqa = v.gqa;
+    SCOPED_TRACE(detail::concat("group=", v.group, " gqa=", to_string(v.gqa)));
+    const int M = cfg.max_selected(max_pages);
+    constexpr int kCalls = 4;
+    std::vector<Buf> qs;
+    std::vector<Dev> dqs, dps, dcs;
+    for (int i = 0; i < kCalls; ++i) {
+      qs.push_back(make_queries(c, v.group, DType::bf16, 100 + i, 0.3f));
+      dqs.emplace_back(qs.back().data(), qs.back().bytes.size());
+      dps.emplace_back(size_t(B) * H * M * 4);
+      dcs.emplace_back(size_t(B) * H * 4);
+      dps.back().poison();
+      dcs.back().poison();
+    }
+    for (int i = 0; i < kCalls; ++i) {  // launched back to back
+      Selection dsel{dps[i].as<int32_t>(), dcs[i].as<int32_t>(), B, H, M, Device::cuda};
+      select_pages(cfg, dview(dqs[i], DType::bf16, {B, Hq, D}), dkv.kv, dsel);
+    }
+    for (int i = 0; i < kCalls; ++i) {
+      SCOPED_TRACE(detail::concat("call ", i));
+      const TensorView hq = qs[i].view({B, Hq, D});
+      SelBuf ref_sel(B, H, M);
+      ref::select_pages(cfg, hq, hkv, ref_sel.sel);
+      std::vector<float> ref_scores(size_t(B) * H * max_pages);
+      ref::score_pages(cfg, hq, hkv, make_view(ref_scores.data(), DType::f32, {B, H, max_pages}));
+      std::vector<int32_t> gp(size_t(B) * H * M), gc(size_t(B) * H);
+      dps[i].down(gp.data(), gp.size() * 4);
+      dcs[i].down(gc.data(), gc.size() * 4);
+      expect_same_selection(ref_sel, gp, gc, ref_scores, max_pages, B, H, 1e-4f);
+    }
+  }
+}
+
 // The decode kernel resolves the page table a window of 128 list entries at a time; the
 // sweep's sequences fit one window. Here one chunk per (sequence, head) (UNIQUE_DECODE_CHUNKS,
 // read per launch) makes blocks walk several windows, dense and sparse, and writes the output

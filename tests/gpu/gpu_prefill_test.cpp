@@ -24,11 +24,12 @@ struct Case {
   int block, pool;
   int64_t L, q_len;
   float top_p;
+  int top_k = 0;  // > 0: the fixed top-k rule (AttentionConfig::prefill_top_k) instead of top_p
 };
 
 std::string case_str(const Case& c) {
   return detail::concat("P", c.P, " D", c.D, " g", c.group, " ", to_string(c.dt), " block", c.block, " pool", c.pool,
-                        " L", c.L, " q_len", c.q_len, " top_p", c.top_p);
+                        " L", c.L, " q_len", c.q_len, " top_p", c.top_p, " top_k", c.top_k);
 }
 
 struct PrefillSetup {
@@ -58,6 +59,7 @@ PrefillSetup make_setup(const Case& c, uint64_t seed) {
   st.cfg.prefill_block = c.block;
   st.cfg.pool = c.pool;
   st.cfg.top_p = c.top_p;
+  st.cfg.prefill_top_k = c.top_k;
   st.pb = prefill_blocks(st.cfg, c.q_len, c.L);
   return st;
 }
@@ -75,8 +77,9 @@ struct HostSel {
 // blocks kept, ascending ids, padding; every kept optional block at least as heavy as every
 // dropped one (within tol); the kept mass reaches top_p (within tol) unless nothing was
 // dropped; and it is minimal: without its lightest optional block it would not reach top_p.
+// A fixed top-k (top_k > 0) keeps min(top_k, qb + 1) blocks instead, by the same order.
 void expect_top_p_selection(const HostSel& got, const std::vector<float>& mass, const PrefillBlocks& pb, int Hq,
-                            float top_p, float tol) {
+                            float top_p, int top_k, float tol) {
   for (int hq = 0; hq < Hq; ++hq)
     for (int i = 0; i < pb.num_q_blocks; ++i) {
       const int qb = pb.first_q_block + i;
@@ -105,11 +108,15 @@ void expect_top_p_selection(const HostSel& got, const std::vector<float>& mass, 
         if (kept[kb]) lightest = std::min<double>(lightest, m[kb]);
         else heaviest_dropped = std::max<double>(heaviest_dropped, m[kb]);
       }
-      if (top_p >= 1.0f) {
+      if (top_k == 0 && top_p >= 1.0f) {
         EXPECT_EQ(c, qb + 1);
         continue;
       }
       EXPECT_GE(lightest + tol, heaviest_dropped) << "hq " << hq << " qb " << qb;
+      if (top_k > 0) {
+        EXPECT_EQ(c, std::min(top_k, qb + 1)) << "hq " << hq << " qb " << qb;
+        continue;
+      }
       if (c < qb + 1) {
         EXPECT_GE(cum + tol, top_p) << "hq " << hq << " qb " << qb;
       }
@@ -162,7 +169,7 @@ void run_case(const Case& c, uint64_t seed) {
   db.down(gpu_sel.blocks.data(), db.n);
   dc.down(gpu_sel.counts.data(), dc.n);
   // Pooled composite tokens are rounded to the KV dtype on the GPU: masses move by ~1e-3.
-  expect_top_p_selection(gpu_sel, mass, pb, Hq, c.top_p, c.dt == DType::f16 ? 2e-3f : 1e-2f);
+  expect_top_p_selection(gpu_sel, mass, pb, Hq, c.top_p, c.top_k, c.dt == DType::f16 ? 2e-3f : 1e-2f);
 
   // Attention over the reference selection and dense, outputs f32 and the KV dtype.
   db.up(ref_sel.blocks.data(), db.n);
@@ -188,8 +195,9 @@ void run_case(const Case& c, uint64_t seed) {
         ASSERT_NEAR(got_lse.get(i), want_lse.get(i), 2e-2 * (1 + std::fabs(want_lse.get(i)))) << "lse " << i;
     }
   }
-  // top_p = 1: the GPU keeps everything and the sparse attention is the dense one, bit for bit.
-  if (c.top_p >= 1.0f) {
+  // top_p = 1 (or a top-k above the block count): the GPU keeps everything and the sparse
+  // attention is the dense one, bit for bit.
+  if (st.cfg.prefill_keeps_all() || c.top_k >= pb.num_kv_blocks) {
     Dev a(size_t(c.q_len) * Hq * D * 4), b(size_t(c.q_len) * Hq * D * 4);
     a.poison();
     b.poison();
@@ -222,7 +230,7 @@ TEST_P(GpuPrefillSweep, MatchesReference) {
     SCOPED_TRACE(std::string("UNIQUE_PREFILL_KERNEL=") + kernel + (split ? " UNIQUE_PREFILL_SELECT_SPLIT=2" : ""));
     KernelChoice choice(kernel, split);
     run_case(c, case_seed(97, ((uint64_t(c.P) * 1000 + c.D) * 100 + c.group) * 1000 + c.block + int(c.dt) +
-                                  uint64_t(c.L) * 7 + uint64_t(c.top_p * 100)));
+                                  uint64_t(c.L) * 7 + uint64_t(c.top_p * 100) + uint64_t(c.top_k) * 13));
   }
 }
 
@@ -264,15 +272,21 @@ std::vector<Case> sweep() {
           v.push_back({P, D, g, t, 64, 4, 499, 300, 0.5f});
           v.push_back({P, D, g, t, 64, 8, 333, 200, 1.0f});
         }
+  // The fixed top-k baseline: 3 blocks per query block, and more blocks than there are.
+  for (DType t : {DType::bf16, DType::f16}) {
+    v.push_back({16, 128, 4, t, 64, 8, 400, 400, 0.9f, 3});
+    v.push_back({64, 64, 1, t, 128, 8, 709, 201, 0.5f, 1000});
+  }
   // Long sequences: many key tiles and a large sort (780 blocks); GQA 8.
   v.push_back({16, 128, 8, DType::bf16, 64, 8, 50001, 40, 0.9f});
+  v.push_back({16, 128, 8, DType::bf16, 64, 8, 50001, 40, 0.9f, 100});
   v.push_back({32, 64, 2, DType::f16, 128, 16, 30000, 129, 0.95f});
   return v;
 }
 std::string name(const ::testing::TestParamInfo<Case>& i) {
   const Case& c = i.param;
   return detail::concat("P", c.P, "_D", c.D, "_g", c.group, "_", to_string(c.dt), "_B", c.block, "_pool", c.pool,
-                        "_L", c.L, "_q", c.q_len, "_p", int(c.top_p * 100));
+                        "_L", c.L, "_q", c.q_len, "_p", int(c.top_p * 100), c.top_k ? detail::concat("_k", c.top_k) : "");
 }
 INSTANTIATE_TEST_SUITE_P(Sweep, GpuPrefillSweep, ::testing::ValuesIn(sweep()), name);
 

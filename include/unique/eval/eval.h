@@ -11,9 +11,9 @@
 //     per head: attention mass on the selected pages, and the relative L2 error of the
 //     sparse attention output against the dense one.
 // Every prefill is dense, or UniSparse block-sparse with EvalOptions::prefill = unisparse
-// (prefill_top_p, prefill_block, pool; not in the first dense_layers layers), so sparse
-// prefill + sparse decode can be compared with dense prefill + the same decode. Rows
-// record the prefill mode.
+// (prefill_top_p or a fixed prefill_top_k, prefill_block, pool; not in the first
+// dense_layers layers), so sparse prefill + sparse decode can be compared with dense
+// prefill + the same decode. Rows record the prefill mode.
 #pragma once
 #include <cstdint>
 #include <cstdio>
@@ -47,6 +47,7 @@ struct EvalOptions {
   Device device = Device::cpu;
   PrefillMode prefill = PrefillMode::dense;  // prompt attention (--prefill)
   float prefill_top_p = 0.95f;               // unisparse: estimated mass kept per query block
+  int prefill_top_k = 0;                     // unisparse: > 0 keeps this many blocks instead (baseline)
   int prefill_block = 64, pool = 8;          // unisparse: block and composite pooling, in tokens
   void validate() const;          // unique::Error naming the flag
 };

@@ -15,8 +15,8 @@ using Row = nlohmann::json;
 // The fields that identify a row (its "key" field is built from them): task, variant,
 // model, context, depth, seed, estimator, budget, page_size, dense_layers, sink, recent,
 // kv_dtype, layer, head; for a UniSparse prefill also prefill, prefill_top_p,
-// prefill_block, pool (a dense prefill, or a row without the prefill field, adds nothing:
-// older files keep their keys).
+// prefill_block, pool and, when set, prefill_top_k (a dense prefill, or a row without the
+// prefill field, adds nothing: older files keep their keys).
 std::string row_key(const Row& r);
 
 // Checks one row against the schema: required fields with their JSON types, task-specific
