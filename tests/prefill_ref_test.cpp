@@ -111,6 +111,25 @@ TEST(PrefillRef, CompositeMassWithPoolOneIsExactMass) {
   }
 }
 
+// The reference selection of cfg's rule over a whole prompt (sequence 0) and the composite
+// block masses it ranks by.
+struct RefSelection {
+  PrefillBlocks pb;
+  Buf mass;
+  std::vector<int32_t> blocks, counts;
+  BlockSelection sel;
+  RefSelection(const AttentionConfig& cfg, PrefillCase& pc, int D, int64_t L, int64_t q_len)
+      : pb(prefill_blocks(cfg, q_len, L)), mass(DType::f32, size_t(pc.Hq) * pb.num_q_blocks * pb.num_kv_blocks) {
+    const PagedKV kv = pc.c.kv();
+    ref::prefill_block_mass(cfg, pc.q.view({q_len, pc.Hq, D}), kv, 0, L, false,
+                            mass.view({pc.Hq, pb.num_q_blocks, pb.num_kv_blocks}));
+    blocks.assign(mass.size(), kSentinel);
+    counts.assign(size_t(pc.Hq) * pb.num_q_blocks, kSentinel);
+    sel = BlockSelection{blocks.data(), counts.data(), pc.Hq, pb.num_q_blocks, pb.num_kv_blocks};
+    ref::select_prefill_blocks(cfg, pc.q.view({q_len, pc.Hq, D}), kv, 0, L, sel);
+  }
+};
+
 // Selection rules: block 0 and the diagonal always; the kept mass reaches top_p and no kept
 // optional block could be dropped (each is heavier than every dropped one); top_p = 1
 // keeps everything and then equals dense exactly.
@@ -123,13 +142,11 @@ TEST(PrefillRef, TopPSelectionFollowsItsDefinition) {
     AttentionConfig cfg;
     cfg.page_size = P;
     cfg.top_p = top_p;
-    const PrefillBlocks pb = prefill_blocks(cfg, q_len, L);
-    Buf mass(DType::f32, size_t(pc.Hq) * pb.num_q_blocks * pb.num_kv_blocks);
-    ref::prefill_block_mass(cfg, pc.q.view({q_len, pc.Hq, D}), kv, 0, L, false,
-                            mass.view({pc.Hq, pb.num_q_blocks, pb.num_kv_blocks}));
-    std::vector<int32_t> blocks(mass.size(), kSentinel), counts(size_t(pc.Hq) * pb.num_q_blocks, kSentinel);
-    BlockSelection sel{blocks.data(), counts.data(), pc.Hq, pb.num_q_blocks, pb.num_kv_blocks};
-    ref::select_prefill_blocks(cfg, pc.q.view({q_len, pc.Hq, D}), kv, 0, L, sel);
+    RefSelection rs(cfg, pc, D, L, q_len);
+    const PrefillBlocks& pb = rs.pb;
+    const Buf& mass = rs.mass;
+    const std::vector<int32_t>& blocks = rs.blocks;
+    const std::vector<int32_t>& counts = rs.counts;
     int dropped_any = 0;
     for (int hq = 0; hq < pc.Hq; ++hq)
       for (int i = 0; i < pb.num_q_blocks; ++i) {
@@ -177,7 +194,7 @@ TEST(PrefillRef, TopPSelectionFollowsItsDefinition) {
       Buf sparse(DType::f32, size_t(q_len) * pc.Hq * D), dense(DType::f32, sparse.size());
       sparse.poison();
       dense.poison();
-      ref::sparse_prefill(cfg, pc.q.view({q_len, pc.Hq, D}), kv, 0, L, &sel, sparse.view({q_len, pc.Hq, D}), {});
+      ref::sparse_prefill(cfg, pc.q.view({q_len, pc.Hq, D}), kv, 0, L, &rs.sel, sparse.view({q_len, pc.Hq, D}), {});
       ref::sparse_prefill(cfg, pc.q.view({q_len, pc.Hq, D}), kv, 0, L, nullptr, dense.view({q_len, pc.Hq, D}), {});
       EXPECT_EQ(sparse.bytes, dense.bytes);
     }
@@ -187,32 +204,23 @@ TEST(PrefillRef, TopPSelectionFollowsItsDefinition) {
 // The fixed top-k baseline: min(k, qb + 1) blocks per row, block 0 and the diagonal among
 // them, no dropped optional block heavier than a kept one.
 TEST(PrefillRef, TopKSelectionFollowsItsDefinition) {
-  const int P = 16, D = 64, H = 2, group = 4;
-  const int64_t L = 600, q_len = 600;
-  PrefillCase pc = make_prefill_case(P, D, H, group, L, q_len, DType::f32, 19);
-  const PagedKV kv = pc.c.kv();
+  const int64_t L = 600;
+  PrefillCase pc = make_prefill_case(16, 64, 2, 4, L, L, DType::f32, 19);
   for (int k : {2, 3, 7}) {
     SCOPED_TRACE("k=" + std::to_string(k));
     AttentionConfig cfg;
-    cfg.page_size = P;
-    cfg.top_p = 0.5f;  // ignored: top-k decides
     cfg.prefill_top_k = k;
-    const PrefillBlocks pb = prefill_blocks(cfg, q_len, L);
-    Buf mass(DType::f32, size_t(pc.Hq) * pb.num_q_blocks * pb.num_kv_blocks);
-    ref::prefill_block_mass(cfg, pc.q.view({q_len, pc.Hq, D}), kv, 0, L, false,
-                            mass.view({pc.Hq, pb.num_q_blocks, pb.num_kv_blocks}));
-    std::vector<int32_t> blocks(mass.size(), kSentinel), counts(size_t(pc.Hq) * pb.num_q_blocks, kSentinel);
-    BlockSelection sel{blocks.data(), counts.data(), pc.Hq, pb.num_q_blocks, pb.num_kv_blocks};
-    ref::select_prefill_blocks(cfg, pc.q.view({q_len, pc.Hq, D}), kv, 0, L, sel);
+    cfg.top_p = 0.5f;  // ignored: top-k decides
+    const RefSelection rs(cfg, pc, 64, L, L);
     for (int hq = 0; hq < pc.Hq; ++hq)
-      for (int i = 0; i < pb.num_q_blocks; ++i) {
-        const int qb = pb.first_q_block + i;
-        const size_t r = size_t(hq) * pb.num_q_blocks + i;
-        ASSERT_EQ(counts[r], std::min(k, qb + 1)) << "hq " << hq << " qb " << qb;
-        std::vector<char> kept(pb.num_kv_blocks, 0);
-        for (int j = 0; j < counts[r]; ++j) kept[blocks[r * pb.num_kv_blocks + j]] = 1;
+      for (int i = 0; i < rs.pb.num_q_blocks; ++i) {
+        const int qb = rs.pb.first_q_block + i;
+        const size_t r = size_t(hq) * rs.pb.num_q_blocks + i;
+        ASSERT_EQ(rs.counts[r], std::min(k, qb + 1)) << "hq " << hq << " qb " << qb;
+        std::vector<char> kept(rs.pb.num_kv_blocks, 0);
+        for (int j = 0; j < rs.counts[r]; ++j) kept[rs.blocks[r * rs.pb.num_kv_blocks + j]] = 1;
         EXPECT_TRUE(kept[0] && kept[qb]);
-        const float* m = static_cast<const float*>(mass.data()) + r * pb.num_kv_blocks;
+        const float* m = static_cast<const float*>(rs.mass.data()) + r * rs.pb.num_kv_blocks;
         for (int a = 1; a < qb; ++a)
           for (int b = 1; b < qb; ++b)
             if (kept[a] && !kept[b]) {
