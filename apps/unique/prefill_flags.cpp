@@ -1,6 +1,7 @@
 // The prompt-attention flags of `generate`, `bench-decode` and `eval` (one place, one wording).
-#include "commands.h"
 #include <cstdio>
+
+#include "commands.h"
 
 namespace unique::cli {
 
