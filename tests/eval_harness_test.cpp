@@ -424,4 +424,12 @@ TEST(EvalResults, CompositeRowsAreKeyedByPool) {
   Row bad = r;
   bad.erase("pool");
   EXPECT_ERROR_MSG(validate_row(bad, "x"), "pool");
+  // A unisparse-prefill row already carries the pool once (its prefill settings): the key of a
+  // composite row written before prefill_top_k existed stays what it was.
+  Row sp = r;
+  sp["prefill"] = "unisparse";
+  sp["prefill_top_p"] = 0.9;
+  sp["prefill_block"] = 64;
+  const std::string dense_key = row_key(r);  // ends with the composite's "|8"
+  EXPECT_EQ(row_key(sp), dense_key.substr(0, dense_key.size() - 2) + "|unisparse|0.9|64|8");
 }

@@ -39,11 +39,12 @@ std::string row_key(const Row& r) {
   }
   // A dense prefill adds nothing: rows written before the prefill field existed (all dense)
   // keep their keys, and a dense row of today resumes them.
-  if (unisparse_prefill(r))
+  if (unisparse_prefill(r)) {
     for (const char* f : {"prefill", "prefill_top_p", "prefill_block", "pool"}) k += '|' + num(r, f);
-  if (unisparse_prefill(r) && r.contains("prefill_top_k")) k += "|top-k " + num(r, "prefill_top_k");
-  else if (num(r, "estimator") == "composite")  // the composite estimator's block (the same --pool)
+    if (r.contains("prefill_top_k")) k += "|top-k " + num(r, "prefill_top_k");
+  } else if (num(r, "estimator") == "composite") {  // the composite estimator's block (the same --pool)
     k += '|' + num(r, "pool");
+  }
   // Likewise the device: CPU rows (no field) keep their keys; CUDA rows are other results.
   if (r.contains("device") && r["device"] != "cpu") k += '|' + num(r, "device");
   return k;
