@@ -130,8 +130,9 @@ void block_mass(const AttentionConfig& cfg, const TensorView& q, const ChunkGeom
   }
 }
 
-// Block 0, the diagonal, then the heaviest blocks (ties to the lower) until top_p (or top-k).
-void top_p_blocks(const double* m, int qb, const AttentionConfig& cfg, Scratch& sc) {
+// Block 0, the diagonal, then the heaviest blocks (ties to the lower) while the rule wants more
+// (AttentionConfig::prefill_wants_more: top_p, or a fixed top-k).
+void kept_blocks(const double* m, int qb, const AttentionConfig& cfg, Scratch& sc) {
   sc.kept.assign(1, 0);
   double cum = m[0];
   if (qb > 0) {
@@ -192,7 +193,7 @@ void select_prefill_blocks(const AttentionConfig& cfg, const TensorView& q, cons
       }
       block_mass(cfg, q, g, ckt.data(), ldc, i, h, hq0, n, sc);
       for (int j = 0; j < n; ++j) {
-        top_p_blocks(sc.mass.data() + int64_t(j) * (qb + 1), qb, cfg, sc);
+        kept_blocks(sc.mass.data() + int64_t(j) * (qb + 1), qb, cfg, sc);
         write_row(out, hq0 + j, i, sc.kept);
       }
     }

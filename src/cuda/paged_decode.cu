@@ -352,11 +352,11 @@ __global__ void __launch_bounds__(kThreads, 3) decode_kernel(const DecodeParams 
   combine_warps<NW, G, D>(p, m_s, l_s, acc_s, ng, b, h0, chunk);
 }
 
-// Tensor-core variant for groups of 4-8 query heads and 16-bit K/V (FlashInfer's
-// use_tensor_cores decode): the group's queries are the rows of an m16n8k16 A operand (rows
-// past the group are zero), so a warp's 16-token tile costs 32 mma + 16 ldmatrix instead of
-// the CUDA-core kernel's ~1600 warp instructions: that kernel is issue-bound on the short
-// chunks of a sparse step. Each warp streams its own tiles (tokens [16 w, 16 w + 16) of each
+// Tensor-core variant for groups of 3-8 query heads (blocks of 4 or 8) and 16-bit K/V
+// (FlashInfer's use_tensor_cores decode): the group's queries are rows 0..7 of an m16n8k16 A
+// operand (rows past the group are zero; rows 8..15 their rounding remainders, below), so a
+// warp's 16-token tile at D 128 costs 16 mma for S and 8 for O^T instead of the CUDA-core
+// kernel's ~1600 warp instructions. Each warp streams its own tiles (tokens [16 w, 16 w + 16) of each
 // 64-token block tile) through a private ring of swizzled K and V tiles, so the loop has no
 // block barrier; the warp's lanes read each other's copies, hence __syncwarp after the wait
 // and before a refill. Online softmax per row (query head) as in the prefill kernels.
