@@ -26,6 +26,10 @@ struct SelectSizes {
   size_t agg_floats, raw_floats;
 };
 SelectSizes select_sizes(int batch, int num_qo_heads, int num_kv_heads, int max_pages);
+// The select kernel's threshold search: "hist" (a histogram over the scores' range, the
+// bitwise search where it cannot decide) or "bitwise"; UNIQUE_SEL_TOPK overrides (read per
+// launch, so tests run both; an unknown value is an error naming the variable).
+const char* select_topk_path();
 
 // Split-KV partials: o [batch, num_qo_heads, chunks, head_dim], lse [batch, num_qo_heads, chunks].
 struct DecodeWorkspace {

@@ -30,6 +30,7 @@
 #include <cfloat>
 #include <type_traits>
 #include <cstdlib>
+#include <string>
 
 #include "attention/cuda_backend.h"
 #include "cuda/common.cuh"
@@ -78,7 +79,7 @@ struct ScoreParams {
   int sink, recent, topk;
   int chunk_pages;
   int trigger;    // score_kernel lets the select grid launch at its start (PDL trigger)
-  int hist_topk;  // histogram threshold search (0: the bitwise one alone; benchmark knob)
+  int hist_topk;  // histogram threshold search (0: the bitwise one alone; UNIQUE_SEL_TOPK)
 };
 
 __device__ __forceinline__ uint32_t order_key(float f) {
@@ -719,6 +720,14 @@ void check_cuda_estimator(const AttentionConfig& cfg) {
 // Row stride of the aggregated scores: max_pages rounded up to 4 floats (16-byte rows).
 int agg_stride(int max_pages) { return (max_pages + 3) / 4 * 4; }
 
+const char* select_topk_path() {
+  const char* e = std::getenv("UNIQUE_SEL_TOPK");
+  const std::string v = e ? e : "";
+  if (v.empty() || v == "hist") return "hist";
+  if (v == "bitwise") return "bitwise";
+  throw_arg("UNIQUE_SEL_TOPK", "hist or bitwise", v);
+}
+
 SelectSizes select_sizes(int batch, int num_qo_heads, int num_kv_heads, int max_pages) {
   return {size_t(batch) * num_kv_heads * agg_stride(max_pages), size_t(batch) * num_qo_heads * max_pages};
 }
@@ -777,8 +786,7 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
   const bool g4 = std::min(group, kHeads) <= 4;
   static const int k_trigger = env_knob("UNIQUE_SEL_TRIGGER", 1);  // benchmark knob
   p.trigger = k_trigger;
-  static const int k_hist = env_knob("UNIQUE_SEL_HIST", 1);  // benchmark knob
-  p.hist_topk = k_hist;
+  p.hist_topk = std::string(select_topk_path()) == "hist";
   int chunks = 1;
   if (per_page) {
     // At least one wave of blocks (two per SM). bf16/fp16/fp32 statistics: ~256 pages per

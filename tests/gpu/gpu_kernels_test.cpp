@@ -229,7 +229,8 @@ INSTANTIATE_TEST_SUITE_P(Sweep, GpuSweep, ::testing::ValuesIn(sweep()), param_na
 // positions must win; the all-equal shortcut), three distinct scores (a full bucket,
 // refined by a second level that finds all keys equal), one outlier page (every other
 // score in one bucket: a second histogram level), and an inf and a NaN score (a
-// non-finite range: the bitwise fallback; NaN ranks as -inf).
+// non-finite range: the bitwise fallback; NaN ranks as -inf). Each case also through the
+// bitwise search alone (UNIQUE_SEL_TOPK=bitwise), the histogram's fallback.
 TEST(GpuSelect, LongSequencesAndExactTiesMatchReference) {
   SKIP_WITHOUT_GPU();
   // One KV head, then 8 (the benchmark's head count: blocks per head, shorter sequences).
@@ -288,18 +289,22 @@ TEST(GpuSelect, LongSequencesAndExactTiesMatchReference) {
       std::vector<float> ref_scores(size_t(B) * H * max_pages);
       ref::score_pages(cfg, q.view({B, Hq, D}), hkv, make_view(ref_scores.data(), DType::f32, {B, H, max_pages}));
       Dev dp(size_t(B) * H * M * 4), dc(size_t(B) * H * 4);
-      dp.poison();
-      dc.poison();
       Selection dsel{dp.as<int32_t>(), dc.as<int32_t>(), B, H, M, Device::cuda};
-      select_pages(cfg, dview(dq, DType::f32, {B, Hq, D}), dkv.kv, dsel);
-      std::vector<int32_t> gp(size_t(B) * H * M), gc(size_t(B) * H);
-      dp.down(gp.data(), gp.size() * 4);
-      dc.down(gc.data(), gc.size() * 4);
-      if (m == "ties" || m == "ties3") {
-        EXPECT_EQ(gp, ref_sel.pages);
-        EXPECT_EQ(gc, ref_sel.counts);
-      } else {
-        expect_same_selection(ref_sel, gp, gc, ref_scores, max_pages, B, H, 1e-4f);
+      for (const char* path : {"hist", "bitwise"}) {
+        SCOPED_TRACE(detail::concat("UNIQUE_SEL_TOPK=", path));
+        ScopedEnv env({{"UNIQUE_SEL_TOPK", path}});
+        dp.poison();
+        dc.poison();
+        select_pages(cfg, dview(dq, DType::f32, {B, Hq, D}), dkv.kv, dsel);
+        std::vector<int32_t> gp(size_t(B) * H * M), gc(size_t(B) * H);
+        dp.down(gp.data(), gp.size() * 4);
+        dc.down(gc.data(), gc.size() * 4);
+        if (m == "ties" || m == "ties3") {
+          EXPECT_EQ(gp, ref_sel.pages);
+          EXPECT_EQ(gc, ref_sel.counts);
+        } else {
+          expect_same_selection(ref_sel, gp, gc, ref_scores, max_pages, B, H, 1e-4f);
+        }
       }
     }
   }
@@ -456,6 +461,20 @@ TEST(GpuDecode, Fp32QueriesBothKernels) {
           if (::testing::Test::HasFatalFailure()) return;
         }
     }
+}
+
+// The select kernel's threshold search and its override's error.
+TEST(GpuSelect, TopkPathChoice) {
+  {
+    ScopedEnv env({{"UNIQUE_SEL_TOPK", nullptr}});
+    EXPECT_STREQ(cuda::select_topk_path(), "hist");
+  }
+  for (const char* v : {"hist", "bitwise"}) {
+    ScopedEnv env({{"UNIQUE_SEL_TOPK", v}});
+    EXPECT_STREQ(cuda::select_topk_path(), v);
+  }
+  ScopedEnv env({{"UNIQUE_SEL_TOPK", "radix"}});
+  EXPECT_ERROR_MSG(cuda::select_topk_path(), "UNIQUE_SEL_TOPK", "hist or bitwise", "radix");
 }
 
 // Which decode kernel serves which shapes, and the override's errors.
