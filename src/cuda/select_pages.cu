@@ -31,6 +31,7 @@
 #include <type_traits>
 #include <cstdlib>
 #include <string>
+#include <string_view>
 
 #include "attention/cuda_backend.h"
 #include "cuda/common.cuh"
@@ -722,10 +723,10 @@ int agg_stride(int max_pages) { return (max_pages + 3) / 4 * 4; }
 
 const char* select_topk_path() {
   const char* e = std::getenv("UNIQUE_SEL_TOPK");
-  const std::string v = e ? e : "";
+  const std::string_view v = e ? e : "";
   if (v.empty() || v == "hist") return "hist";
   if (v == "bitwise") return "bitwise";
-  throw_arg("UNIQUE_SEL_TOPK", "hist or bitwise", v);
+  throw_arg("UNIQUE_SEL_TOPK", "hist or bitwise", std::string(v));
 }
 
 SelectSizes select_sizes(int batch, int num_qo_heads, int num_kv_heads, int max_pages) {
@@ -786,7 +787,7 @@ void launch_score_select(const AttentionConfig& cfg, const TensorView& q, const 
   const bool g4 = std::min(group, kHeads) <= 4;
   static const int k_trigger = env_knob("UNIQUE_SEL_TRIGGER", 1);  // benchmark knob
   p.trigger = k_trigger;
-  p.hist_topk = std::string(select_topk_path()) == "hist";
+  p.hist_topk = std::string_view(select_topk_path()) == "hist";  // read per launch: no allocation on this path
   int chunks = 1;
   if (per_page) {
     // At least one wave of blocks (two per SM). bf16/fp16/fp32 statistics: ~256 pages per
